@@ -1,1 +1,36 @@
+//! `nats-bridge`: runs every payment flow of a Hyperswitch-style orchestrator over NATS.
+//!
+//! Financial flows go through JetStream (persistent, de-duplicated by message id) and the
+//! worker's reply comes back on the bridge's reply inbox; read-only queries use core NATS
+//! request/reply. A timeout after a publish is "unknown", never "failed".
+//!
+//! Map of the crate:
+//! - [`catalogue`]: the 35 operations, one row each; everything else derives from it.
+//! - [`config`]: `[nats_bridge]` TOML + `NATS_BRIDGE_*` env, seed defaults, validation.
+//! - [`subjects`]: subject templates and wildcard matching.
+//! - [`envelope`]: request and response bodies.
+//! - [`headers`]: header names (never a custom `Nats-` header).
+//! - [`request`]: an operation instance with its stable message id.
+//! - [`streams`]: stream plans per family + dead letters, provisioning and server-side checks.
+//! - [`client`]: [`Bridge`], the hybrid durable call and the query call.
+//! - [`error`]: [`CallError`], outcome (not applied / unknown) and the seed error mapping.
 
+pub mod catalogue;
+pub mod client;
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod headers;
+mod inbox;
+pub mod request;
+mod stats;
+pub mod streams;
+pub mod subjects;
+
+pub use catalogue::{Family, Operation, OperationSpec, Pattern, CATALOGUE};
+pub use client::Bridge;
+pub use config::{BridgeConfig, SubjectScheme};
+pub use envelope::{ErrorBody, RequestEnvelope, ResponseEnvelope, ResponseStatus};
+pub use error::{AttemptStatusHint, CallError, ConnectError, ErrorMapping, Outcome};
+pub use request::OperationRequest;
+pub use stats::StatsSnapshot;

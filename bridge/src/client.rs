@@ -1,0 +1,340 @@
+//! The bridge: one NATS connection, one reply inbox, and the two call patterns.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, publish::PublishAck};
+use async_nats::{Client, HeaderMap, RequestErrorKind};
+use bytes::Bytes;
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, warn};
+
+use crate::catalogue::{Operation, Pattern};
+use crate::config::BridgeConfig;
+use crate::envelope::ResponseEnvelope;
+use crate::error::{CallError, ConnectError};
+use crate::headers;
+use crate::inbox::ReplyInbox;
+use crate::request::OperationRequest;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::streams::{self, StreamError, StreamPlan};
+use crate::subjects;
+
+/// Longest pause between two reply lookups after a duplicate publish.
+const MAX_LOOKUP_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The connector. Cheap to clone; clones share the connection and the inbox.
+#[derive(Clone)]
+pub struct Bridge {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The one connection (reconnects by itself).
+    client: Client,
+    /// JetStream over that connection.
+    js: jetstream::Context,
+    /// Subjects, timeouts, streams.
+    config: BridgeConfig,
+    /// Where durable replies arrive.
+    inbox: ReplyInbox,
+    /// Counters.
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge").field("base_url", &self.inner.config.base_url).finish()
+    }
+}
+
+impl Bridge {
+    /// Connects to NATS with the configuration's settings and starts the reply inbox.
+    pub async fn connect(config: BridgeConfig) -> Result<Bridge, ConnectError> {
+        config.validate()?;
+        let client = async_nats::ConnectOptions::new()
+            .name(&config.connection_name)
+            .connection_timeout(Duration::from_secs(5))
+            .ping_interval(Duration::from_secs(10))
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => warn!("nats disconnected"),
+                    async_nats::Event::Connected => debug!("nats connected"),
+                    other => debug!(event = %other, "nats event"),
+                }
+            })
+            .connect(config.base_url.as_str())
+            .await
+            .map_err(|e| ConnectError::Connect {
+                url: config.base_url.clone(),
+                reason: e.to_string(),
+            })?;
+        Self::with_client(client, config).await
+    }
+
+    /// Builds a bridge over an existing connection.
+    pub async fn with_client(client: Client, config: BridgeConfig) -> Result<Bridge, ConnectError> {
+        config.validate()?;
+        let stats = Arc::new(Stats::default());
+        let inbox = ReplyInbox::start(&client, stats.clone()).await.map_err(ConnectError::Inbox)?;
+        let js = jetstream::new(client.clone());
+        Ok(Bridge {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                config,
+                inbox,
+                stats,
+            }),
+        })
+    }
+
+    /// The NATS connection.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// JetStream over the bridge's connection.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BridgeConfig {
+        &self.inner.config
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Calls waiting for a durable reply now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.inbox.waiting()
+    }
+
+    /// Creates or updates the streams the catalogue calls for.
+    pub async fn ensure_streams(&self) -> Result<Vec<StreamPlan>, StreamError> {
+        streams::ensure(&self.inner.js, &self.inner.config).await
+    }
+
+    /// Asks the server whether a stream captures a query subject.
+    pub async fn verify_streams(&self) -> Result<usize, StreamError> {
+        streams::verify_no_query_capture(&self.inner.js, &self.inner.config).await
+    }
+
+    /// The concrete subject of a request.
+    pub fn subject(&self, request: &OperationRequest) -> Result<String, CallError> {
+        let env = request.envelope();
+        let template = self.inner.config.subject_template(request.operation());
+        subjects::render(
+            &template,
+            &env.merchant_id,
+            env.connector.as_deref().unwrap_or("default"),
+        )
+        .map_err(CallError::InvalidRequest)
+    }
+
+    /// The headers of a request (`reply_to` only for durable calls).
+    pub fn headers(&self, request: &OperationRequest, reply_to: Option<&str>) -> HeaderMap {
+        let env = request.envelope();
+        let mut h = HeaderMap::new();
+        h.insert(headers::MESSAGE_ID, request.message_id());
+        h.insert(headers::OPERATION, env.operation.as_str());
+        h.insert(headers::MERCHANT_ID, env.merchant_id.as_str());
+        h.insert(headers::PAYMENT_ID, env.payment_id.as_str());
+        h.insert(headers::ATTEMPT_ID, env.attempt_id.as_str());
+        h.insert(headers::CORRELATION_ID, env.correlation_id.as_str());
+        h.insert(headers::IDEMPOTENCY_KEY, env.idempotency_key.as_str());
+        if let Some(reply_to) = reply_to {
+            h.insert(headers::NATS_MSG_ID, request.message_id());
+            h.insert(headers::REPLY_TO, reply_to);
+        }
+        h
+    }
+
+    /// Runs an operation with the pattern its catalogue row gives it. Pass the same request
+    /// again to retry: it keeps its message id, so JetStream and the worker de-duplicate it.
+    pub async fn call(&self, request: &OperationRequest) -> Result<ResponseEnvelope, CallError> {
+        let subject = self.subject(request)?;
+        match request.operation().pattern {
+            Pattern::Durable => self.durable(request, subject).await,
+            Pattern::Query => self.query(request, subject).await,
+        }
+    }
+
+    fn payload(request: &OperationRequest) -> Result<Bytes, CallError> {
+        serde_json::to_vec(request.envelope())
+            .map(Bytes::from)
+            .map_err(|e| CallError::InvalidRequest(e.to_string()))
+    }
+
+    /// JetStream publish (short ack timeout, retried with the same id), then the reply inbox.
+    async fn durable(&self, request: &OperationRequest, subject: String) -> Result<ResponseEnvelope, CallError> {
+        let op = request.operation();
+        let timeouts = self.inner.config.timeouts(op);
+        let reply_subject = self.inner.inbox.subject_for(request.message_id());
+        // Wait before publishing: a fast worker may reply before the ack arrives.
+        let mut waiter = self.inner.inbox.register(request.message_id());
+        let headers = self.headers(request, Some(&reply_subject));
+        let payload = Self::payload(request)?;
+        let ack = self
+            .publish(op, &subject, headers, payload, timeouts.ack.unwrap_or(timeouts.reply), request.message_id())
+            .await?;
+        let deadline = Instant::now() + timeouts.reply;
+        // A duplicate was stored earlier: its reply may have gone to a caller that gave up,
+        // so ask the workers for the stored result instead of waiting for a reply that may
+        // never come.
+        let mut next_lookup = ack.duplicate.then(Instant::now);
+        if ack.duplicate {
+            self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            debug!(message_id = request.message_id(), seq = ack.sequence, "duplicate publish");
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let wake = next_lookup.map_or(deadline, |l| l.min(deadline));
+            tokio::select! {
+                msg = waiter.recv() => {
+                    let Some(msg) = msg else { break };
+                    match self.accept(request, &msg.payload) {
+                        Ok(Some(reply)) => return Ok(reply),
+                        Ok(None) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ = sleep_until(wake) => {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if let Some(reply) = self.lookup(request, remaining).await {
+                        return Ok(reply);
+                    }
+                    next_lookup = Some(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(MAX_LOOKUP_BACKOFF);
+                }
+            }
+        }
+        self.inner.stats.reply_timeouts.fetch_add(1, Ordering::Relaxed);
+        Err(CallError::ReplyTimeout {
+            message_id: request.message_id().to_string(),
+            timeout: timeouts.reply,
+        })
+    }
+
+    async fn publish(
+        &self,
+        op: Operation,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+        ack_timeout: Duration,
+        message_id: &str,
+    ) -> Result<PublishAck, CallError> {
+        let attempts = self.inner.config.max_retries + 1;
+        let mut reason = String::new();
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                self.inner.stats.publish_retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
+            }
+            let sent = self
+                .inner
+                .js
+                .publish_with_headers(subject.to_string(), headers.clone(), payload.clone())
+                .await;
+            let ack_future = match sent {
+                Ok(f) => f,
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    return Err(CallError::InvalidRequest(e.to_string()))
+                }
+                Err(e) => {
+                    reason = e.to_string();
+                    continue;
+                }
+            };
+            match tokio::time::timeout(ack_timeout, ack_future).await {
+                Ok(Ok(ack)) => {
+                    self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
+                    debug!(operation = op.name, message_id, stream = %ack.stream, seq = ack.sequence, "published");
+                    return Ok(ack);
+                }
+                // Nothing stored anywhere: only definite if no earlier attempt might have been.
+                Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound && attempt == 0 => {
+                    return Err(CallError::NoStream { subject: subject.to_string() })
+                }
+                Ok(Err(e)) => reason = e.to_string(),
+                Err(_) => reason = format!("no ack within {ack_timeout:?}"),
+            }
+            warn!(operation = op.name, message_id, attempt, %reason, "publish not acknowledged");
+        }
+        Err(CallError::PublishUnacknowledged {
+            message_id: message_id.to_string(),
+            attempts,
+            reason,
+        })
+    }
+
+    /// Decodes a reply; `Ok(None)` for a reply that is not ours (counted, ignored).
+    fn accept(&self, request: &OperationRequest, payload: &[u8]) -> Result<Option<ResponseEnvelope>, CallError> {
+        let reply: ResponseEnvelope = serde_json::from_slice(payload).map_err(|e| {
+            self.inner.stats.rejected_replies.fetch_add(1, Ordering::Relaxed);
+            CallError::InvalidReply(e.to_string())
+        })?;
+        if let Some(why) = reply.mismatch(request.envelope()) {
+            self.inner.stats.rejected_replies.fetch_add(1, Ordering::Relaxed);
+            warn!(message_id = request.message_id(), %why, "reply refused");
+            return Ok(None);
+        }
+        Ok(Some(reply))
+    }
+
+    /// Asks the workers for the stored reply of a message; `None` if not (yet) known.
+    async fn lookup(&self, request: &OperationRequest, remaining: Duration) -> Option<ResponseEnvelope> {
+        self.inner.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        let env = request.envelope();
+        let subject = subjects::render(&self.inner.config.lookup_template(), &env.merchant_id, "default").ok()?;
+        let timeout = remaining.min(Duration::from_millis(self.inner.config.query_timeout_ms));
+        let req = async_nats::Request::new()
+            .headers(self.headers(request, None))
+            .payload(Self::payload(request).ok()?)
+            .timeout(Some(timeout));
+        let msg = self.inner.client.send_request(subject, req).await.ok()?;
+        let hit = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(headers::LOOKUP))
+            .is_some_and(|v| v.as_str() == "hit");
+        if !hit {
+            return None;
+        }
+        self.accept(request, &msg.payload).ok().flatten()
+    }
+
+    /// Core request/reply with the operation's timeout; no responders is reported at once.
+    async fn query(&self, request: &OperationRequest, subject: String) -> Result<ResponseEnvelope, CallError> {
+        self.inner.stats.queries.fetch_add(1, Ordering::Relaxed);
+        let timeout = self.inner.config.timeouts(request.operation()).reply;
+        let req = async_nats::Request::new()
+            .headers(self.headers(request, None))
+            .payload(Self::payload(request)?)
+            .timeout(Some(timeout));
+        match self.inner.client.send_request(subject.clone(), req).await {
+            Ok(msg) => match self.accept(request, &msg.payload)? {
+                Some(reply) => Ok(reply),
+                None => Err(CallError::InvalidReply("reply belongs to another request".into())),
+            },
+            Err(e) => Err(match e.kind() {
+                RequestErrorKind::NoResponders => CallError::NoResponders { subject },
+                RequestErrorKind::TimedOut => CallError::QueryTimeout { subject, timeout },
+                RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
+                    CallError::InvalidRequest(e.to_string())
+                }
+                RequestErrorKind::Other => CallError::Transport(e.to_string()),
+            }),
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! Bridge configuration: a `[nats_bridge]` table in a TOML file, overridden by
+//! `NATS_BRIDGE_*` environment variables, with the seeds' defaults.
+//!
+//! ```toml
+//! [nats_bridge]
+//! base_url = "nats://127.0.0.1:4222"
+//! request_timeout_ms = 30000   # whole durable call: publish ack + worker reply
+//! ack_timeout_ms = 2000        # JetStream publish ack, per attempt
+//! query_timeout_ms = 5000      # core request/reply
+//! max_retries = 3              # publish retries (same message id) when no ack came
+//!
+//! [nats_bridge.subjects]
+//! prefix = "hyperswitch"
+//! scheme = "shared"            # or "per_merchant": hyperswitch.<family>.{merchant_id}.<op>
+//!
+//! [nats_bridge.jetstream]
+//! replicas = 1
+//! duplicate_window_ms = 300000
+//!
+//! [nats_bridge.operations."payments.sync"]
+//! timeout_ms = 2000
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::catalogue::{self, Family, Operation, Pattern};
+use crate::subjects;
+
+/// Errors while loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown or mistyped keys.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// An environment variable has a value of the wrong type.
+    #[error("invalid environment variable {name}={value}: {reason}")]
+    Env {
+        /// Variable name.
+        name: String,
+        /// Its value.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The values are individually fine but do not make a working bridge.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// How subjects carry the merchant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectScheme {
+    /// `hyperswitch.<family>.<operation>`; merchant id in a header and in the body.
+    #[default]
+    Shared,
+    /// `hyperswitch.<family>.{merchant_id}.<operation>`, for subject-based merchant isolation.
+    PerMerchant,
+}
+
+/// Subject settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubjectConfig {
+    /// First token of every subject; lets two deployments share a NATS account.
+    pub prefix: String,
+    /// Shared or per-merchant subjects.
+    pub scheme: SubjectScheme,
+}
+
+impl Default for SubjectConfig {
+    fn default() -> Self {
+        SubjectConfig {
+            prefix: "hyperswitch".into(),
+            scheme: SubjectScheme::Shared,
+        }
+    }
+}
+
+/// Where JetStream keeps messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    /// On disk: survives a server restart (the default, and what payments need).
+    #[default]
+    File,
+    /// In memory: for throw-away benchmarks only.
+    Memory,
+}
+
+/// Stream settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamConfig {
+    /// Stream names are `<stream_prefix>_<FAMILY>`.
+    pub stream_prefix: String,
+    /// Replicas of every stream: 1 on one node, 3 on a cluster.
+    pub replicas: usize,
+    /// Window in which JetStream drops a message whose id it has seen (seed: 5 minutes).
+    pub duplicate_window_ms: u64,
+    /// Storage of every stream.
+    pub storage: Storage,
+    /// Retention per family in days, overriding the defaults (payments 30, refunds 90, ...).
+    pub retention_days: BTreeMap<String, u64>,
+    /// Retention of the dead-letter stream in days (seed: 7).
+    pub dlq_retention_days: u64,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            stream_prefix: "HYPERSWITCH".into(),
+            replicas: 1,
+            duplicate_window_ms: 5 * 60 * 1000,
+            storage: Storage::File,
+            retention_days: BTreeMap::new(),
+            dlq_retention_days: 7,
+        }
+    }
+}
+
+/// Per-operation overrides.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OperationOverride {
+    /// Subject template; may use `{merchant_id}` and `{connector}`.
+    pub subject: Option<String>,
+    /// Durable: publish ack timeout per attempt.
+    pub ack_timeout_ms: Option<u64>,
+    /// Durable: whole call (ack + reply); query: the request timeout.
+    pub timeout_ms: Option<u64>,
+}
+
+/// The bridge's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    /// NATS server URLs, comma-separated.
+    pub base_url: String,
+    /// Connection name shown by the server's monitoring.
+    pub connection_name: String,
+    /// Whole durable call budget (seed: 30s = 2s ack + 28s reply).
+    pub request_timeout_ms: u64,
+    /// JetStream publish ack timeout per attempt (seed: 2s).
+    pub ack_timeout_ms: u64,
+    /// Core request/reply timeout (seed: 5s).
+    pub query_timeout_ms: u64,
+    /// Publish retries with the same message id when no ack came (seed: 3).
+    pub max_retries: u32,
+    /// Subjects.
+    pub subjects: SubjectConfig,
+    /// Streams.
+    pub jetstream: JetStreamConfig,
+    /// Overrides by operation name (`payments.authorize`).
+    pub operations: BTreeMap<String, OperationOverride>,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            base_url: "nats://127.0.0.1:4222".into(),
+            connection_name: "hyperswitch-nats-bridge".into(),
+            request_timeout_ms: 30_000,
+            ack_timeout_ms: 2_000,
+            query_timeout_ms: 5_000,
+            max_retries: 3,
+            subjects: SubjectConfig::default(),
+            jetstream: JetStreamConfig::default(),
+            operations: BTreeMap::new(),
+        }
+    }
+}
+
+/// The two timeouts of one operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Durable: how long to wait for each JetStream publish ack; `None` for queries.
+    pub ack: Option<Duration>,
+    /// Durable: how long to wait for the worker's reply after the ack; query: the request timeout.
+    pub reply: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    nats_bridge: BridgeConfig,
+}
+
+impl BridgeConfig {
+    /// Parses a TOML document with a `[nats_bridge]` table, then validates it.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        file.nats_bridge.validate()?;
+        Ok(file.nats_bridge)
+    }
+
+    /// Loads `path` if given (defaults otherwise), applies `NATS_BRIDGE_*` variables, validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Self::from_toml(&text)?
+            }
+            None => Self::default(),
+        };
+        config.apply_env(std::env::vars())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies `NATS_BRIDGE_*` overrides from the given variables; others are ignored.
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        fn num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
+            value.parse().map_err(|_| ConfigError::Env {
+                name: name.into(),
+                value: value.into(),
+                reason: "expected a non-negative integer".into(),
+            })
+        }
+        for (name, value) in vars {
+            let Some(key) = name.strip_prefix("NATS_BRIDGE_") else {
+                continue;
+            };
+            match key {
+                "BASE_URL" => self.base_url = value,
+                "CONNECTION_NAME" => self.connection_name = value,
+                "REQUEST_TIMEOUT_MS" => self.request_timeout_ms = num(&name, &value)?,
+                "ACK_TIMEOUT_MS" => self.ack_timeout_ms = num(&name, &value)?,
+                "QUERY_TIMEOUT_MS" => self.query_timeout_ms = num(&name, &value)?,
+                "MAX_RETRIES" => self.max_retries = num(&name, &value)?,
+                "SUBJECT_PREFIX" => self.subjects.prefix = value,
+                "SUBJECT_SCHEME" => {
+                    self.subjects.scheme = match value.as_str() {
+                        "shared" => SubjectScheme::Shared,
+                        "per_merchant" => SubjectScheme::PerMerchant,
+                        _ => {
+                            return Err(ConfigError::Env {
+                                name,
+                                value,
+                                reason: "expected shared or per_merchant".into(),
+                            })
+                        }
+                    }
+                }
+                "STREAM_PREFIX" => self.jetstream.stream_prefix = value,
+                "REPLICAS" => self.jetstream.replicas = num(&name, &value)?,
+                "DUPLICATE_WINDOW_MS" => self.jetstream.duplicate_window_ms = num(&name, &value)?,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name,
+                        value,
+                        reason: "unknown NATS_BRIDGE_ variable".into(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the configuration makes a working bridge: known operations, valid subjects,
+    /// sane timeouts, and no stream subject capturing a query subject.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.base_url.trim().is_empty() {
+            return invalid("base_url is empty".into());
+        }
+        if !subjects::is_valid_token(&self.subjects.prefix) {
+            return invalid(format!("subjects.prefix {:?} is not a single subject token", self.subjects.prefix));
+        }
+        if self.ack_timeout_ms == 0 || self.query_timeout_ms == 0 {
+            return invalid("timeouts must be positive".into());
+        }
+        if self.request_timeout_ms <= self.ack_timeout_ms {
+            return invalid(format!(
+                "request_timeout_ms ({}) must exceed ack_timeout_ms ({})",
+                self.request_timeout_ms, self.ack_timeout_ms
+            ));
+        }
+        if !(1..=5).contains(&self.jetstream.replicas) {
+            return invalid(format!("jetstream.replicas must be 1..=5, got {}", self.jetstream.replicas));
+        }
+        if !subjects::is_valid_token(&self.jetstream.stream_prefix) {
+            return invalid(format!("jetstream.stream_prefix {:?} is invalid", self.jetstream.stream_prefix));
+        }
+        for family in self.jetstream.retention_days.keys() {
+            if !Family::ALL.iter().any(|f| f.as_str() == family) {
+                return invalid(format!("jetstream.retention_days: unknown family {family:?}"));
+            }
+        }
+        for (name, o) in &self.operations {
+            let Some(op) = catalogue::find(name) else {
+                return invalid(format!("operations: unknown operation {name:?}"));
+            };
+            if let Some(t) = &o.subject {
+                subjects::validate_template(t).map_err(|e| ConfigError::Invalid(format!("operations.{name}.subject: {e}")))?;
+            }
+            if op.pattern == Pattern::Query && o.ack_timeout_ms.is_some() {
+                return invalid(format!("operations.{name}.ack_timeout_ms: {name} is a query, it has no publish ack"));
+            }
+            let t = self.timeouts(op);
+            if let Some(ack) = t.ack {
+                if t.reply.is_zero() || ack.is_zero() {
+                    return invalid(format!("operations.{name}: timeout_ms must exceed ack_timeout_ms"));
+                }
+            }
+        }
+        // A stream must never capture a query subject, nor the reply-lookup subject.
+        let durable: Vec<(Operation, String)> = catalogue::all()
+            .filter(|o| o.pattern == Pattern::Durable)
+            .map(|o| (o, subjects::wildcard(&self.subject_template(o))))
+            .collect();
+        let mut queries: Vec<(String, String)> = catalogue::all()
+            .filter(|o| o.pattern == Pattern::Query)
+            .map(|o| (o.name.to_string(), subjects::wildcard(&self.subject_template(o))))
+            .collect();
+        queries.push(("reply lookup".into(), subjects::wildcard(&self.lookup_template())));
+        for (d, filter) in &durable {
+            for (q, qs) in &queries {
+                if subjects::overlap(filter, qs) {
+                    return invalid(format!(
+                        "subject of {} ({filter}) overlaps query {q} ({qs}): the stream would capture the query",
+                        d.name
+                    ));
+                }
+            }
+            for (d2, f2) in &durable {
+                if d.name != d2.name && subjects::overlap(filter, f2) {
+                    return invalid(format!("subjects of {} and {} overlap ({filter}, {f2})", d.name, d2.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The subject template of an operation (placeholders `{merchant_id}`, `{connector}`).
+    pub fn subject_template(&self, op: Operation) -> String {
+        if let Some(t) = self.operations.get(op.name).and_then(|o| o.subject.clone()) {
+            return t;
+        }
+        let p = &self.subjects.prefix;
+        match self.subjects.scheme {
+            SubjectScheme::Shared => format!("{p}.{}.{}", op.family, op.action),
+            SubjectScheme::PerMerchant if op.per_connector => {
+                format!("{p}.{}.{{merchant_id}}.{{connector}}.{}", op.family, op.action)
+            }
+            SubjectScheme::PerMerchant => format!("{p}.{}.{{merchant_id}}.{}", op.family, op.action),
+        }
+    }
+
+    /// The subject template workers answer reply lookups on (used after a duplicate publish).
+    pub fn lookup_template(&self) -> String {
+        let p = &self.subjects.prefix;
+        match self.subjects.scheme {
+            SubjectScheme::Shared => format!("{p}.replies.lookup"),
+            SubjectScheme::PerMerchant => format!("{p}.replies.{{merchant_id}}.lookup"),
+        }
+    }
+
+    /// The dead-letter subject of an operation.
+    pub fn dlq_subject(&self, op: Operation) -> String {
+        format!("{}.dlq.{}.{}", self.subjects.prefix, op.family, op.action)
+    }
+
+    /// The timeouts of an operation, with overrides applied.
+    pub fn timeouts(&self, op: Operation) -> Timeouts {
+        let o = self.operations.get(op.name);
+        match op.pattern {
+            Pattern::Durable => {
+                let ack = o.and_then(|o| o.ack_timeout_ms).unwrap_or(self.ack_timeout_ms);
+                let total = o.and_then(|o| o.timeout_ms).unwrap_or(self.request_timeout_ms);
+                Timeouts {
+                    ack: Some(Duration::from_millis(ack)),
+                    reply: Duration::from_millis(total.saturating_sub(ack)),
+                }
+            }
+            Pattern::Query => Timeouts {
+                ack: None,
+                reply: Duration::from_millis(o.and_then(|o| o.timeout_ms).unwrap_or(self.query_timeout_ms)),
+            },
+        }
+    }
+
+    /// Name of a family's stream.
+    pub fn stream_name(&self, family: Family) -> String {
+        format!("{}_{}", self.jetstream.stream_prefix, family.as_str().to_uppercase())
+    }
+
+    /// Name of the dead-letter stream.
+    pub fn dlq_stream_name(&self) -> String {
+        format!("{}_DLQ", self.jetstream.stream_prefix)
+    }
+
+    /// Retention of a family's stream.
+    pub fn retention(&self, family: Family) -> Duration {
+        self.jetstream
+            .retention_days
+            .get(family.as_str())
+            .map(|d| Duration::from_secs(d * 86_400))
+            .unwrap_or_else(|| family.default_retention())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::ops;
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let c = BridgeConfig::default();
+        c.validate().unwrap();
+        let t = c.timeouts(ops::authorize());
+        assert_eq!(t.ack, Some(Duration::from_secs(2)));
+        assert_eq!(t.reply, Duration::from_secs(28));
+        assert_eq!(c.timeouts(ops::payment_sync()).reply, Duration::from_secs(5));
+        assert_eq!(c.subject_template(ops::authorize()), "hyperswitch.payments.authorize");
+        assert_eq!(c.stream_name(Family::Payments), "HYPERSWITCH_PAYMENTS");
+        assert_eq!(c.jetstream.duplicate_window_ms, 300_000);
+    }
+
+    #[test]
+    fn per_merchant_scheme() {
+        let mut c = BridgeConfig::default();
+        c.subjects.scheme = SubjectScheme::PerMerchant;
+        c.validate().unwrap();
+        assert_eq!(c.subject_template(ops::capture()), "hyperswitch.payments.{merchant_id}.capture");
+        let webhook = catalogue::find("webhooks.incoming").unwrap();
+        assert_eq!(c.subject_template(webhook), "hyperswitch.webhooks.{merchant_id}.{connector}.incoming");
+    }
+
+    #[test]
+    fn toml_with_overrides_and_unknown_keys() {
+        let c = BridgeConfig::from_toml(
+            "[nats_bridge]\nbase_url = \"nats://a:1\"\n[nats_bridge.operations.\"payments.sync\"]\ntimeout_ms = 700\n",
+        )
+        .unwrap();
+        assert_eq!(c.timeouts(ops::payment_sync()).reply, Duration::from_millis(700));
+        let err = BridgeConfig::from_toml("[nats_bridge]\nbase_ulr = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("base_ulr"), "{err}");
+        let err = BridgeConfig::from_toml("[nats_bridge.operations.\"payments.nope\"]\n").unwrap_err();
+        assert!(err.to_string().contains("payments.nope"), "{err}");
+    }
+
+    #[test]
+    fn a_stream_capturing_a_query_is_refused() {
+        // The seeds' mistake: a durable subject with a wildcard over the family.
+        let mut c = BridgeConfig::default();
+        c.operations.insert(
+            "payments.authorize".into(),
+            OperationOverride { subject: Some("hyperswitch.payments.>".into()), ..Default::default() },
+        );
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("capture the query"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let mut c = BridgeConfig::default();
+        c.apply_env([
+            ("NATS_BRIDGE_REPLICAS".to_string(), "3".to_string()),
+            ("NATS_BRIDGE_SUBJECT_SCHEME".to_string(), "per_merchant".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(c.jetstream.replicas, 3);
+        assert_eq!(c.subjects.scheme, SubjectScheme::PerMerchant);
+        let err = c.apply_env([("NATS_BRIDGE_REPLICAS".to_string(), "three".to_string())]).unwrap_err();
+        assert!(err.to_string().contains("NATS_BRIDGE_REPLICAS"));
+    }
+}

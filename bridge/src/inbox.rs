@@ -1,0 +1,156 @@
+//! One multiplexed reply inbox per bridge.
+//!
+//! The bridge subscribes once to `_INBOX.hsb.<bridge id>.*`; each durable call waits on
+//! `_INBOX.hsb.<bridge id>.<token>`, where the token is derived from the message id. A transport
+//! retry of the same instance therefore listens on the same address as the original, and a late
+//! reply to the original still finds a waiter.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_nats::{Client, Message};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::stats::Stats;
+
+type Waiters = HashMap<String, Vec<(u64, mpsc::Sender<Message>)>>;
+
+/// The shared reply subscription and its routing table.
+pub(crate) struct ReplyInbox {
+    /// `_INBOX.hsb.<bridge id>`: unique per bridge so two bridges never share replies.
+    prefix: String,
+    /// Waiters by token; a token may have several waiters (concurrent retries of one instance).
+    waiters: Arc<Mutex<Waiters>>,
+    /// Distinguishes waiters of one token, so a dropped waiter removes only itself.
+    next_id: AtomicU64,
+    /// The dispatcher; aborted with the inbox.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ReplyInbox {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// 128-bit FNV-1a of the message id, hex: a subject-safe token, stable across processes.
+pub(crate) fn token(message_id: &str) -> String {
+    let mut h1: u64 = 0xcbf29ce484222325;
+    let mut h2: u64 = 0x84222325cbf29ce4;
+    for b in message_id.bytes() {
+        h1 = (h1 ^ b as u64).wrapping_mul(0x100000001b3);
+        h2 = (h2 ^ b as u64).wrapping_mul(0x100000001b3).rotate_left(5);
+    }
+    format!("{h1:016x}{h2:016x}")
+}
+
+impl ReplyInbox {
+    /// Subscribes the inbox and starts routing replies.
+    pub(crate) async fn start(client: &Client, stats: Arc<Stats>) -> Result<Self, String> {
+        let prefix = format!("_INBOX.hsb.{}", uuid::Uuid::new_v4().simple());
+        let mut sub = client
+            .subscribe(format!("{prefix}.*"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let waiters: Arc<Mutex<Waiters>> = Arc::default();
+        let routes = waiters.clone();
+        let cut = prefix.len() + 1;
+        let task = tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let token = msg.subject.get(cut..).unwrap_or_default().to_string();
+                let guard = routes.lock().expect("inbox lock");
+                match guard.get(&token) {
+                    Some(list) if !list.is_empty() => {
+                        stats.replies.fetch_add(1, Ordering::Relaxed);
+                        for (_, tx) in list {
+                            let _ = tx.try_send(msg.clone());
+                        }
+                    }
+                    _ => {
+                        // A reply nobody waits for (late, or for a call that gave up).
+                        stats.orphan_replies.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        Ok(ReplyInbox {
+            prefix,
+            waiters,
+            next_id: AtomicU64::new(0),
+            task,
+        })
+    }
+
+    /// The reply subject for a message id.
+    pub(crate) fn subject_for(&self, message_id: &str) -> String {
+        format!("{}.{}", self.prefix, token(message_id))
+    }
+
+    /// Starts waiting for replies to a message id; dropping the waiter stops it.
+    pub(crate) fn register(&self, message_id: &str) -> Waiter {
+        let token = token(message_id);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(8);
+        self.waiters
+            .lock()
+            .expect("inbox lock")
+            .entry(token.clone())
+            .or_default()
+            .push((id, tx));
+        Waiter {
+            token,
+            id,
+            rx,
+            waiters: self.waiters.clone(),
+        }
+    }
+
+    /// How many calls wait for a reply now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiters.lock().expect("inbox lock").values().map(Vec::len).sum()
+    }
+}
+
+/// A registration on the inbox.
+pub(crate) struct Waiter {
+    /// Routing key.
+    token: String,
+    /// This waiter among those of the token.
+    id: u64,
+    /// Replies routed here.
+    rx: mpsc::Receiver<Message>,
+    /// To unregister on drop.
+    waiters: Arc<Mutex<Waiters>>,
+}
+
+impl Waiter {
+    /// The next reply routed to this waiter.
+    pub(crate) async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut map = self.waiters.lock().expect("inbox lock");
+        if let Some(list) = map.get_mut(&self.token) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                map.remove(&self.token);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_are_stable_subject_safe_and_distinct() {
+        let a = super::token("m:p:payments.capture:cap_1");
+        assert_eq!(a, super::token("m:p:payments.capture:cap_1"));
+        assert_ne!(a, super::token("m:p:payments.capture:cap_2"));
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()) && a.len() == 32);
+    }
+}

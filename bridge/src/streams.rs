@@ -1,0 +1,178 @@
+//! Stream provisioning, derived from the catalogue: one stream per family that has durable
+//! operations, plus the dead-letter stream.
+//!
+//! Stream subjects are the durable operations' own subjects (placeholders as `*`), never a
+//! family wildcard such as `hyperswitch.payments.>`: that would capture `payments.sync`, and a
+//! core request there would get JetStream's publish ack instead of the worker's reply.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use futures::TryStreamExt;
+
+use crate::catalogue::{self, Family, Pattern};
+use crate::config::{BridgeConfig, Storage};
+use crate::subjects;
+
+/// What one stream should look like.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamPlan {
+    /// Stream name.
+    pub name: String,
+    /// Its subjects.
+    pub subjects: Vec<String>,
+    /// How long messages are kept.
+    pub max_age: Duration,
+    /// Replicas.
+    pub replicas: usize,
+    /// De-duplication window.
+    pub duplicate_window: Duration,
+    /// File or memory.
+    pub storage: Storage,
+}
+
+impl StreamPlan {
+    /// The JetStream configuration for this plan.
+    pub fn to_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.name.clone(),
+            subjects: self.subjects.clone(),
+            retention: stream::RetentionPolicy::Limits,
+            max_age: self.max_age,
+            storage: match self.storage {
+                Storage::File => stream::StorageType::File,
+                Storage::Memory => stream::StorageType::Memory,
+            },
+            num_replicas: self.replicas,
+            duplicate_window: self.duplicate_window,
+            discard: stream::DiscardPolicy::Old,
+            description: Some("payment bridge operations".into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Errors while provisioning or verifying streams.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The server refused to create or update a stream.
+    #[error("cannot create or update stream {name}: {reason}")]
+    Provision {
+        /// The stream.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server could not list its streams.
+    #[error("cannot list streams: {0}")]
+    List(String),
+    /// A stream on the server captures a query subject.
+    #[error("stream {stream} subject {stream_subject} captures query subject {query_subject} ({operation})")]
+    CapturesQuery {
+        /// The stream.
+        stream: String,
+        /// Its subject.
+        stream_subject: String,
+        /// The captured query subject.
+        query_subject: String,
+        /// The query operation.
+        operation: String,
+    },
+}
+
+/// The streams the configuration calls for.
+pub fn plan(config: &BridgeConfig) -> Vec<StreamPlan> {
+    let window = Duration::from_millis(config.jetstream.duplicate_window_ms);
+    let mut plans: Vec<StreamPlan> = catalogue::durable_families()
+        .map(|family: Family| StreamPlan {
+            name: config.stream_name(family),
+            subjects: catalogue::family(family)
+                .filter(|op| op.pattern == Pattern::Durable)
+                .map(|op| subjects::wildcard(&config.subject_template(op)))
+                .collect(),
+            max_age: config.retention(family),
+            replicas: config.jetstream.replicas,
+            duplicate_window: window,
+            storage: config.jetstream.storage,
+        })
+        .collect();
+    plans.push(StreamPlan {
+        name: config.dlq_stream_name(),
+        subjects: vec![format!("{}.dlq.>", config.subjects.prefix)],
+        max_age: Duration::from_secs(config.jetstream.dlq_retention_days * 86_400),
+        replicas: config.jetstream.replicas,
+        duplicate_window: window,
+        storage: config.jetstream.storage,
+    });
+    plans
+}
+
+/// Creates or updates every planned stream.
+pub async fn ensure(js: &jetstream::Context, config: &BridgeConfig) -> Result<Vec<StreamPlan>, StreamError> {
+    let plans = plan(config);
+    for p in &plans {
+        js.create_or_update_stream(p.to_config())
+            .await
+            .map_err(|e| StreamError::Provision {
+                name: p.name.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(plans)
+}
+
+/// Asks the server (not the config) whether any stream captures a query subject or the
+/// reply-lookup subject.
+pub async fn verify_no_query_capture(js: &jetstream::Context, config: &BridgeConfig) -> Result<usize, StreamError> {
+    let infos: Vec<stream::Info> = js
+        .streams()
+        .try_collect()
+        .await
+        .map_err(|e| StreamError::List(e.to_string()))?;
+    let mut queries: Vec<(String, String)> = catalogue::all()
+        .filter(|op| op.pattern == Pattern::Query)
+        .map(|op| (op.name.to_string(), subjects::wildcard(&config.subject_template(op))))
+        .collect();
+    queries.push(("reply lookup".into(), subjects::wildcard(&config.lookup_template())));
+    for info in &infos {
+        for s in &info.config.subjects {
+            for (name, q) in &queries {
+                if subjects::overlap(s, q) {
+                    return Err(StreamError::CapturesQuery {
+                        stream: info.config.name.clone(),
+                        stream_subject: s.clone(),
+                        query_subject: q.clone(),
+                        operation: name.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(infos.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SubjectScheme;
+
+    #[test]
+    fn plan_covers_every_durable_operation_and_no_query() {
+        for scheme in [SubjectScheme::Shared, SubjectScheme::PerMerchant] {
+            let mut c = BridgeConfig::default();
+            c.subjects.scheme = scheme;
+            let plans = plan(&c);
+            assert_eq!(plans.len(), 9);
+            let all: Vec<&String> = plans.iter().flat_map(|p| &p.subjects).collect();
+            for op in catalogue::all() {
+                let s = subjects::wildcard(&c.subject_template(op));
+                let captured = all.iter().any(|f| subjects::overlap(f, &s));
+                assert_eq!(captured, op.pattern == Pattern::Durable, "{}", op.name);
+            }
+            let payments = &plans[0];
+            assert_eq!(payments.name, "HYPERSWITCH_PAYMENTS");
+            assert_eq!(payments.max_age, Duration::from_secs(30 * 86_400));
+            assert_eq!(plans.last().unwrap().name, "HYPERSWITCH_DLQ");
+        }
+    }
+}
