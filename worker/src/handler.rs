@@ -1,0 +1,248 @@
+//! What a worker does with one operation: idempotency first, then the processor.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mock_processor::{ClientError, Effect, EffectRequest, ProcessorClient};
+use nats_bridge::{catalogue::Pattern, Operation, RequestEnvelope, ResponseEnvelope, ResponseStatus};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::profile::Profile;
+use crate::store::{fingerprint, Record, ResultStore};
+
+/// Fault knobs for tests, changeable while the worker runs.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// The next N durable operations stop right after the processor call: nothing stored, no
+    /// reply, no ack, as if the worker died there. JetStream redelivers after the ack wait.
+    pub stall_after_processor: AtomicU32,
+    /// Extra delay before each ack (ms), to provoke redelivery of processed messages.
+    pub ack_delay_ms: AtomicU64,
+}
+
+impl Faults {
+    /// Takes one "stall" token if any is left.
+    pub(crate) fn take_stall(&self) -> bool {
+        self.stall_after_processor
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// Outcome of handling one message.
+#[derive(Debug)]
+pub enum Handled {
+    /// Reply with this (and ack, for durable messages).
+    Reply(ResponseEnvelope),
+    /// Stop here without replying or acking (a simulated crash).
+    Stalled,
+}
+
+/// A failure that should be retried later (nak): nothing definite was learnt.
+#[derive(Debug, thiserror::Error)]
+#[error("transient: {0}")]
+pub struct Transient(pub String);
+
+/// The handler shared by a worker's tasks.
+pub struct Handler {
+    /// The processor.
+    processor: ProcessorClient,
+    /// Results by idempotency key.
+    store: ResultStore,
+    /// Latency, declines, errors.
+    profile: Profile,
+    /// Fault knobs.
+    faults: Arc<Faults>,
+    /// Instance name for logs.
+    name: String,
+}
+
+fn amount(env: &RequestEnvelope) -> Option<i64> {
+    env.router_data.get("amount").and_then(|v| v.as_i64())
+}
+
+fn currency(env: &RequestEnvelope) -> Option<String> {
+    env.router_data.get("currency").and_then(|v| v.as_str()).map(str::to_string)
+}
+
+/// Operations that move money, subject to declines.
+fn moves_money(op: Operation) -> bool {
+    matches!(
+        op.name,
+        "payments.authorize" | "payments.capture" | "payments.incremental_auth" | "payments.complete_authorize" | "refunds.execute" | "payouts.create" | "payouts.fulfill"
+    )
+}
+
+fn success(env: &RequestEnvelope, effect: &Effect) -> ResponseEnvelope {
+    let mut r = ResponseEnvelope::reply_to(env, ResponseStatus::Success);
+    r.transaction_id = Some(effect.effect_id.clone());
+    r.connector_response = serde_json::to_value(effect).unwrap_or_default();
+    r
+}
+
+impl Handler {
+    /// A handler over a processor and a result store.
+    pub fn new(processor: ProcessorClient, store: ResultStore, profile: Profile, faults: Arc<Faults>, name: String) -> Self {
+        Handler {
+            processor,
+            store,
+            profile,
+            faults,
+            name,
+        }
+    }
+
+    /// The result store.
+    pub fn store(&self) -> &ResultStore {
+        &self.store
+    }
+
+    /// Handles a durable operation at most once per idempotency key.
+    pub async fn durable(&self, op: Operation, env: &RequestEnvelope) -> Result<Handled, Transient> {
+        let fp = fingerprint(env);
+        let key = env.idempotency_key.as_str();
+        let previous = self.store.get(key).await.map_err(|e| Transient(e.to_string()))?;
+        if let Some(record) = &previous {
+            if record.fingerprint() != fp {
+                return Ok(Handled::Reply(ResponseEnvelope::failure(
+                    env,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    format!("idempotency key {key} was used for a different request"),
+                )));
+            }
+        }
+        match previous {
+            Some(Record::Done { mut response, .. }) => {
+                // Same request: the first result, whoever asks.
+                response.correlation_id = env.correlation_id.clone();
+                info!(worker = %self.name, key, "re-sending stored result");
+                return Ok(Handled::Reply(response));
+            }
+            Some(Record::Started { .. }) => {
+                // An earlier delivery died after marking the key: it may have reached the
+                // processor. Ask before calling again.
+                let found = self.processor.effects_by_key(key).await.map_err(|e| Transient(e.to_string()))?;
+                if let Some(effect) = found.first() {
+                    warn!(worker = %self.name, key, "earlier delivery reached the processor; using its effect");
+                    let response = success(env, effect);
+                    self.finish(key, &fp, &response).await?;
+                    return Ok(Handled::Reply(response));
+                }
+            }
+            None => {
+                self.store
+                    .put(key, &Record::Started { fingerprint: fp.clone() })
+                    .await
+                    .map_err(|e| Transient(e.to_string()))?;
+            }
+        }
+        let draw = self.profile.draw(key);
+        if !draw.latency.is_zero() {
+            tokio::time::sleep(draw.latency).await;
+        }
+        let response = if draw.error {
+            ResponseEnvelope::failure(env, "WORKER_ERROR", "the worker failed to process the operation")
+        } else if draw.decline && moves_money(op) {
+            ResponseEnvelope::failure(env, "card_declined", "the issuer declined the operation")
+        } else {
+            let request = EffectRequest {
+                operation: op.name.to_string(),
+                merchant_id: env.merchant_id.clone(),
+                payment_id: env.payment_id.clone(),
+                reference: Some(env.attempt_id.clone()),
+                amount: amount(env),
+                currency: currency(env),
+                details: serde_json::Value::Null,
+            };
+            match self.processor.create_effect(&request, Some(key)).await {
+                Ok(effect) => success(env, &effect),
+                Err(ClientError::Rejected { code, message, .. }) => ResponseEnvelope::failure(env, code, message),
+                Err(e) => return Err(Transient(format!("processor: {e}"))),
+            }
+        };
+        if self.faults.take_stall() {
+            warn!(worker = %self.name, key, "fault: stalling after the processor call");
+            return Ok(Handled::Stalled);
+        }
+        self.finish(key, &fp, &response).await?;
+        Ok(Handled::Reply(response))
+    }
+
+    async fn finish(&self, key: &str, fp: &str, response: &ResponseEnvelope) -> Result<(), Transient> {
+        self.store
+            .put(
+                key,
+                &Record::Done {
+                    fingerprint: fp.to_string(),
+                    response: response.clone(),
+                },
+            )
+            .await
+            .map_err(|e| Transient(e.to_string()))
+    }
+
+    /// Answers a query; never records a processor effect.
+    pub async fn query(&self, op: Operation, env: &RequestEnvelope) -> ResponseEnvelope {
+        debug_assert_eq!(op.pattern, Pattern::Query);
+        let draw = self.profile.draw(&env.idempotency_key);
+        if !draw.latency.is_zero() {
+            tokio::time::sleep(draw.latency).await;
+        }
+        let reference = |field: &str| {
+            env.router_data
+                .get(field)
+                .and_then(|v| v.as_str())
+                .unwrap_or(&env.attempt_id)
+                .to_string()
+        };
+        let mut ok = ResponseEnvelope::reply_to(env, ResponseStatus::Success);
+        match op.name {
+            "payments.sync" => match self.processor.account(&env.merchant_id, &env.payment_id).await {
+                Ok(Some(account)) => ok.connector_response = serde_json::to_value(account).unwrap_or_default(),
+                Ok(None) => return ResponseEnvelope::failure(env, "payment_not_found", "the processor has no record of this payment"),
+                Err(e) => return ResponseEnvelope::failure(env, "processor_unavailable", e.to_string()),
+            },
+            "refunds.sync" | "payouts.sync" => {
+                let field = if op.name == "refunds.sync" { "refund_id" } else { "payout_id" };
+                let reference = reference(field);
+                match self.processor.by_reference(&env.merchant_id, &reference).await {
+                    Ok(effects) if !effects.is_empty() => {
+                        ok.transaction_id = effects.last().map(|e| e.effect_id.clone());
+                        ok.connector_response = json!({ "reference": reference, "effects": effects });
+                    }
+                    Ok(_) => return ResponseEnvelope::failure(env, "not_found", format!("the processor has no record of {reference}")),
+                    Err(e) => return ResponseEnvelope::failure(env, "processor_unavailable", e.to_string()),
+                }
+            }
+            "tax.calculate" => {
+                let amount = amount(env).unwrap_or(0);
+                ok.connector_response = json!({ "order_tax_amount": amount * 8 / 100, "rate_bps": 800 });
+            }
+            "giftcard.balance" => ok.connector_response = json!({ "balance": 10_000, "currency": currency(env).unwrap_or_else(|| "USD".into()) }),
+            "tokens.validate" => ok.connector_response = json!({ "valid": true }),
+            "webhooks.verify" => ok.connector_response = json!({ "verified": true }),
+            other => {
+                ok.connector_response = json!({ "token": format!("{}_{}", other.replace('.', "_"), fingerprint(env)), "expires_in": 900 });
+            }
+        }
+        ok
+    }
+
+    /// The stored reply of a key, if done, for a reply lookup.
+    pub async fn lookup(&self, env: &RequestEnvelope) -> Option<ResponseEnvelope> {
+        match self.store.get(&env.idempotency_key).await.ok()?? {
+            Record::Done { fingerprint: fp, mut response } if fp == fingerprint(env) => {
+                response.correlation_id = env.correlation_id.clone();
+                Some(response)
+            }
+            _ => None,
+        }
+    }
+
+    /// The ack delay fault.
+    pub(crate) fn ack_delay(&self) -> Duration {
+        Duration::from_millis(self.faults.ack_delay_ms.load(Ordering::Relaxed))
+    }
+}

@@ -1,0 +1,337 @@
+//! Starts a worker: a pull consumer per durable operation, a queue subscription per query
+//! subject, the reply-lookup responder and the dead-letter mover.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use futures::StreamExt;
+use mock_processor::ProcessorClient;
+use nats_bridge::{catalogue, headers, subjects, BridgeConfig, Operation, Pattern, RequestEnvelope, ResponseEnvelope};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::config::WorkerConfig;
+use crate::handler::{Faults, Handled, Handler};
+use crate::store::ResultStore;
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// NATS connection failed.
+    #[error("cannot connect to nats at {url}: {reason}")]
+    Connect {
+        /// URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The processor URL is invalid.
+    #[error("invalid processor url: {0}")]
+    Processor(String),
+    /// Streams, consumers, buckets or subscriptions could not be set up.
+    #[error("cannot set up {what}: {reason}")]
+    Setup {
+        /// What.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn setup(what: impl Into<String>) -> impl FnOnce(String) -> StartError {
+    let what = what.into();
+    move |reason| StartError::Setup { what, reason }
+}
+
+/// A running worker. Dropping it (or [`WorkerHandle::kill`]) stops every task at once, without
+/// acking what is in flight, as a crash would; [`WorkerHandle::shutdown`] drains first.
+pub struct WorkerHandle {
+    /// The worker's own connection.
+    client: Client,
+    /// Its tasks.
+    tasks: JoinSet<()>,
+    /// Fault knobs.
+    faults: Arc<Faults>,
+}
+
+impl WorkerHandle {
+    /// The fault knobs.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// Stops at once: in-flight messages stay unacked and will be redelivered.
+    pub fn kill(mut self) {
+        self.tasks.abort_all();
+    }
+
+    /// Stops taking work and closes the connection.
+    pub async fn shutdown(mut self) {
+        self.tasks.abort_all();
+        let _ = self.client.drain().await;
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+fn served(config: &WorkerConfig) -> Vec<Operation> {
+    catalogue::all()
+        .filter(|op| config.operations.is_empty() || config.operations.iter().any(|n| n == op.name))
+        .collect()
+}
+
+/// The durable consumer name of an operation (shared by every worker instance).
+pub fn consumer_name(op: Operation) -> String {
+    format!("worker_{}_{}", op.family, op.action)
+}
+
+/// Connects and starts serving. Streams must exist (the bridge provisions them).
+pub async fn start(config: WorkerConfig, bridge: BridgeConfig) -> Result<WorkerHandle, StartError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(&config.name)
+        .max_reconnects(None)
+        .connect(config.nats_url.as_str())
+        .await
+        .map_err(|e| StartError::Connect {
+            url: config.nats_url.clone(),
+            reason: e.to_string(),
+        })?;
+    start_with_client(client, config, bridge).await
+}
+
+/// Starts serving over an existing connection.
+pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: BridgeConfig) -> Result<WorkerHandle, StartError> {
+    let js = jetstream::new(client.clone());
+    let processor = ProcessorClient::new(&config.processor_url).map_err(|e| StartError::Processor(e.to_string()))?;
+    let store = ResultStore::open(&js, &config.results_bucket, bridge.jetstream.replicas)
+        .await
+        .map_err(|e| setup("result bucket")(e.to_string()))?;
+    let faults = Arc::new(Faults::default());
+    let handler = Arc::new(Handler::new(processor, store, config.profile.clone(), faults.clone(), config.name.clone()));
+    let limit = Arc::new(Semaphore::new(config.max_in_flight));
+    let bridge = Arc::new(bridge);
+    let mut tasks = JoinSet::new();
+
+    for op in served(&config) {
+        let filter = subjects::wildcard(&bridge.subject_template(op));
+        match op.pattern {
+            Pattern::Durable => {
+                let stream_name = bridge.stream_name(op.family);
+                let stream = js.get_stream(&stream_name).await.map_err(|e| setup(format!("stream {stream_name}"))(e.to_string()))?;
+                let consumer: jetstream::consumer::PullConsumer = stream
+                    .get_or_create_consumer(
+                        &consumer_name(op),
+                        pull::Config {
+                            durable_name: Some(consumer_name(op)),
+                            filter_subject: filter.clone(),
+                            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                            ack_wait: Duration::from_millis(config.ack_wait_ms),
+                            max_deliver: config.max_deliver,
+                            max_ack_pending: 10_000,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| setup(format!("consumer {}", consumer_name(op)))(e.to_string()))?;
+                let mut messages = consumer
+                    .messages()
+                    .await
+                    .map_err(|e| setup(format!("pull of {}", op.name))(e.to_string()))?;
+                let (client, handler, limit, bridge) = (client.clone(), handler.clone(), limit.clone(), bridge.clone());
+                tasks.spawn(async move {
+                    let mut inner = JoinSet::new();
+                    while let Some(next) = messages.next().await {
+                        let msg = match next {
+                            Ok(msg) => msg,
+                            Err(e) => {
+                                warn!(operation = op.name, error = %e, "pull error");
+                                continue;
+                            }
+                        };
+                        let Ok(permit) = limit.clone().acquire_owned().await else { break };
+                        let (client, handler, bridge) = (client.clone(), handler.clone(), bridge.clone());
+                        inner.spawn(async move {
+                            on_durable(&client, &handler, &bridge, op, msg).await;
+                            drop(permit);
+                        });
+                        while inner.try_join_next().is_some() {}
+                    }
+                });
+            }
+            Pattern::Query => {
+                let mut sub = client
+                    .queue_subscribe(filter.clone(), config.queue_group.clone())
+                    .await
+                    .map_err(|e| setup(format!("subscription {filter}"))(e.to_string()))?;
+                let (client, handler) = (client.clone(), handler.clone());
+                tasks.spawn(async move {
+                    let mut inner = JoinSet::new();
+                    while let Some(msg) = sub.next().await {
+                        let (client, handler) = (client.clone(), handler.clone());
+                        inner.spawn(async move { on_query(&client, &handler, op, msg).await });
+                        while inner.try_join_next().is_some() {}
+                    }
+                });
+            }
+        }
+    }
+
+    // Reply lookups, asked by a bridge whose publish JetStream reported as a duplicate.
+    let lookup = subjects::wildcard(&bridge.lookup_template());
+    let mut sub = client
+        .queue_subscribe(lookup.clone(), config.queue_group.clone())
+        .await
+        .map_err(|e| setup(format!("subscription {lookup}"))(e.to_string()))?;
+    {
+        let (client, handler) = (client.clone(), handler.clone());
+        tasks.spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let Some(reply) = msg.reply.clone() else { continue };
+                let found = match serde_json::from_slice::<RequestEnvelope>(&msg.payload) {
+                    Ok(env) => handler.lookup(&env).await,
+                    Err(_) => None,
+                };
+                let mut h = HeaderMap::new();
+                h.insert(headers::LOOKUP, if found.is_some() { "hit" } else { "miss" });
+                let body = found.map(|r| serde_json::to_vec(&r).unwrap_or_default()).unwrap_or_default();
+                let _ = client.publish_with_headers(reply, h, body.into()).await;
+            }
+        });
+    }
+
+    // Dead letters: a message delivered max_deliver times is copied to the DLQ stream.
+    let advisories = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}_*.*", bridge.jetstream.stream_prefix);
+    let mut sub = client
+        .queue_subscribe(advisories.clone(), config.queue_group.clone())
+        .await
+        .map_err(|e| setup(format!("subscription {advisories}"))(e.to_string()))?;
+    {
+        let (js, bridge) = (js.clone(), bridge.clone());
+        tasks.spawn(async move {
+            while let Some(msg) = sub.next().await {
+                if let Err(e) = dead_letter_from_advisory(&js, &bridge, &msg.payload).await {
+                    error!(error = %e, "dead-letter move failed");
+                }
+            }
+        });
+    }
+    client.flush().await.map_err(|e| setup("flush")(e.to_string()))?;
+    info!(worker = %config.name, operations = served(&config).len(), "worker ready");
+    Ok(WorkerHandle { client, tasks, faults })
+}
+
+async fn on_durable(client: &Client, handler: &Handler, bridge: &BridgeConfig, op: Operation, msg: jetstream::Message) {
+    let env = match serde_json::from_slice::<RequestEnvelope>(&msg.payload) {
+        Ok(env) if env.operation == op.name => env,
+        Ok(env) => return poison(client, bridge, op, &msg, &format!("operation {} on the subject of {}", env.operation, op.name)).await,
+        Err(e) => return poison(client, bridge, op, &msg, &format!("undecodable envelope: {e}")).await,
+    };
+    let reply_to = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(headers::REPLY_TO))
+        .map(|v| v.as_str().to_string());
+    match handler.durable(op, &env).await {
+        Ok(Handled::Reply(response)) => {
+            if let Some(reply_to) = reply_to {
+                send_reply(client, &reply_to, &env, &response).await;
+            }
+            let delay = handler.ack_delay();
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            // Ack last: the reply went out first on this same connection, and the result is stored.
+            if let Err(e) = msg.ack().await {
+                warn!(error = %e, "ack failed");
+            }
+        }
+        Ok(Handled::Stalled) => {}
+        Err(e) => {
+            warn!(operation = op.name, key = %env.idempotency_key, error = %e, "will retry");
+            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_millis(500)))).await;
+        }
+    }
+}
+
+async fn send_reply(client: &Client, reply_to: &str, env: &RequestEnvelope, response: &ResponseEnvelope) {
+    let mut h = HeaderMap::new();
+    h.insert(headers::CORRELATION_ID, env.correlation_id.as_str());
+    h.insert(headers::IDEMPOTENCY_KEY, env.idempotency_key.as_str());
+    let body = Bytes::from(serde_json::to_vec(response).unwrap_or_default());
+    if let Err(e) = client.publish_with_headers(reply_to.to_string(), h, body).await {
+        warn!(error = %e, "reply publish failed");
+    }
+}
+
+async fn on_query(client: &Client, handler: &Handler, op: Operation, msg: async_nats::Message) {
+    let Some(reply) = msg.reply.clone() else { return };
+    let response = match serde_json::from_slice::<RequestEnvelope>(&msg.payload) {
+        Ok(env) => {
+            let r = handler.query(op, &env).await;
+            send_reply(client, reply.as_str(), &env, &r).await;
+            return;
+        }
+        Err(e) => serde_json::json!({ "status": "failure", "correlation_id": "", "error": { "code": "INVALID_REQUEST", "message": e.to_string() } }),
+    };
+    let _ = client.publish(reply, Bytes::from(response.to_string())).await;
+}
+
+/// Copies an undecodable message to the dead-letter stream, then terminates it.
+async fn poison(client: &Client, bridge: &BridgeConfig, op: Operation, msg: &jetstream::Message, reason: &str) {
+    warn!(operation = op.name, %reason, "poison message");
+    let js = jetstream::new(client.clone());
+    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let mut h = msg.headers.clone().unwrap_or_default();
+    h.insert(headers::NATS_MSG_ID, format!("dlq:{}:{seq}", bridge.stream_name(op.family)));
+    h.insert("X-Dlq-Reason", reason);
+    h.insert("X-Dlq-Sequence", seq.to_string());
+    let stored = match js.publish_with_headers(bridge.dlq_subject(op), h, msg.payload.clone()).await {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    match stored {
+        true => {
+            let _ = msg.ack_with(AckKind::Term).await;
+        }
+        false => {
+            // Not copied: leave it for redelivery rather than lose it.
+            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MaxDeliveries {
+    stream: String,
+    consumer: String,
+    stream_seq: u64,
+    deliveries: u64,
+}
+
+async fn dead_letter_from_advisory(js: &jetstream::Context, bridge: &BridgeConfig, payload: &[u8]) -> Result<(), String> {
+    let adv: MaxDeliveries = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    let op = catalogue::all()
+        .find(|op| consumer_name(op) == adv.consumer)
+        .ok_or_else(|| format!("advisory for unknown consumer {}", adv.consumer))?;
+    let stream = js.get_stream(&adv.stream).await.map_err(|e| e.to_string())?;
+    let original = stream.get_raw_message(adv.stream_seq).await.map_err(|e| e.to_string())?;
+    let mut h = original.headers.clone();
+    h.insert(headers::NATS_MSG_ID, format!("dlq:{}:{}", adv.stream, adv.stream_seq));
+    h.insert("X-Dlq-Reason", format!("max deliveries ({}) reached", adv.deliveries));
+    h.insert("X-Dlq-Sequence", adv.stream_seq.to_string());
+    js.publish_with_headers(bridge.dlq_subject(op), h, original.payload.clone())
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    warn!(stream = %adv.stream, seq = adv.stream_seq, "message dead-lettered");
+    Ok(())
+}

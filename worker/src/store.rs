@@ -1,0 +1,104 @@
+//! Results by idempotency key, in a JetStream key-value bucket shared by all workers.
+//!
+//! A key is first marked `started` (just before the processor call), then `done` with the
+//! reply. A redelivery finding `done` re-sends the stored reply; one finding `started` knows an
+//! earlier delivery may have reached the processor and asks it before calling again.
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use nats_bridge::{RequestEnvelope, ResponseEnvelope};
+use serde::{Deserialize, Serialize};
+
+/// State of one idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Record {
+    /// A delivery is about to call (or called) the processor; no reply stored yet.
+    Started {
+        /// Fingerprint of the request that holds the key.
+        fingerprint: String,
+    },
+    /// The first result, re-sent to any retry with the same fingerprint.
+    Done {
+        /// Fingerprint of the request that holds the key.
+        fingerprint: String,
+        /// The stored reply.
+        response: ResponseEnvelope,
+    },
+}
+
+impl Record {
+    /// The fingerprint of the request holding the key.
+    pub fn fingerprint(&self) -> &str {
+        match self {
+            Record::Started { fingerprint } | Record::Done { fingerprint, .. } => fingerprint,
+        }
+    }
+}
+
+/// Errors of the result store.
+#[derive(Debug, thiserror::Error)]
+#[error("result store: {0}")]
+pub struct StoreError(pub String);
+
+/// The bucket.
+#[derive(Clone)]
+pub struct ResultStore {
+    kv: kv::Store,
+}
+
+/// What identifies "the same request" for a key: operation, merchant, payment, instance and
+/// router data (serde_json sorts object keys, so the JSON text is canonical).
+pub fn fingerprint(env: &RequestEnvelope) -> String {
+    let text = serde_json::json!([env.operation, env.merchant_id, env.payment_id, env.attempt_id, env.router_data]).to_string();
+    let h = text
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    format!("{h:016x}")
+}
+
+/// Bucket keys allow few characters; hex keeps every idempotency key exact and valid.
+fn key(idempotency_key: &str) -> String {
+    idempotency_key.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ResultStore {
+    /// Opens (creating if needed) the bucket.
+    pub async fn open(js: &jetstream::Context, bucket: &str, replicas: usize) -> Result<Self, StoreError> {
+        let kv = match js.get_key_value(bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.to_string(),
+                    description: "worker results by idempotency key".into(),
+                    history: 1,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| StoreError(format!("cannot create bucket {bucket}: {e}")))?,
+        };
+        Ok(ResultStore { kv })
+    }
+
+    /// The record of a key.
+    pub async fn get(&self, idempotency_key: &str) -> Result<Option<Record>, StoreError> {
+        let Some(bytes) = self.kv.get(key(idempotency_key)).await.map_err(|e| StoreError(e.to_string()))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError(format!("corrupt record for {idempotency_key}: {e}")))
+    }
+
+    /// Writes a record.
+    pub async fn put(&self, idempotency_key: &str, record: &Record) -> Result<(), StoreError> {
+        let bytes = Bytes::from(serde_json::to_vec(record).map_err(|e| StoreError(e.to_string()))?);
+        self.kv
+            .put(key(idempotency_key), bytes)
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError(e.to_string()))
+    }
+}
