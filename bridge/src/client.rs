@@ -65,7 +65,7 @@ impl Bridge {
                     other => debug!(event = %other, "nats event"),
                 }
             })
-            .connect(config.base_url.as_str())
+            .connect(config.server_urls())
             .await
             .map_err(|e| ConnectError::Connect {
                 url: config.base_url.clone(),

@@ -192,6 +192,11 @@ pub struct Timeouts {
     pub reply: Duration,
 }
 
+/// Splits a comma-separated list of server URLs.
+pub fn split_urls(urls: &str) -> Vec<String> {
+    urls.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -349,6 +354,11 @@ impl BridgeConfig {
             }
         }
         Ok(())
+    }
+
+    /// The server URLs of `base_url` (comma-separated), trimmed.
+    pub fn server_urls(&self) -> Vec<String> {
+        split_urls(&self.base_url)
     }
 
     /// The subject template of an operation (placeholders `{merchant_id}`, `{connector}`).

@@ -1,1 +1,13 @@
+//! The harness around the bridge: real NATS, the mock processor and workers, and the CLI.
+//!
+//! Map of the crate:
+//! - [`nats`]: NATS servers in containers (image built locally) or local processes; one node
+//!   or a 3-node JetStream cluster; readiness by the monitoring endpoint; cleanup on drop.
+//! - [`env`]: a whole environment (NATS + processor + streams + workers + bridge).
+//! - [`cli`]: the `harness` command (`catalogue`, `up`).
 
+pub mod cli;
+pub mod env;
+pub mod nats;
+
+pub use env::{Environment, EnvironmentConfig};

@@ -98,7 +98,7 @@ pub async fn start(config: WorkerConfig, bridge: BridgeConfig) -> Result<WorkerH
     let client = async_nats::ConnectOptions::new()
         .name(&config.name)
         .max_reconnects(None)
-        .connect(config.nats_url.as_str())
+        .connect(nats_bridge::config::split_urls(&config.nats_url))
         .await
         .map_err(|e| StartError::Connect {
             url: config.nats_url.clone(),

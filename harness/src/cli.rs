@@ -1,0 +1,182 @@
+//! The `harness` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use clap::{Parser, Subcommand};
+use nats_bridge::{catalogue, BridgeConfig, Pattern};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use crate::env::{Environment, EnvironmentConfig};
+use crate::nats::EnvConfig;
+
+/// Proves a NATS payment bridge safe: real NATS, mock workers and processor.
+#[derive(Debug, Parser)]
+#[command(name = "harness", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Action,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Action {
+    /// Lists the operation catalogue.
+    Catalogue {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Bridge config file (`[nats_bridge]` table) whose subjects and timeouts to show.
+        #[arg(long, env = "BRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Starts NATS, the processor and workers, prints their addresses, then `ready`.
+    Up {
+        /// A 3-node JetStream cluster (streams with 3 replicas) instead of one node.
+        #[arg(long)]
+        cluster: bool,
+        /// Worker processes to start.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Config file with `[nats_bridge]` and `[worker]` tables.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// A failure the CLI reports and exits non-zero on.
+pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Action::Catalogue { json, config } => {
+            let config = BridgeConfig::load(config.as_deref())?;
+            print!("{}", catalogue_text(&config, json));
+            Ok(())
+        }
+        Action::Up { cluster, workers, config } => up(cluster, workers, config.as_deref()).await,
+    }
+}
+
+/// The catalogue as text: a table, or one JSON object per line.
+pub fn catalogue_text(config: &BridgeConfig, json: bool) -> String {
+    let mut out = String::new();
+    if !json {
+        out.push_str(&format!("{:<30} {:<8} {:<48} {:<22} {:>7} {:>8}\n", "NAME", "PATTERN", "SUBJECT", "STREAM", "ACK_MS", "REPLY_MS"));
+    }
+    for op in catalogue::all() {
+        let t = config.timeouts(op);
+        let subject = config.subject_template(op);
+        let stream = (op.pattern == Pattern::Durable).then(|| config.stream_name(op.family));
+        let ack_ms = t.ack.map(|d| d.as_millis() as u64);
+        let reply_ms = t.reply.as_millis() as u64;
+        if json {
+            let line = json!({
+                "name": op.name,
+                "family": op.family,
+                "subject": subject,
+                "pattern": op.pattern,
+                "stream": stream,
+                "ack_timeout_ms": ack_ms,
+                "reply_timeout_ms": reply_ms,
+            });
+            out.push_str(&line.to_string());
+            out.push('\n');
+        } else {
+            out.push_str(&format!(
+                "{:<30} {:<8} {:<48} {:<22} {:>7} {:>8}\n",
+                op.name,
+                op.pattern.to_string(),
+                subject,
+                stream.unwrap_or_else(|| "-".into()),
+                ack_ms.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+                reply_ms
+            ));
+        }
+    }
+    out
+}
+
+/// The `mock-worker` binary: beside this executable (cargo puts both in one target dir).
+fn worker_binary() -> Result<PathBuf, CliError> {
+    let exe = std::env::current_exe()?;
+    let candidate = exe.with_file_name("mock-worker");
+    if candidate.exists() {
+        return Ok(candidate);
+    }
+    Err(format!("mock-worker binary not found at {} (build it with `cargo build -p mock-worker`)", candidate.display()).into())
+}
+
+async fn up(cluster: bool, workers: usize, config: Option<&Path>) -> Result<(), CliError> {
+    let (worker_config, bridge_config) = mock_worker::WorkerConfig::load(config)?;
+    let binary = if workers > 0 { Some(worker_binary()?) } else { None };
+    let env = Environment::start(EnvironmentConfig {
+        nats: if cluster { EnvConfig::cluster() } else { EnvConfig::single() },
+        bridge: bridge_config,
+        worker: worker_config,
+        workers: 0,
+        ..Default::default()
+    })
+    .await?;
+    println!("nats: {} ({}, {} node(s))", env.nats().client_url(), env.nats().backend(), env.nats().node_count());
+    for url in env.nats().monitoring_urls() {
+        println!("nats monitoring: {url}");
+    }
+    println!("processor: {}", env.processor_url());
+    let mut children: Vec<Child> = Vec::new();
+    for i in 0..workers {
+        let mut cmd = Command::new(binary.as_ref().expect("binary"));
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        let mut child = cmd
+            .env("WORKER_NATS_URL", env.nats().client_url())
+            .env("WORKER_PROCESSOR_URL", env.processor_url())
+            .env("WORKER_NAME", format!("worker-{}", i + 1))
+            .env("NATS_BRIDGE_REPLICAS", env.nats().replicas().to_string())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        wait_worker_ready(&mut child).await?;
+        println!("worker {}: pid {}", i + 1, child.id().unwrap_or(0));
+        children.push(child);
+    }
+    println!("ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("stopping");
+    for child in &mut children {
+        let _ = child.kill().await;
+    }
+    drop(env);
+    Ok(())
+}
+
+/// Waits for the worker's `ready` line (or its exit, which is an error).
+async fn wait_worker_ready(child: &mut Child) -> Result<(), CliError> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let stdout = child.stdout.take().ok_or("worker stdout not captured")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = std::time::Duration::from_secs(30);
+    let ready = tokio::time::timeout(deadline, async {
+        while let Some(line) = lines.next_line().await? {
+            if line.ends_with("ready") {
+                return Ok::<bool, std::io::Error>(true);
+            }
+        }
+        Ok(false)
+    })
+    .await;
+    match ready {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(format!("worker exited before it was ready: {:?}", child.wait().await?).into()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err("worker not ready within 30s".into()),
+    }
+}

@@ -1,0 +1,189 @@
+//! A whole environment: NATS, the mock processor, streams, workers and a bridge.
+//!
+//! Tests and the `harness up` command start one with [`Environment::start`]; everything stops
+//! when it is dropped.
+
+use std::net::SocketAddr;
+
+use mock_processor::{Processor, ProcessorConfig};
+use mock_worker::{WorkerConfig, WorkerHandle};
+use nats_bridge::{Bridge, BridgeConfig};
+use tokio::sync::oneshot;
+use tracing::info;
+
+use crate::nats::{EnvConfig, NatsEnv, NatsError};
+
+/// Why an environment could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    /// NATS did not start.
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    /// The processor could not bind.
+    #[error("cannot start the processor: {0}")]
+    Processor(String),
+    /// The bridge could not start or provision streams.
+    #[error("bridge: {0}")]
+    Bridge(String),
+    /// A worker could not start.
+    #[error("worker: {0}")]
+    Worker(String),
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct EnvironmentConfig {
+    /// One node or the 3-node cluster (streams get 3 replicas there).
+    pub nats: EnvConfig,
+    /// Bridge settings; `base_url` and `jetstream.replicas` are filled from the NATS servers.
+    pub bridge: BridgeConfig,
+    /// Template for every in-process worker; URLs are filled in.
+    pub worker: WorkerConfig,
+    /// In-process workers to start (0 for none, e.g. when workers run as processes).
+    pub workers: usize,
+    /// Processor settings.
+    pub processor: ProcessorConfig,
+}
+
+impl Default for EnvironmentConfig {
+    fn default() -> Self {
+        EnvironmentConfig {
+            nats: EnvConfig::default(),
+            bridge: BridgeConfig::default(),
+            worker: WorkerConfig::default(),
+            workers: 1,
+            processor: ProcessorConfig::default(),
+        }
+    }
+}
+
+/// A running environment.
+pub struct Environment {
+    /// The servers (dropped last: fields drop in declaration order, so workers and the bridge go first).
+    workers: Vec<WorkerHandle>,
+    /// The bridge under test.
+    bridge: Bridge,
+    /// The processor, in this process so its ledger can be read directly.
+    processor: Processor,
+    /// Where the processor listens.
+    processor_addr: SocketAddr,
+    /// Stops the processor's server.
+    processor_stop: Option<oneshot::Sender<()>>,
+    /// Worker settings, for starting more workers.
+    worker_config: WorkerConfig,
+    /// Bridge settings as used.
+    bridge_config: BridgeConfig,
+    /// NATS.
+    nats: NatsEnv,
+}
+
+impl Environment {
+    /// Starts NATS, the processor, the bridge (streams provisioned) and the workers.
+    pub async fn start(mut config: EnvironmentConfig) -> Result<Environment, EnvError> {
+        let nats = NatsEnv::start(config.nats.clone()).await?;
+        let processor = Processor::new(config.processor.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| EnvError::Processor(e.to_string()))?;
+        let processor_addr = listener.local_addr().map_err(|e| EnvError::Processor(e.to_string()))?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(mock_processor::serve(listener, processor.clone(), async move {
+            let _ = stopped.await;
+        }));
+
+        config.bridge.base_url = nats.client_url();
+        config.bridge.jetstream.replicas = nats.replicas();
+        let client = nats.connect().await?;
+        let bridge = Bridge::with_client(client, config.bridge.clone())
+            .await
+            .map_err(|e| EnvError::Bridge(e.to_string()))?;
+        bridge.ensure_streams().await.map_err(|e| EnvError::Bridge(e.to_string()))?;
+
+        config.worker.nats_url = nats.client_url();
+        config.worker.processor_url = format!("http://{processor_addr}");
+        let mut env = Environment {
+            workers: Vec::new(),
+            bridge,
+            processor,
+            processor_addr,
+            processor_stop: Some(stop),
+            worker_config: config.worker,
+            bridge_config: config.bridge,
+            nats,
+        };
+        for _ in 0..config.workers {
+            env.start_worker().await?;
+        }
+        info!(nats = %env.nats.client_url(), processor = %env.processor_url(), workers = env.workers.len(), "environment ready");
+        Ok(env)
+    }
+
+    /// Starts one more in-process worker with the environment's worker settings.
+    pub async fn start_worker(&mut self) -> Result<&WorkerHandle, EnvError> {
+        self.start_worker_with(self.worker_config.clone()).await
+    }
+
+    /// Starts one more in-process worker with custom settings (URLs are filled in).
+    pub async fn start_worker_with(&mut self, mut config: WorkerConfig) -> Result<&WorkerHandle, EnvError> {
+        config.nats_url = self.nats.client_url();
+        config.processor_url = self.processor_url();
+        config.name = format!("{}-{}", config.name, self.workers.len() + 1);
+        let client = self.nats.connect().await?;
+        let handle = mock_worker::start_with_client(client, config, self.bridge_config.clone())
+            .await
+            .map_err(|e| EnvError::Worker(e.to_string()))?;
+        self.workers.push(handle);
+        Ok(self.workers.last().expect("just pushed"))
+    }
+
+    /// The bridge.
+    pub fn bridge(&self) -> &Bridge {
+        &self.bridge
+    }
+
+    /// A second bridge on its own connection (own reply inbox), as another gateway instance.
+    pub async fn new_bridge(&self) -> Result<Bridge, EnvError> {
+        let client = self.nats.connect().await?;
+        Bridge::with_client(client, self.bridge_config.clone())
+            .await
+            .map_err(|e| EnvError::Bridge(e.to_string()))
+    }
+
+    /// The bridge settings in use.
+    pub fn bridge_config(&self) -> &BridgeConfig {
+        &self.bridge_config
+    }
+
+    /// The processor (ledger, config).
+    pub fn processor(&self) -> &Processor {
+        &self.processor
+    }
+
+    /// The processor's base URL.
+    pub fn processor_url(&self) -> String {
+        format!("http://{}", self.processor_addr)
+    }
+
+    /// NATS.
+    pub fn nats(&self) -> &NatsEnv {
+        &self.nats
+    }
+
+    /// The running in-process workers.
+    pub fn workers(&self) -> &[WorkerHandle] {
+        &self.workers
+    }
+
+    /// Removes a worker (to kill or shut it down).
+    pub fn take_worker(&mut self, index: usize) -> WorkerHandle {
+        self.workers.remove(index)
+    }
+}
+
+impl Drop for Environment {
+    fn drop(&mut self) {
+        if let Some(stop) = self.processor_stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
