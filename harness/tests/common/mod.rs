@@ -1,0 +1,62 @@
+//! Shared helpers of the harness's integration tests.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use harness::nats::EnvConfig;
+use harness::{Environment, EnvironmentConfig};
+use mock_worker::WorkerConfig;
+use serde_json::{json, Value};
+
+/// Logs to the test's captured output.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// One NATS node, the processor, streams and `workers` in-process workers.
+pub async fn single(workers: usize) -> Environment {
+    start(EnvConfig::single(), workers, WorkerConfig::default()).await
+}
+
+/// Like [`single`] with custom worker settings.
+pub async fn start(nats: EnvConfig, workers: usize, worker: WorkerConfig) -> Environment {
+    init_tracing();
+    Environment::start(EnvironmentConfig {
+        nats,
+        workers,
+        worker,
+        ..Default::default()
+    })
+    .await
+    .expect("environment starts")
+}
+
+/// Router data with an amount, a currency and a test card (body only).
+pub fn money(amount: i64) -> Value {
+    json!({
+        "amount": amount,
+        "currency": "USD",
+        "capture_method": "manual",
+        "payment_method": { "card": { "number": "4242424242424242", "cvc": "123", "expiry": "12/30" } }
+    })
+}
+
+/// Polls `check` until it returns `Some` or the deadline passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
