@@ -44,6 +44,36 @@ pub enum Action {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Runs a seeded payment workload through the whole stack and writes a report.
+    Demo {
+        /// Payments to run.
+        #[arg(long, default_value_t = 200)]
+        payments: usize,
+        /// Seed of every random choice (printed first, written to the report).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Payments in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// On the 3-node cluster.
+        #[arg(long)]
+        cluster: bool,
+        /// Where `demo-<seed>-<time>/` is written.
+        #[arg(long, default_value = "reports")]
+        report_dir: PathBuf,
+    },
+    /// Measures the authorize round trip: raw async-nats versus the bridge, same run.
+    Bench {
+        /// Measured round trips per path.
+        #[arg(long, default_value_t = 2000)]
+        iterations: usize,
+        /// On the 3-node cluster.
+        #[arg(long)]
+        cluster: bool,
+        /// Where `bench-<time>/` is written.
+        #[arg(long, default_value = "reports")]
+        report_dir: PathBuf,
+    },
 }
 
 /// A failure the CLI reports and exits non-zero on.
@@ -58,6 +88,37 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Action::Up { cluster, workers, config } => up(cluster, workers, config.as_deref()).await,
+        Action::Demo { payments, seed, concurrency, cluster, report_dir } => {
+            let report = crate::demo::run(crate::demo::DemoConfig {
+                payments,
+                seed,
+                concurrency,
+                cluster,
+                report_dir,
+                ..Default::default()
+            })
+            .await?;
+            print!("{}", crate::demo::markdown(&report));
+            println!("report: {}", report.report.display());
+            if report.violations.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} invariant violation(s)", report.violations.len()).into())
+            }
+        }
+        Action::Bench { iterations, cluster, report_dir } => {
+            let report = crate::bench::run(crate::bench::BenchConfig {
+                iterations,
+                warmup: (iterations / 10).max(10),
+                cluster,
+                report_dir,
+                ..Default::default()
+            })
+            .await?;
+            print!("{}", crate::bench::markdown(&report));
+            println!("report: {}", report.report.display());
+            Ok(())
+        }
     }
 }
 

@@ -4,10 +4,16 @@
 //! - [`nats`]: NATS servers in containers (image built locally) or local processes; one node
 //!   or a 3-node JetStream cluster; readiness by the monitoring endpoint; cleanup on drop.
 //! - [`env`]: a whole environment (NATS + processor + streams + workers + bridge).
-//! - [`cli`]: the `harness` command (`catalogue`, `up`).
+//! - [`cli`]: the `harness` command (`catalogue`, `up`, `demo`, `bench`).
+//! - [`demo`]: a seeded payment workload with invariant checks and a report.
+//! - [`bench`]: bridge round trip beside a raw async-nats round trip.
+//! - [`stats`]: percentiles for reports.
 
+pub mod bench;
 pub mod cli;
+pub mod demo;
 pub mod env;
 pub mod nats;
+pub mod stats;
 
 pub use env::{Environment, EnvironmentConfig};
