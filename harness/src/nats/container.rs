@@ -1,0 +1,247 @@
+//! The Docker backend: one container per node, through testcontainers.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use testcontainers::bollard::query_parameters::RemoveContainerOptionsBuilder;
+use testcontainers::core::IntoContainerPort;
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+use super::image::ImageRef;
+use super::{ports, NatsError, NodeSpec};
+
+/// Client port inside the container.
+pub const CLIENT_PORT: u16 = 4222;
+/// Route (cluster) port inside the container.
+pub const CLUSTER_PORT: u16 = 6222;
+/// Monitoring port inside the container.
+pub const MONITORING_PORT: u16 = 8222;
+/// JetStream store directory inside the container.
+pub const STORE_DIR: &str = "/data";
+
+/// Label put on every container (value: the environment id), so leftovers of
+/// killed runs can be found with `docker ps -a --filter label=hs.nats.env`.
+pub const ENV_LABEL: &str = "hs.nats.env";
+
+/// Whether a Docker engine is usable: the `docker` cli is installed (it
+/// builds the image) and the engine answers a ping. `Err` says why not.
+pub(crate) async fn available() -> Result<(), String> {
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join("docker").is_file()))
+        .unwrap_or(false);
+    if !on_path {
+        return Err("the docker cli is not installed (not found in PATH)".into());
+    }
+    let client = testcontainers::core::client::docker_client_instance()
+        .await
+        .map_err(|e| format!("cannot create a docker client: {e}"))?;
+    match tokio::time::timeout(Duration::from_secs(5), client.ping()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("the docker engine does not answer: {e}")),
+        Err(_) => Err("the docker engine did not answer a ping within 5s".into()),
+    }
+}
+
+/// A node running in a container.
+pub(crate) struct DockerNode {
+    pub(crate) container: ContainerAsync<GenericImage>,
+    pub(crate) container_name: String,
+}
+
+impl std::fmt::Debug for DockerNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerNode")
+            .field("container_id", &self.container.id())
+            .field("container_name", &self.container_name)
+            .finish()
+    }
+}
+
+impl DockerNode {
+    /// `Err` when the container is no longer running.
+    pub(crate) async fn check_alive(&self, node: &str) -> Result<(), NatsError> {
+        let running = self.container.is_running().await.map_err(|e| {
+            NatsError::container(format!("failed to inspect container of {node}"), e)
+        })?;
+        if running {
+            return Ok(());
+        }
+        let status = match self.container.exit_code().await {
+            Ok(Some(code)) => format!("container exited with code {code}"),
+            _ => "container is not running".to_owned(),
+        };
+        Err(NatsError::NodeExited {
+            node: node.to_owned(),
+            status,
+            log_tail: self.log_tail(20).await,
+        })
+    }
+
+    /// The last `lines` lines the server logged (nats-server logs to stderr).
+    pub(crate) async fn log_tail(&self, lines: usize) -> String {
+        match self.container.stderr_to_vec().await {
+            Ok(bytes) => super::tail(&String::from_utf8_lossy(&bytes), lines),
+            Err(e) => format!("(logs unavailable: {e})"),
+        }
+    }
+}
+
+/// Names derived from the environment id.
+pub(crate) fn network_name(env_id: &str) -> String {
+    format!("hs-nats-{env_id}")
+}
+
+fn container_name(env_id: &str, server_name: &str) -> String {
+    format!("hs-nats-{env_id}-{server_name}")
+}
+
+/// Starts one container per node on the environment's own network, with
+/// the client and monitoring ports published on 127.0.0.1 at the host ports
+/// in `specs`. Readiness is not awaited here.
+pub(crate) async fn start(
+    env_id: &str,
+    image: &ImageRef,
+    specs: &[NodeSpec],
+    cluster_name: Option<&str>,
+    startup_timeout: Duration,
+) -> Result<Vec<DockerNode>, NatsError> {
+    let network = network_name(env_id);
+
+    let starts = specs.iter().map(|spec| {
+        let name = container_name(env_id, &spec.name);
+        // Routes to the other nodes only: listing a node's own address makes
+        // it dial itself, and the resulting route churn regularly made the
+        // first meta leader election fail (costing a 4-9s election timeout).
+        let routes = specs
+            .iter()
+            .filter(|other| other.name != spec.name)
+            .map(|other| {
+                format!(
+                    "nats://{}:{CLUSTER_PORT}",
+                    container_name(env_id, &other.name)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cmd: Vec<String> = [
+            "--jetstream",
+            "--store_dir",
+            STORE_DIR,
+            "--port",
+            &CLIENT_PORT.to_string(),
+            "--http_port",
+            &MONITORING_PORT.to_string(),
+            "--server_name",
+            &spec.name,
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(cluster_name) = cluster_name {
+            cmd.extend(
+                [
+                    "--cluster",
+                    &format!("nats://0.0.0.0:{CLUSTER_PORT}"),
+                    "--cluster_name",
+                    cluster_name,
+                    "--routes",
+                    &routes,
+                    "--no_advertise",
+                ]
+                .map(String::from),
+            );
+        }
+        let request = GenericImage::new(image.name.as_str(), image.tag.as_str())
+            .with_cmd(cmd)
+            .with_container_name(name.clone())
+            .with_network(network.clone())
+            .with_label(ENV_LABEL, env_id)
+            .with_label("hs.nats.server", spec.name.clone())
+            .with_mapped_port(spec.client_port, CLIENT_PORT.tcp())
+            .with_mapped_port(spec.monitoring_port, MONITORING_PORT.tcp())
+            .with_host_config_modifier(|host_config| {
+                // Publish on loopback only.
+                if let Some(bindings) = host_config.port_bindings.as_mut() {
+                    for binding in bindings.values_mut().flatten().flatten() {
+                        binding.host_ip = Some("127.0.0.1".into());
+                    }
+                }
+            })
+            .with_startup_timeout(startup_timeout);
+        async move {
+            match request.start().await {
+                Ok(container) => Ok(DockerNode {
+                    container,
+                    container_name: name,
+                }),
+                Err(e) => {
+                    // A container that was created but failed to start is
+                    // not owned by anything yet: remove it by name.
+                    remove_by_name(&name).await;
+                    Err(NatsError::container(
+                        format!("failed to start container {name}"),
+                        e,
+                    ))
+                }
+            }
+        }
+    });
+
+    let mut nodes = Vec::with_capacity(specs.len());
+    let mut first_error = None;
+    for result in join_all(starts).await {
+        match result {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => {
+            // Dropping the started containers removes them and, with the
+            // last one, the network; the explicit removal covers the case
+            // where no container got far enough to own the network.
+            drop(nodes);
+            remove_network(&network).await;
+            Err(e)
+        }
+        None => Ok(nodes),
+    }
+}
+
+async fn remove_network(name: &str) {
+    let Ok(client) = testcontainers::core::client::docker_client_instance().await else {
+        return;
+    };
+    if let Err(e) = client.remove_network(name).await {
+        tracing::debug!(network = name, error = %e, "network not removed after failed start");
+    }
+}
+
+async fn remove_by_name(name: &str) {
+    let Ok(client) = testcontainers::core::client::docker_client_instance().await else {
+        return;
+    };
+    let options = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
+    if let Err(e) = client.remove_container(name, Some(options)).await {
+        tracing::debug!(container = name, error = %e, "container not removed after failed start");
+    }
+}
+
+/// Whether a start failure was a host port taken by someone else.
+pub(crate) fn is_port_conflict(error: &NatsError) -> bool {
+    let text = match error {
+        NatsError::Container { source, .. } => source.to_string(),
+        _ => return false,
+    }
+    .to_ascii_lowercase();
+    text.contains("port is already allocated") || text.contains("address already in use")
+}
+
+pub(crate) fn allocate_ports(count: usize) -> Result<Vec<u16>, NatsError> {
+    ports::free_ports(count).map_err(|e| NatsError::io("failed to pick free ports", e))
+}
