@@ -107,16 +107,37 @@ pub fn plan(config: &BridgeConfig) -> Vec<StreamPlan> {
     plans
 }
 
-/// Creates or updates every planned stream.
+/// How long a new replicated stream may take to elect its leader.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Creates or updates every planned stream, and returns once each has a leader (a replicated
+/// stream answers publishes with "no responders" until then).
 pub async fn ensure(js: &jetstream::Context, config: &BridgeConfig) -> Result<Vec<StreamPlan>, StreamError> {
     let plans = plan(config);
     for p in &plans {
-        js.create_or_update_stream(p.to_config())
+        let provision = |reason: String| StreamError::Provision {
+            name: p.name.clone(),
+            reason,
+        };
+        let mut info = js
+            .create_or_update_stream(p.to_config())
             .await
-            .map_err(|e| StreamError::Provision {
-                name: p.name.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| provision(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + LEADER_TIMEOUT;
+        while p.replicas > 1 && info.cluster.as_ref().and_then(|c| c.leader.as_ref()).is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(provision(format!("no leader elected within {LEADER_TIMEOUT:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            info = js
+                .get_stream(&p.name)
+                .await
+                .map_err(|e| provision(e.to_string()))?
+                .info()
+                .await
+                .map_err(|e| provision(e.to_string()))?
+                .clone();
+        }
     }
     Ok(plans)
 }

@@ -81,8 +81,7 @@ async fn up_prints_ready_serves_and_stops_cleanly() {
         }
     }
     let url = nats_url.expect("nats address printed");
-    let mut config = nats_bridge::BridgeConfig::default();
-    config.base_url = url;
+    let config = nats_bridge::BridgeConfig { base_url: url, ..Default::default() };
     let bridge = nats_bridge::Bridge::connect(config).await.unwrap();
     let op = catalogue::ops::authorize();
     let r = OperationRequest::new(op, "m_up", "pay_up", "pay_up_1").router_data(common::money(500));
