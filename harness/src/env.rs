@@ -28,6 +28,9 @@ pub enum EnvError {
     /// A worker could not start.
     #[error("worker: {0}")]
     Worker(String),
+    /// The gateway could not start.
+    #[error("gateway: {0}")]
+    Gateway(String),
 }
 
 /// What to start.
@@ -177,6 +180,50 @@ impl Environment {
     /// Removes a worker (to kill or shut it down).
     pub fn take_worker(&mut self, index: usize) -> WorkerHandle {
         self.workers.remove(index)
+    }
+}
+
+/// A gateway serving the HTTP API in this process.
+pub struct GatewayHandle {
+    /// Base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The running gateway (store, bridge, recovery counters).
+    pub running: gateway::Running,
+    /// Stops the HTTP server.
+    stop: Option<oneshot::Sender<()>>,
+    /// The server task.
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl GatewayHandle {
+    /// Stops the server and the background tasks at once, as a kill would (nothing is
+    /// flushed beyond what the store already committed).
+    pub fn kill(mut self) {
+        self.task.abort();
+        self.stop.take();
+    }
+}
+
+impl Drop for GatewayHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Environment {
+    /// Starts a gateway on 127.0.0.1 (dynamic port) with its own bridge connection.
+    pub async fn start_gateway(&self, config: gateway::config::GatewayConfig) -> Result<GatewayHandle, EnvError> {
+        let bridge = self.new_bridge().await?;
+        let running = gateway::start_with(config, bridge).map_err(|e| EnvError::Gateway(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| EnvError::Gateway(e.to_string()))?;
+        let url = format!("http://{}", listener.local_addr().map_err(|e| EnvError::Gateway(e.to_string()))?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway::api::serve(listener, running.state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Ok(GatewayHandle { url, running, stop: Some(stop), task })
     }
 }
 

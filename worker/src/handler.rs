@@ -200,7 +200,13 @@ impl Handler {
         let mut ok = ResponseEnvelope::reply_to(env, ResponseStatus::Success);
         match op.name {
             "payments.sync" => match self.processor.account(&env.merchant_id, &env.payment_id).await {
-                Ok(Some(account)) => ok.connector_response = serde_json::to_value(account).unwrap_or_default(),
+                Ok(Some(account)) => {
+                    // The effects too, so a caller can tell which operation instances happened.
+                    let effects = self.processor.ledger(Some(&env.merchant_id), Some(&env.payment_id)).await.unwrap_or_default();
+                    let mut body = serde_json::to_value(account).unwrap_or_default();
+                    body["effects"] = serde_json::to_value(effects).unwrap_or_default();
+                    ok.connector_response = body;
+                }
                 Ok(None) => return ResponseEnvelope::failure(env, "payment_not_found", "the processor has no record of this payment"),
                 Err(e) => return ResponseEnvelope::failure(env, "processor_unavailable", e.to_string()),
             },

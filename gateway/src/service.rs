@@ -1,0 +1,337 @@
+//! The payment flows: each one records its operation, calls the bridge, and applies what the
+//! worker (or the bridge's error) says, through the store's single `apply` path.
+
+use std::sync::Arc;
+
+use nats_bridge::{catalogue, Bridge, CallError, OperationRequest, Outcome, ResponseEnvelope, ResponseStatus};
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::model::{AttemptStatus, CaptureMethod};
+use crate::store::{now_ms, OpStatus, OperationRecord, Payment, Refund, Resolution, Store, StoreError};
+
+/// An error answered to an API client: HTTP status, stable code, message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A 4xx/5xx error.
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ApiError::new(404, "not_found", format!("{what} not found")),
+            StoreError::Exists(what) => ApiError::new(409, "duplicate", format!("{what} already exists")),
+            StoreError::State { what, current } => {
+                ApiError::new(409, "invalid_state", format!("{what} is {current}, which does not allow this operation"))
+            }
+            StoreError::Amount(m) => ApiError::new(422, "invalid_amount", m),
+            StoreError::Sqlite(e) => ApiError::new(500, "store_error", e.to_string()),
+        }
+    }
+}
+
+/// What a new payment needs.
+#[derive(Debug, Clone)]
+pub struct NewPayment {
+    /// Client-chosen id, or generated.
+    pub payment_id: Option<String>,
+    /// Minor units.
+    pub amount: i64,
+    /// ISO currency.
+    pub currency: String,
+    /// Automatic or manual.
+    pub capture_method: CaptureMethod,
+    /// Payment method and the rest, passed to the worker.
+    pub router_data: Value,
+}
+
+/// The gateway's core, shared by the HTTP handlers, the late-reply task and the recovery job.
+pub struct Gateway {
+    /// The attempt store.
+    pub store: Arc<Store>,
+    /// The bridge to the workers.
+    pub bridge: Bridge,
+}
+
+/// What a call returned, as the store understands it.
+pub fn resolution(result: &Result<ResponseEnvelope, CallError>) -> Resolution {
+    match result {
+        Ok(r) => match r.status {
+            ResponseStatus::Success => Resolution::Succeeded { transaction_id: r.transaction_id.clone() },
+            ResponseStatus::Failure => {
+                let (code, message) = r
+                    .error
+                    .as_ref()
+                    .map(|e| (e.code.clone(), e.message.clone()))
+                    .unwrap_or_else(|| ("WORKER_ERROR".into(), "the worker reported a failure".into()));
+                Resolution::Failed { code, message }
+            }
+            ResponseStatus::Processing => Resolution::Processing,
+            ResponseStatus::RequiresCustomerAction => Resolution::RequiresCustomerAction,
+        },
+        Err(e) if e.outcome() == Outcome::NotApplied => {
+            let m = e.mapping();
+            Resolution::Failed { code: m.code, message: m.message }
+        }
+        Err(e) => Resolution::Unknown { reason: e.to_string() },
+    }
+}
+
+fn record(request: &OperationRequest, object_id: &str, amount: Option<i64>) -> OperationRecord {
+    let env = request.envelope();
+    OperationRecord {
+        message_id: request.message_id().to_string(),
+        merchant_id: env.merchant_id.clone(),
+        payment_id: env.payment_id.clone(),
+        operation: env.operation.clone(),
+        object_id: object_id.to_string(),
+        amount,
+        status: OpStatus::InFlight,
+        request: serde_json::to_string(env).unwrap_or_default(),
+        transaction_id: None,
+        error_code: None,
+        error_message: None,
+        created_ms: now_ms(),
+        updated_ms: now_ms(),
+    }
+}
+
+fn money(amount: i64, currency: &str) -> Value {
+    json!({ "amount": amount, "currency": currency })
+}
+
+impl Gateway {
+    /// A gateway over a store and a bridge.
+    pub fn new(store: Arc<Store>, bridge: Bridge) -> Self {
+        Gateway { store, bridge }
+    }
+
+    /// Calls the bridge for a recorded operation and applies the outcome.
+    async fn execute(&self, request: &OperationRequest) -> Result<ResponseEnvelope, CallError> {
+        let result = self.bridge.call(request).await;
+        let res = resolution(&result);
+        if let Err(e) = self.store.apply(request.message_id(), &res) {
+            warn!(message_id = request.message_id(), error = %e, "cannot apply outcome");
+        }
+        result
+    }
+
+    /// Creates a payment; with `confirm` it authorizes (and captures, if automatic).
+    pub async fn create(&self, merchant_id: &str, new: NewPayment, confirm: bool) -> Result<Payment, ApiError> {
+        let payment_id = new.payment_id.unwrap_or_else(|| format!("pay_{}", uuid::Uuid::new_v4().simple()));
+        let now = now_ms();
+        let payment = Payment {
+            merchant_id: merchant_id.to_string(),
+            payment_id: payment_id.clone(),
+            attempt_id: format!("{payment_id}_1"),
+            amount: new.amount,
+            currency: new.currency,
+            capture_method: new.capture_method,
+            status: AttemptStatus::Started,
+            amount_authorized: 0,
+            amount_captured: 0,
+            amount_refunded: 0,
+            amount_refund_pending: 0,
+            connector_transaction_id: None,
+            error_code: None,
+            error_message: None,
+            router_data: new.router_data,
+            created_ms: now,
+            updated_ms: now,
+        };
+        self.store.insert_payment(&payment)?;
+        if confirm {
+            return self.confirm(merchant_id, &payment_id).await;
+        }
+        Ok(self.store.payment(merchant_id, &payment_id)?)
+    }
+
+    /// Authorizes a created payment (and captures it, if automatic).
+    pub async fn confirm(&self, merchant_id: &str, payment_id: &str) -> Result<Payment, ApiError> {
+        let p = self.store.payment(merchant_id, payment_id)?;
+        let mut router_data = p.router_data.clone();
+        if let Value::Object(m) = &mut router_data {
+            m.insert("amount".into(), json!(p.amount));
+            m.insert("currency".into(), json!(p.currency));
+            m.insert("capture_method".into(), json!(p.capture_method.as_str()));
+        }
+        let request = OperationRequest::new(catalogue::ops::authorize(), merchant_id, payment_id, &p.attempt_id).router_data(router_data);
+        self.store.begin_operation(&record(&request, &p.attempt_id, Some(p.amount)))?;
+        self.execute(&request).await.ok();
+        let p = self.store.payment(merchant_id, payment_id)?;
+        if p.capture_method == CaptureMethod::Automatic && p.status == AttemptStatus::Authorized {
+            return self.capture(merchant_id, payment_id, None).await;
+        }
+        Ok(p)
+    }
+
+    /// Captures `amount` (default: all that is capturable).
+    pub async fn capture(&self, merchant_id: &str, payment_id: &str, amount: Option<i64>) -> Result<Payment, ApiError> {
+        let p = self.store.payment(merchant_id, payment_id)?;
+        let amount = amount.unwrap_or(p.amount_authorized - p.amount_captured);
+        let n = self.store.operations_of(merchant_id, payment_id)?.iter().filter(|o| o.operation == "payments.capture").count();
+        let capture_id = format!("{payment_id}_cap_{}", n + 1);
+        let request = OperationRequest::new(catalogue::ops::capture(), merchant_id, payment_id, &capture_id)
+            .router_data(money(amount, &p.currency));
+        self.store.begin_operation(&record(&request, &capture_id, Some(amount)))?;
+        self.execute(&request).await.ok();
+        Ok(self.store.payment(merchant_id, payment_id)?)
+    }
+
+    /// Voids the authorization.
+    pub async fn cancel(&self, merchant_id: &str, payment_id: &str) -> Result<Payment, ApiError> {
+        let p = self.store.payment(merchant_id, payment_id)?;
+        let void_id = format!("{payment_id}_void");
+        let request = OperationRequest::new(catalogue::ops::void(), merchant_id, payment_id, &void_id).router_data(json!({ "currency": p.currency }));
+        self.store.begin_operation(&record(&request, &void_id, None))?;
+        self.execute(&request).await.ok();
+        Ok(self.store.payment(merchant_id, payment_id)?)
+    }
+
+    /// Completes a 3DS authorization.
+    pub async fn complete_authorize(&self, merchant_id: &str, payment_id: &str) -> Result<Payment, ApiError> {
+        let p = self.store.payment(merchant_id, payment_id)?;
+        let id = format!("{}_complete", p.attempt_id);
+        let op = catalogue::find("payments.complete_authorize").expect("catalogue row");
+        let request = OperationRequest::new(op, merchant_id, payment_id, &id).router_data(money(p.amount, &p.currency));
+        self.store.begin_operation(&record(&request, &id, Some(p.amount)))?;
+        self.execute(&request).await.ok();
+        Ok(self.store.payment(merchant_id, payment_id)?)
+    }
+
+    /// Increases the authorized amount.
+    pub async fn incremental_authorization(&self, merchant_id: &str, payment_id: &str, amount: i64) -> Result<Payment, ApiError> {
+        let p = self.store.payment(merchant_id, payment_id)?;
+        let n = self.store.operations_of(merchant_id, payment_id)?.iter().filter(|o| o.operation == "payments.incremental_auth").count();
+        let id = format!("{payment_id}_inc_{}", n + 1);
+        let op = catalogue::find("payments.incremental_auth").expect("catalogue row");
+        let request = OperationRequest::new(op, merchant_id, payment_id, &id).router_data(money(amount, &p.currency));
+        self.store.begin_operation(&record(&request, &id, Some(amount)))?;
+        self.execute(&request).await.ok();
+        Ok(self.store.payment(merchant_id, payment_id)?)
+    }
+
+    /// Reads a payment; with `force_sync`, first resolves open operations with the workers.
+    pub async fn retrieve(&self, merchant_id: &str, payment_id: &str, force_sync: bool) -> Result<Payment, ApiError> {
+        let p = self.store.payment(merchant_id, payment_id)?;
+        if force_sync {
+            let open: Vec<_> = self
+                .store
+                .operations_of(merchant_id, payment_id)?
+                .into_iter()
+                .filter(|o| !o.status.is_final())
+                .collect();
+            for op in open {
+                self.reconcile(&op, false).await;
+            }
+            return Ok(self.store.payment(merchant_id, payment_id)?);
+        }
+        Ok(p)
+    }
+
+    /// Creates a refund.
+    pub async fn refund(&self, merchant_id: &str, payment_id: &str, refund_id: Option<String>, amount: Option<i64>, reason: Option<String>) -> Result<Refund, ApiError> {
+        let p = self.store.payment(merchant_id, payment_id)?;
+        let refund_id = refund_id.unwrap_or_else(|| format!("ref_{}", uuid::Uuid::new_v4().simple()));
+        let amount = amount.unwrap_or(p.amount_captured - p.amount_refunded - p.amount_refund_pending);
+        let request = OperationRequest::new(catalogue::ops::refund(), merchant_id, payment_id, &refund_id)
+            .router_data(json!({ "amount": amount, "currency": p.currency, "refund_id": refund_id, "reason": reason }));
+        let refund = Refund {
+            merchant_id: merchant_id.to_string(),
+            refund_id: refund_id.clone(),
+            payment_id: payment_id.to_string(),
+            amount,
+            currency: p.currency.clone(),
+            status: crate::model::RefundStatus::Pending,
+            reason,
+            connector_refund_id: None,
+            error_code: None,
+            error_message: None,
+            created_ms: now_ms(),
+            updated_ms: now_ms(),
+        };
+        self.store.begin_refund(&refund, &record(&request, &refund_id, Some(amount)))?;
+        self.execute(&request).await.ok();
+        Ok(self.store.refund(merchant_id, &refund_id)?)
+    }
+
+    /// Runs any other catalogue operation for a payment and returns the worker's reply.
+    pub async fn flow(&self, merchant_id: &str, operation: &str, payment_id: &str, object_id: &str, router_data: Value) -> Result<ResponseEnvelope, ApiError> {
+        let op = catalogue::find(operation).ok_or_else(|| ApiError::new(404, "unknown_operation", format!("no operation {operation}")))?;
+        let request = OperationRequest::new(op, merchant_id, payment_id, object_id).router_data(router_data);
+        if op.pattern == catalogue::Pattern::Durable {
+            self.store.record_operation(&record(&request, object_id, None))?;
+            self.execute(&request).await.map_err(call_error)
+        } else {
+            self.bridge.call(&request).await.map_err(call_error)
+        }
+    }
+
+    /// Resolves one open operation by asking the workers (reply lookup, then payment sync).
+    /// With `give_up`, an operation the processor has no record of is failed with
+    /// `CONNECTOR_TIMEOUT`. Returns the resolution applied, if any.
+    pub async fn reconcile(&self, op: &OperationRecord, give_up: bool) -> Option<Resolution> {
+        let operation = catalogue::find(&op.operation)?;
+        let envelope: nats_bridge::RequestEnvelope = serde_json::from_str(&op.request).ok()?;
+        let request = OperationRequest::from_envelope(operation, envelope.clone());
+        // Re-sending the same instance is safe: JetStream de-duplicates it within the window,
+        // the worker answers from its result store, and the processor sees the same key.
+        let again = self.bridge.call(&request).await;
+        let res = match resolution(&again) {
+            Resolution::Unknown { reason } => {
+                // Ask the processor, through the workers, whether the effect exists.
+                let sync = OperationRequest::new(catalogue::ops::payment_sync(), &op.merchant_id, &op.payment_id, format!("sync_{}", now_ms()));
+                match self.bridge.call(&sync).await {
+                    Ok(reply) if reply.status == ResponseStatus::Success && has_effect(&reply, &envelope.idempotency_key) => {
+                        Resolution::Succeeded { transaction_id: None }
+                    }
+                    Ok(_) if give_up => Resolution::Failed {
+                        code: "CONNECTOR_TIMEOUT".into(),
+                        message: format!("no worker answered and the processor has no record ({reason})"),
+                    },
+                    _ => return None,
+                }
+            }
+            other => other,
+        };
+        match self.store.apply(&op.message_id, &res) {
+            Ok(_) => {
+                info!(message_id = %op.message_id, resolution = ?res, "operation reconciled");
+                Some(res)
+            }
+            Err(e) => {
+                warn!(message_id = %op.message_id, error = %e, "cannot apply reconciliation");
+                None
+            }
+        }
+    }
+}
+
+/// Whether a payment sync reply lists an effect made with this idempotency key.
+fn has_effect(reply: &ResponseEnvelope, key: &str) -> bool {
+    reply.connector_response["effects"]
+        .as_array()
+        .is_some_and(|effects| effects.iter().any(|e| e["idempotency_key"] == key))
+}
+
+fn call_error(e: CallError) -> ApiError {
+    let m = e.mapping();
+    let code: &'static str = match m.http_status {
+        503 => "service_unavailable",
+        504 => "gateway_timeout",
+        _ => "bad_gateway",
+    };
+    ApiError::new(m.http_status, code, format!("{}: {}", m.code, m.message))
+}

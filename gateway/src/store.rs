@@ -1,0 +1,735 @@
+//! The attempt store: payments, the operations sent for them, refunds and API idempotency
+//! keys, in SQLite (embedded, durable, WAL). Every state change is a compare-and-set inside a
+//! transaction: a terminal state is never overwritten, and a late or duplicate result for an
+//! operation already resolved changes nothing.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use serde::Serialize;
+
+use crate::model::{AttemptStatus, CaptureMethod, RefundStatus};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("attempt store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The row exists already.
+    #[error("{0} already exists")]
+    Exists(String),
+    /// The row does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The current state does not allow the change.
+    #[error("{what} is {current}, which does not allow this")]
+    State {
+        /// The object.
+        what: String,
+        /// Its current state.
+        current: String,
+    },
+    /// An amount rule refused the change.
+    #[error("{0}")]
+    Amount(String),
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A payment and its active attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Payment {
+    /// Owner.
+    pub merchant_id: String,
+    /// Client-chosen or generated id.
+    pub payment_id: String,
+    /// The active attempt's id (`<payment_id>_<n>`).
+    pub attempt_id: String,
+    /// Amount requested, minor units.
+    pub amount: i64,
+    /// ISO currency.
+    pub currency: String,
+    /// Automatic or manual capture.
+    pub capture_method: CaptureMethod,
+    /// Attempt status.
+    pub status: AttemptStatus,
+    /// Currently authorized (grows with incremental authorizations).
+    pub amount_authorized: i64,
+    /// Captured so far.
+    pub amount_captured: i64,
+    /// Refunded (successful refunds).
+    pub amount_refunded: i64,
+    /// Held by refunds not resolved yet.
+    pub amount_refund_pending: i64,
+    /// Processor reference of the authorization.
+    pub connector_transaction_id: Option<String>,
+    /// Last error code.
+    pub error_code: Option<String>,
+    /// Last error message.
+    pub error_message: Option<String>,
+    /// Router data of the authorization (kept so confirm and recovery can rebuild requests).
+    pub router_data: serde_json::Value,
+    /// Created, ms.
+    pub created_ms: i64,
+    /// Last change, ms.
+    pub updated_ms: i64,
+}
+
+/// Status of an operation sent through the bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpStatus {
+    /// Sent, waiting for the call to return.
+    InFlight,
+    /// The call ended without a definite answer; sync or recovery decides.
+    Unknown,
+    /// The worker reported success.
+    Succeeded,
+    /// Failed definitely.
+    Failed,
+}
+
+impl OpStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            OpStatus::InFlight => "in_flight",
+            OpStatus::Unknown => "unknown",
+            OpStatus::Succeeded => "succeeded",
+            OpStatus::Failed => "failed",
+        }
+    }
+    fn parse(s: &str) -> OpStatus {
+        match s {
+            "in_flight" => OpStatus::InFlight,
+            "succeeded" => OpStatus::Succeeded,
+            "failed" => OpStatus::Failed,
+            _ => OpStatus::Unknown,
+        }
+    }
+    /// Succeeded or failed.
+    pub fn is_final(self) -> bool {
+        matches!(self, OpStatus::Succeeded | OpStatus::Failed)
+    }
+}
+
+/// An operation instance sent (or about to be sent) through the bridge.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OperationRecord {
+    /// The bridge message id (unique per instance).
+    pub message_id: String,
+    /// Owner.
+    pub merchant_id: String,
+    /// Payment.
+    pub payment_id: String,
+    /// Catalogue name.
+    pub operation: String,
+    /// The instance id (attempt, capture, void, refund id).
+    pub object_id: String,
+    /// Amount the operation moves, if any.
+    pub amount: Option<i64>,
+    /// Where it stands.
+    pub status: OpStatus,
+    /// The request envelope, JSON: recovery re-asks the workers with it.
+    pub request: String,
+    /// Processor reference from the reply.
+    pub transaction_id: Option<String>,
+    /// Error code from the reply or the bridge.
+    pub error_code: Option<String>,
+    /// Error message.
+    pub error_message: Option<String>,
+    /// Created, ms.
+    pub created_ms: i64,
+    /// Last change, ms.
+    pub updated_ms: i64,
+}
+
+/// A refund.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Refund {
+    /// Owner.
+    pub merchant_id: String,
+    /// Client-chosen or generated id.
+    pub refund_id: String,
+    /// The refunded payment.
+    pub payment_id: String,
+    /// Amount.
+    pub amount: i64,
+    /// Currency (the payment's).
+    pub currency: String,
+    /// Status.
+    pub status: RefundStatus,
+    /// Free text.
+    pub reason: Option<String>,
+    /// Processor reference.
+    pub connector_refund_id: Option<String>,
+    /// Error code.
+    pub error_code: Option<String>,
+    /// Error message.
+    pub error_message: Option<String>,
+    /// Created, ms.
+    pub created_ms: i64,
+    /// Last change, ms.
+    pub updated_ms: i64,
+}
+
+/// What a worker's answer (or its absence) says about an operation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// The processor did it.
+    Succeeded {
+        /// Processor reference.
+        transaction_id: Option<String>,
+    },
+    /// Authorization needs the customer (3DS).
+    RequiresCustomerAction,
+    /// Accepted, not final (asynchronous processor).
+    Processing,
+    /// Refused or definitely failed.
+    Failed {
+        /// Code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// No definite answer.
+    Unknown {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What applying a resolution did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The operation and its object changed.
+    Changed,
+    /// The operation was already final: nothing changed (late or duplicate answer).
+    AlreadyFinal,
+}
+
+/// API idempotency: what a key holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyState {
+    /// First use: the caller owns the key now and must finish it.
+    New,
+    /// Another request with this key is running.
+    InProgress,
+    /// Done: replay this response.
+    Done {
+        /// HTTP status.
+        status: u16,
+        /// JSON body.
+        body: String,
+    },
+    /// The key was used with a different request.
+    Mismatch,
+}
+
+/// The store. Cheap operations under one connection lock.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS payments (
+    merchant_id TEXT NOT NULL, payment_id TEXT NOT NULL, attempt_id TEXT NOT NULL,
+    amount INTEGER NOT NULL, currency TEXT NOT NULL, capture_method TEXT NOT NULL, status TEXT NOT NULL,
+    amount_authorized INTEGER NOT NULL DEFAULT 0, amount_captured INTEGER NOT NULL DEFAULT 0,
+    amount_refunded INTEGER NOT NULL DEFAULT 0, amount_refund_pending INTEGER NOT NULL DEFAULT 0,
+    connector_transaction_id TEXT, error_code TEXT, error_message TEXT, router_data TEXT NOT NULL,
+    created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (merchant_id, payment_id));
+CREATE TABLE IF NOT EXISTS operations (
+    message_id TEXT PRIMARY KEY, merchant_id TEXT NOT NULL, payment_id TEXT NOT NULL, operation TEXT NOT NULL,
+    object_id TEXT NOT NULL, amount INTEGER, status TEXT NOT NULL, request TEXT NOT NULL,
+    transaction_id TEXT, error_code TEXT, error_message TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS operations_open ON operations (status, updated_ms);
+CREATE INDEX IF NOT EXISTS operations_payment ON operations (merchant_id, payment_id);
+CREATE TABLE IF NOT EXISTS refunds (
+    merchant_id TEXT NOT NULL, refund_id TEXT NOT NULL, payment_id TEXT NOT NULL, amount INTEGER NOT NULL,
+    currency TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, connector_refund_id TEXT, error_code TEXT,
+    error_message TEXT, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (merchant_id, refund_id));
+CREATE TABLE IF NOT EXISTS idempotency (
+    merchant_id TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, state TEXT NOT NULL,
+    status INTEGER, body TEXT, created_ms INTEGER NOT NULL,
+    PRIMARY KEY (merchant_id, key));
+";
+
+fn payment_row(r: &Row<'_>) -> rusqlite::Result<Payment> {
+    let status: String = r.get("status")?;
+    let method: String = r.get("capture_method")?;
+    let router_data: String = r.get("router_data")?;
+    Ok(Payment {
+        merchant_id: r.get("merchant_id")?,
+        payment_id: r.get("payment_id")?,
+        attempt_id: r.get("attempt_id")?,
+        amount: r.get("amount")?,
+        currency: r.get("currency")?,
+        capture_method: CaptureMethod::parse(&method).unwrap_or_default(),
+        status: AttemptStatus::parse(&status).unwrap_or(AttemptStatus::Pending),
+        amount_authorized: r.get("amount_authorized")?,
+        amount_captured: r.get("amount_captured")?,
+        amount_refunded: r.get("amount_refunded")?,
+        amount_refund_pending: r.get("amount_refund_pending")?,
+        connector_transaction_id: r.get("connector_transaction_id")?,
+        error_code: r.get("error_code")?,
+        error_message: r.get("error_message")?,
+        router_data: serde_json::from_str(&router_data).unwrap_or_default(),
+        created_ms: r.get("created_ms")?,
+        updated_ms: r.get("updated_ms")?,
+    })
+}
+
+fn operation_row(r: &Row<'_>) -> rusqlite::Result<OperationRecord> {
+    let status: String = r.get("status")?;
+    Ok(OperationRecord {
+        message_id: r.get("message_id")?,
+        merchant_id: r.get("merchant_id")?,
+        payment_id: r.get("payment_id")?,
+        operation: r.get("operation")?,
+        object_id: r.get("object_id")?,
+        amount: r.get("amount")?,
+        status: OpStatus::parse(&status),
+        request: r.get("request")?,
+        transaction_id: r.get("transaction_id")?,
+        error_code: r.get("error_code")?,
+        error_message: r.get("error_message")?,
+        created_ms: r.get("created_ms")?,
+        updated_ms: r.get("updated_ms")?,
+    })
+}
+
+fn refund_row(r: &Row<'_>) -> rusqlite::Result<Refund> {
+    let status: String = r.get("status")?;
+    Ok(Refund {
+        merchant_id: r.get("merchant_id")?,
+        refund_id: r.get("refund_id")?,
+        payment_id: r.get("payment_id")?,
+        amount: r.get("amount")?,
+        currency: r.get("currency")?,
+        status: RefundStatus::parse(&status).unwrap_or(RefundStatus::Pending),
+        reason: r.get("reason")?,
+        connector_refund_id: r.get("connector_refund_id")?,
+        error_code: r.get("error_code")?,
+        error_message: r.get("error_message")?,
+        created_ms: r.get("created_ms")?,
+        updated_ms: r.get("updated_ms")?,
+    })
+}
+
+fn get_payment(c: &Connection, merchant_id: &str, payment_id: &str) -> Result<Payment, StoreError> {
+    c.query_row(
+        "SELECT * FROM payments WHERE merchant_id = ?1 AND payment_id = ?2",
+        params![merchant_id, payment_id],
+        payment_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound(format!("payment {payment_id}")))
+}
+
+fn set_status(c: &Connection, p: &Payment, status: AttemptStatus) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE payments SET status = ?3, updated_ms = ?4 WHERE merchant_id = ?1 AND payment_id = ?2",
+        params![p.merchant_id, p.payment_id, status.as_str(), now_ms()],
+    )?;
+    Ok(())
+}
+
+/// What a capture, void or incremental authorization may start from.
+fn check_from(p: &Payment, allowed: &[AttemptStatus]) -> Result<(), StoreError> {
+    if allowed.contains(&p.status) {
+        Ok(())
+    } else {
+        Err(StoreError::State {
+            what: format!("payment {}", p.payment_id),
+            current: p.status.as_str().into(),
+        })
+    }
+}
+
+impl Store {
+    /// Opens (creating) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// A store that lives in memory (tests).
+    pub fn in_memory() -> Result<Store, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Store, StoreError> {
+        // WAL + NORMAL: a killed process loses no committed transaction.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut c)
+    }
+
+    /// Records a new payment (status `started`).
+    pub fn insert_payment(&self, p: &Payment) -> Result<(), StoreError> {
+        self.with(|c| {
+            let n = c.execute(
+                "INSERT OR IGNORE INTO payments (merchant_id, payment_id, attempt_id, amount, currency, capture_method, status,
+                 router_data, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                params![
+                    p.merchant_id,
+                    p.payment_id,
+                    p.attempt_id,
+                    p.amount,
+                    p.currency,
+                    p.capture_method.as_str(),
+                    p.status.as_str(),
+                    p.router_data.to_string(),
+                    p.created_ms
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Exists(format!("payment {}", p.payment_id)));
+            }
+            Ok(())
+        })
+    }
+
+    /// A payment.
+    pub fn payment(&self, merchant_id: &str, payment_id: &str) -> Result<Payment, StoreError> {
+        self.with(|c| get_payment(c, merchant_id, payment_id))
+    }
+
+    /// Starts an operation: checks the payment's state and amounts, moves it to the matching
+    /// transitional state and records the operation `in_flight`, in one transaction.
+    pub fn begin_operation(&self, op: &OperationRecord) -> Result<Payment, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let p = get_payment(&tx, &op.merchant_id, &op.payment_id)?;
+            let amount = op.amount.unwrap_or(0);
+            use AttemptStatus::*;
+            match op.operation.as_str() {
+                "payments.authorize" => {
+                    check_from(&p, &[Started])?;
+                    set_status(&tx, &p, Authorizing)?;
+                }
+                "payments.complete_authorize" => check_from(&p, &[AuthenticationPending])?,
+                "payments.capture" => {
+                    check_from(&p, &[Authorized, PartialCharged])?;
+                    let capturable = p.amount_authorized - p.amount_captured;
+                    if amount <= 0 || amount > capturable {
+                        return Err(StoreError::Amount(format!(
+                            "amount_to_capture {amount} exceeds the capturable amount {capturable}"
+                        )));
+                    }
+                    set_status(&tx, &p, CaptureInitiated)?;
+                }
+                "payments.void" => {
+                    check_from(&p, &[Authorized])?;
+                    set_status(&tx, &p, VoidInitiated)?;
+                }
+                "payments.incremental_auth" => {
+                    check_from(&p, &[Authorized, PartialCharged])?;
+                    if amount <= 0 {
+                        return Err(StoreError::Amount("additional amount must be positive".into()));
+                    }
+                }
+                _ => {}
+            }
+            tx.execute(
+                "INSERT INTO operations (message_id, merchant_id, payment_id, operation, object_id, amount, status, request,
+                 created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_flight', ?7, ?8, ?8)",
+                params![op.message_id, op.merchant_id, op.payment_id, op.operation, op.object_id, op.amount, op.request, now_ms()],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StoreError::Exists(format!("operation {}", op.message_id))
+                }
+                e => e.into(),
+            })?;
+            let p = get_payment(&tx, &op.merchant_id, &op.payment_id)?;
+            tx.commit()?;
+            Ok(p)
+        })
+    }
+
+    /// Records a refund `pending`, holding its amount against the payment, and its operation.
+    pub fn begin_refund(&self, refund: &Refund, op: &OperationRecord) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let p = get_payment(&tx, &refund.merchant_id, &refund.payment_id)?;
+            check_from(&p, &[AttemptStatus::Charged, AttemptStatus::PartialCharged])?;
+            let refundable = p.amount_captured - p.amount_refunded - p.amount_refund_pending;
+            if refund.amount <= 0 || refund.amount > refundable {
+                return Err(StoreError::Amount(format!(
+                    "refund amount {} exceeds the refundable amount {refundable}",
+                    refund.amount
+                )));
+            }
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO refunds (merchant_id, refund_id, payment_id, amount, currency, status, reason, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?7)",
+                params![refund.merchant_id, refund.refund_id, refund.payment_id, refund.amount, p.currency, refund.reason, now_ms()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Exists(format!("refund {}", refund.refund_id)));
+            }
+            tx.execute(
+                "UPDATE payments SET amount_refund_pending = amount_refund_pending + ?3, updated_ms = ?4 WHERE merchant_id = ?1 AND payment_id = ?2",
+                params![p.merchant_id, p.payment_id, refund.amount, now_ms()],
+            )?;
+            tx.execute(
+                "INSERT INTO operations (message_id, merchant_id, payment_id, operation, object_id, amount, status, request,
+                 created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_flight', ?7, ?8, ?8)",
+                params![op.message_id, op.merchant_id, op.payment_id, op.operation, op.object_id, op.amount, op.request, now_ms()],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Records an operation that moves no state of ours (mandates, tokens, disputes...).
+    pub fn record_operation(&self, op: &OperationRecord) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO operations (message_id, merchant_id, payment_id, operation, object_id, amount, status, request,
+                 created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_flight', ?7, ?8, ?8)",
+                params![op.message_id, op.merchant_id, op.payment_id, op.operation, op.object_id, op.amount, op.request, now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Applies what is known of an operation's outcome to the operation and its payment or
+    /// refund, once: a final operation is never changed again.
+    pub fn apply(&self, message_id: &str, resolution: &Resolution) -> Result<Applied, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let op = tx
+                .query_row("SELECT * FROM operations WHERE message_id = ?1", params![message_id], operation_row)
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("operation {message_id}")))?;
+            if op.status.is_final() {
+                return Ok(Applied::AlreadyFinal);
+            }
+            let now = now_ms();
+            let (op_status, txn, code, msg) = match resolution {
+                Resolution::Succeeded { transaction_id } => (OpStatus::Succeeded, transaction_id.clone(), None, None),
+                Resolution::Failed { code, message } => (OpStatus::Failed, None, Some(code.clone()), Some(message.clone())),
+                Resolution::Unknown { reason } => (OpStatus::Unknown, None, Some("NATS_TIMEOUT".to_string()), Some(reason.clone())),
+                // Not final: the authorization waits for the customer or the processor.
+                Resolution::RequiresCustomerAction | Resolution::Processing => (OpStatus::Unknown, None, None, None),
+            };
+            let final_op = match (op.operation.as_str(), resolution) {
+                ("payments.authorize", Resolution::RequiresCustomerAction) => OpStatus::Succeeded,
+                _ => op_status,
+            };
+            tx.execute(
+                "UPDATE operations SET status = ?2, transaction_id = COALESCE(?3, transaction_id), error_code = ?4, error_message = ?5, updated_ms = ?6
+                 WHERE message_id = ?1",
+                params![message_id, final_op.as_str(), txn, code, msg, now],
+            )?;
+            if op.operation == "refunds.execute" {
+                apply_refund(&tx, &op, resolution)?;
+            } else {
+                let p = get_payment(&tx, &op.merchant_id, &op.payment_id)?;
+                apply_payment(&tx, &p, &op, resolution)?;
+            }
+            tx.commit()?;
+            Ok(Applied::Changed)
+        })
+    }
+
+    /// Operations not resolved whose last change is older than `before_ms`.
+    pub fn unresolved_operations(&self, before_ms: i64) -> Result<Vec<OperationRecord>, StoreError> {
+        self.with(|c| {
+            let mut s = c.prepare(
+                "SELECT * FROM operations WHERE status IN ('in_flight', 'unknown') AND updated_ms < ?1 ORDER BY updated_ms",
+            )?;
+            let rows = s.query_map(params![before_ms], operation_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// The operation with this idempotency key's message id, if any.
+    pub fn operation(&self, message_id: &str) -> Result<Option<OperationRecord>, StoreError> {
+        self.with(|c| Ok(c.query_row("SELECT * FROM operations WHERE message_id = ?1", params![message_id], operation_row).optional()?))
+    }
+
+    /// The operations of a payment, oldest first.
+    pub fn operations_of(&self, merchant_id: &str, payment_id: &str) -> Result<Vec<OperationRecord>, StoreError> {
+        self.with(|c| {
+            let mut s = c.prepare("SELECT * FROM operations WHERE merchant_id = ?1 AND payment_id = ?2 ORDER BY created_ms, rowid")?;
+            let rows = s.query_map(params![merchant_id, payment_id], operation_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Payments whose attempt is in a transitional state.
+    pub fn transitional_payments(&self) -> Result<Vec<Payment>, StoreError> {
+        self.with(|c| {
+            let mut s = c.prepare(
+                "SELECT * FROM payments WHERE status IN ('authorizing', 'capture_initiated', 'void_initiated', 'pending')",
+            )?;
+            let rows = s.query_map([], payment_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// A refund.
+    pub fn refund(&self, merchant_id: &str, refund_id: &str) -> Result<Refund, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT * FROM refunds WHERE merchant_id = ?1 AND refund_id = ?2",
+                params![merchant_id, refund_id],
+                refund_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("refund {refund_id}")))
+        })
+    }
+
+    /// Claims an API idempotency key for a request fingerprint.
+    pub fn claim_key(&self, merchant_id: &str, key: &str, fingerprint: &str) -> Result<KeyState, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row: Option<(String, String, Option<u16>, Option<String>)> = tx
+                .query_row(
+                    "SELECT fingerprint, state, status, body FROM idempotency WHERE merchant_id = ?1 AND key = ?2",
+                    params![merchant_id, key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let state = match row {
+                None => {
+                    tx.execute(
+                        "INSERT INTO idempotency (merchant_id, key, fingerprint, state, created_ms) VALUES (?1, ?2, ?3, 'in_progress', ?4)",
+                        params![merchant_id, key, fingerprint, now_ms()],
+                    )?;
+                    KeyState::New
+                }
+                Some((fp, _, _, _)) if fp != fingerprint => KeyState::Mismatch,
+                Some((_, state, Some(status), Some(body))) if state == "done" => KeyState::Done { status, body },
+                Some(_) => KeyState::InProgress,
+            };
+            tx.commit()?;
+            Ok(state)
+        })
+    }
+
+    /// Stores the response of a claimed key.
+    pub fn finish_key(&self, merchant_id: &str, key: &str, status: u16, body: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE idempotency SET state = 'done', status = ?3, body = ?4 WHERE merchant_id = ?1 AND key = ?2",
+                params![merchant_id, key, status, body],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Releases a claimed key without a response (the request failed before doing anything).
+    pub fn release_key(&self, merchant_id: &str, key: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM idempotency WHERE merchant_id = ?1 AND key = ?2 AND state = 'in_progress'", params![merchant_id, key])?;
+            Ok(())
+        })
+    }
+}
+
+/// Failure codes that come from the bridge or the recovery job, not from a worker.
+const SYSTEM_FAILURES: [&str; 5] = ["NO_WORKERS_AVAILABLE", "CIRCUIT_OPEN", "INVALID_REQUEST", "CONNECTOR_TIMEOUT", "NATS_TRANSPORT"];
+
+fn apply_payment(c: &Connection, p: &Payment, op: &OperationRecord, r: &Resolution) -> Result<(), StoreError> {
+    use AttemptStatus::*;
+    let now = now_ms();
+    let amount = op.amount.unwrap_or(0);
+    // The status a failed capture or void returns to.
+    let settled = if p.amount_captured > 0 { PartialCharged } else { Authorized };
+    let (status, set_amounts): (Option<AttemptStatus>, Option<(i64, i64)>) = match (op.operation.as_str(), r) {
+        ("payments.authorize", _) if !matches!(p.status, Authorizing | Pending) => (None, None),
+        ("payments.authorize", Resolution::Succeeded { .. }) => (Some(Authorized), Some((amount, p.amount_captured))),
+        ("payments.authorize", Resolution::RequiresCustomerAction) => (Some(AuthenticationPending), None),
+        ("payments.authorize", Resolution::Processing | Resolution::Unknown { .. }) => (Some(Pending), None),
+        // The bridge's or the recovery job's own failures are `Failure` (seed mapping); a
+        // refusal reported by the worker is `AuthorizationFailed`.
+        ("payments.authorize", Resolution::Failed { code, .. }) if SYSTEM_FAILURES.contains(&code.as_str()) => (Some(Failure), None),
+        ("payments.authorize", Resolution::Failed { .. }) => (Some(AuthorizationFailed), None),
+        ("payments.complete_authorize", _) if p.status != AuthenticationPending => (None, None),
+        ("payments.complete_authorize", Resolution::Succeeded { .. }) => (Some(Authorized), Some((p.amount, p.amount_captured))),
+        ("payments.complete_authorize", Resolution::Failed { .. }) => (Some(AuthorizationFailed), None),
+        ("payments.capture", _) if p.status != CaptureInitiated => (None, None),
+        ("payments.capture", Resolution::Succeeded { .. }) => {
+            let captured = p.amount_captured + amount;
+            (Some(if captured >= p.amount_authorized { Charged } else { PartialCharged }), Some((p.amount_authorized, captured)))
+        }
+        ("payments.capture", Resolution::Failed { .. }) => (Some(settled), None),
+        ("payments.void", _) if p.status != VoidInitiated => (None, None),
+        ("payments.void", Resolution::Succeeded { .. }) => (Some(Voided), None),
+        ("payments.void", Resolution::Failed { .. }) => (Some(settled), None),
+        ("payments.incremental_auth", Resolution::Succeeded { .. }) if !p.status.is_terminal() => {
+            (None, Some((p.amount_authorized + amount, p.amount_captured)))
+        }
+        _ => (None, None),
+    };
+    if let Some((authorized, captured)) = set_amounts {
+        c.execute(
+            "UPDATE payments SET amount_authorized = ?3, amount_captured = ?4, updated_ms = ?5 WHERE merchant_id = ?1 AND payment_id = ?2",
+            params![p.merchant_id, p.payment_id, authorized, captured, now],
+        )?;
+    }
+    if let Some(status) = status {
+        let (code, message) = match r {
+            Resolution::Failed { code, message } => (Some(code.as_str()), Some(message.as_str())),
+            _ => (None, None),
+        };
+        let txn = match (op.operation.as_str(), r) {
+            ("payments.authorize", Resolution::Succeeded { transaction_id }) => transaction_id.clone(),
+            _ => None,
+        };
+        c.execute(
+            "UPDATE payments SET status = ?3, error_code = COALESCE(?4, error_code), error_message = COALESCE(?5, error_message),
+             connector_transaction_id = COALESCE(?6, connector_transaction_id), updated_ms = ?7 WHERE merchant_id = ?1 AND payment_id = ?2",
+            params![p.merchant_id, p.payment_id, status.as_str(), code, message, txn, now],
+        )?;
+    }
+    Ok(())
+}
+
+fn apply_refund(c: &Connection, op: &OperationRecord, r: &Resolution) -> Result<(), StoreError> {
+    let now = now_ms();
+    let amount = op.amount.unwrap_or(0);
+    let (status, refunded) = match r {
+        Resolution::Succeeded { .. } => ("succeeded", amount),
+        Resolution::Failed { .. } => ("failed", 0),
+        _ => return Ok(()),
+    };
+    let (code, message, txn) = match r {
+        Resolution::Failed { code, message } => (Some(code.clone()), Some(message.clone()), None),
+        Resolution::Succeeded { transaction_id } => (None, None, transaction_id.clone()),
+        _ => (None, None, None),
+    };
+    let n = c.execute(
+        "UPDATE refunds SET status = ?3, error_code = ?4, error_message = ?5, connector_refund_id = ?6, updated_ms = ?7
+         WHERE merchant_id = ?1 AND refund_id = ?2 AND status = 'pending'",
+        params![op.merchant_id, op.object_id, status, code, message, txn, now],
+    )?;
+    if n == 1 {
+        c.execute(
+            "UPDATE payments SET amount_refund_pending = amount_refund_pending - ?3, amount_refunded = amount_refunded + ?4, updated_ms = ?5
+             WHERE merchant_id = ?1 AND payment_id = ?2",
+            params![op.merchant_id, op.payment_id, amount, refunded, now],
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! The gateway's HTTP API end to end: real HTTP, real NATS, workers and the processor.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use gateway::config::GatewayConfig;
+use harness::env::GatewayHandle;
+use harness::Environment;
+use serde_json::{json, Value};
+
+fn config(dir: &tempdir::Dir) -> GatewayConfig {
+    GatewayConfig {
+        database: dir.path().join("gateway.db"),
+        api_keys: HashMap::from([("key_m1".to_string(), "m1".to_string()), ("key_m2".to_string(), "m2".to_string())]),
+        ..Default::default()
+    }
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(std::path::PathBuf);
+    impl Dir {
+        pub fn new(name: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!("hs-{name}-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Client {
+    fn new(g: &GatewayHandle) -> Client {
+        Client { http: reqwest::Client::new(), url: g.url.clone() }
+    }
+    async fn send(&self, method: reqwest::Method, path: &str, key: &str, idem: Option<&str>, body: Option<&str>) -> (u16, Value) {
+        let mut r = self.http.request(method, format!("{}{path}", self.url)).header("api-key", key);
+        if let Some(i) = idem {
+            r = r.header("Idempotency-Key", i);
+        }
+        if let Some(b) = body {
+            r = r.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+    async fn post(&self, path: &str, key: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, key, None, Some(&body.to_string())).await
+    }
+    async fn get(&self, path: &str, key: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, key, None, None).await
+    }
+}
+
+async fn setup(workers: usize) -> (Environment, GatewayHandle, Client, tempdir::Dir) {
+    let env = common::single(workers).await;
+    let dir = tempdir::Dir::new("gw");
+    let g = env.start_gateway(config(&dir)).await.unwrap();
+    let c = Client::new(&g);
+    (env, g, c, dir)
+}
+
+fn card() -> Value {
+    json!({ "card": { "card_number": "4242424242424242", "card_cvc": "123", "card_exp_month": "12", "card_exp_year": "30" } })
+}
+
+#[tokio::test]
+async fn manual_capture_partial_capture_refund_retrieve() {
+    let (env, _g, c, _dir) = setup(1).await;
+    let (s, p) = c
+        .post("/payments", "key_m1", json!({ "payment_id": "pay_gw_1", "amount": 1000, "currency": "USD", "capture_method": "manual", "confirm": true, "payment_method": "card", "payment_method_data": card() }))
+        .await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["status"], "requires_capture");
+    assert_eq!(p["amount_capturable"], 1000);
+    let (s, p) = c.post("/payments/pay_gw_1/capture", "key_m1", json!({ "amount_to_capture": 400 })).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["status"], "partially_captured_and_capturable");
+    assert_eq!(p["amount_received"], 400);
+    assert_eq!(p["amount_capturable"], 600);
+    let (s, r) = c.post("/refunds", "key_m1", json!({ "payment_id": "pay_gw_1", "refund_id": "ref_gw_1", "amount": 300 })).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["status"], "succeeded");
+    let (s, p) = c.get("/payments/pay_gw_1?force_sync=true", "key_m1").await;
+    assert_eq!(s, 200);
+    assert_eq!(p["amount_refunded"], 300);
+    let (s, r) = c.get("/refunds/ref_gw_1", "key_m1").await;
+    assert_eq!((s, r["amount"].clone()), (200, json!(300)));
+    let account = env.processor().account("m1", "pay_gw_1").unwrap();
+    assert_eq!((account.authorized, account.captured, account.refunded), (1000, 400, 300));
+    assert_eq!(env.processor().ledger().len(), 3);
+}
+
+#[tokio::test]
+async fn automatic_capture_charges_in_one_call() {
+    let (env, _g, c, _dir) = setup(1).await;
+    let (s, p) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_auto", "amount": 700, "currency": "EUR", "confirm": true })).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["status"], "succeeded");
+    assert_eq!(p["amount_received"], 700);
+    assert_eq!(env.processor().ledger().len(), 2, "authorization and capture");
+}
+
+#[tokio::test]
+async fn validation_errors_change_nothing() {
+    let (env, _g, c, _dir) = setup(1).await;
+    c.post("/payments", "key_m1", json!({ "payment_id": "pay_v", "amount": 500, "currency": "USD", "capture_method": "manual", "confirm": true })).await;
+    let before = (env.processor().ledger().len(), c.get("/payments/pay_v", "key_m1").await.1);
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        ("/payments/pay_v/capture", json!({ "amount_to_capture": 501 }), 422, "invalid_amount"),
+        ("/payments/pay_v/capture", json!({ "amount_to_capture": -1 }), 422, "invalid_amount"),
+        ("/refunds", json!({ "payment_id": "pay_v", "amount": 10 }), 409, "invalid_state"),
+        ("/payments/nope/capture", json!({}), 404, "not_found"),
+        ("/payments", json!({ "amount": 100, "currency": "XYZ" }), 422, "invalid_currency"),
+        ("/payments", json!({ "amount": 0, "currency": "USD" }), 422, "invalid_amount"),
+        ("/payments", json!({ "amount": 100, "currency": "USD", "ammount": 1 }), 400, "invalid_json"),
+        ("/payments", json!({ "payment_id": "pay_v", "amount": 100, "currency": "USD" }), 409, "duplicate"),
+    ];
+    for (path, body, status, code) in cases {
+        let (s, e) = c.post(path, "key_m1", body.clone()).await;
+        assert_eq!((s, e["error"]["code"].as_str()), (status, Some(code)), "{path} {body}: {e}");
+        assert!(!e["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let (s, e) = c.send(reqwest::Method::POST, "/payments", "key_m1", None, Some("{not json")).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_json")));
+    let (s, _) = c.post("/payments", "wrong_key", json!({ "amount": 1, "currency": "USD" })).await;
+    assert_eq!(s, 401);
+    // Capture fully, then a void and a refund above the captured amount are refused.
+    let (s, _) = c.post("/payments/pay_v/capture", "key_m1", json!({})).await;
+    assert_eq!(s, 200);
+    let mid = env.processor().ledger().len();
+    let (s, e) = c.post("/payments/pay_v/cancel", "key_m1", json!({})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (409, Some("invalid_state")), "{e}");
+    let (s, e) = c.post("/refunds", "key_m1", json!({ "payment_id": "pay_v", "amount": 501 })).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (422, Some("invalid_amount")), "{e}");
+    assert_eq!(env.processor().ledger().len(), mid, "refused requests reach no processor");
+    assert_eq!(before.0 + 1, mid);
+}
+
+#[tokio::test]
+async fn merchants_are_isolated() {
+    let (_env, _g, c, _dir) = setup(1).await;
+    c.post("/payments", "key_m1", json!({ "payment_id": "pay_iso", "amount": 500, "currency": "USD", "capture_method": "manual", "confirm": true })).await;
+    let (s, _) = c.get("/payments/pay_iso", "key_m2").await;
+    assert_eq!(s, 404);
+    let (s, _) = c.post("/payments/pay_iso/capture", "key_m2", json!({})).await;
+    assert_eq!(s, 404);
+    let (s, p) = c.get("/payments/pay_iso", "key_m1").await;
+    assert_eq!((s, p["status"].as_str()), (200, Some("requires_capture")));
+    // The same payment id is free for another merchant.
+    let (s, _) = c.post("/payments", "key_m2", json!({ "payment_id": "pay_iso", "amount": 1, "currency": "USD" })).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn idempotency_keys_sequential_and_concurrent() {
+    let (env, _g, c, _dir) = setup(1).await;
+    let body = json!({ "amount": 900, "currency": "USD", "capture_method": "manual", "confirm": true }).to_string();
+    let (s1, r1) = c.send(reqwest::Method::POST, "/payments", "key_m1", Some("k-1"), Some(&body)).await;
+    let (s2, r2) = c.send(reqwest::Method::POST, "/payments", "key_m1", Some("k-1"), Some(&body)).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(r1, r2, "the first response, replayed");
+    assert_eq!(env.processor().ledger().len(), 1);
+    let other = json!({ "amount": 901, "currency": "USD", "confirm": true }).to_string();
+    let (s, e) = c.send(reqwest::Method::POST, "/payments", "key_m1", Some("k-1"), Some(&other)).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (409, Some("idempotency_key_reused")));
+    // The same key from another merchant is another key.
+    let (s, _) = c.send(reqwest::Method::POST, "/payments", "key_m2", Some("k-1"), Some(&body)).await;
+    assert_eq!(s, 200);
+    assert_eq!(env.processor().ledger().len(), 2);
+
+    // Eight concurrent identical requests: one effect.
+    let pid = r1["payment_id"].as_str().unwrap().to_string();
+    let path = format!("/payments/{pid}/capture");
+    let capture = json!({ "amount_to_capture": 300 }).to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (http, url, path, capture) = (c.http.clone(), c.url.clone(), path.clone(), capture.clone());
+        tasks.push(tokio::spawn(async move {
+            http.post(format!("{url}{path}"))
+                .header("api-key", "key_m1")
+                .header("Idempotency-Key", "cap-k")
+                .header("content-type", "application/json")
+                .body(capture)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 409), "{statuses:?}");
+    assert!(statuses.contains(&200));
+    let captures = env.processor().ledger().iter().filter(|e| e.operation == "payments.capture").count();
+    assert_eq!(captures, 1, "{statuses:?}");
+    let (_, p) = c.get(&format!("/payments/{pid}"), "key_m1").await;
+    assert_eq!(p["amount_received"], 300);
+}
+
+#[tokio::test]
+async fn recovery_fails_an_operation_the_processor_never_saw() {
+    // Workers that answer queries but never take authorizations: the attempt stays unknown.
+    let worker = mock_worker::WorkerConfig { operations: vec!["payments.sync".into()], ..Default::default() };
+    let env = common::start(harness::nats::EnvConfig::single(), 1, worker).await;
+    let dir = tempdir::Dir::new("gw-rec");
+    let mut cfg = config(&dir);
+    cfg.recovery.interval_ms = 3_600_000;
+    cfg.recovery.stuck_after_ms = 1;
+    let mut bridge_config = env.bridge_config().clone();
+    bridge_config.operations.insert(
+        "payments.authorize".into(),
+        nats_bridge::config::OperationOverride { timeout_ms: Some(1000), ack_timeout_ms: Some(500), ..Default::default() },
+    );
+    let bridge = nats_bridge::Bridge::with_client(env.nats().connect().await.unwrap(), bridge_config).await.unwrap();
+    let running = gateway::start_with(cfg.clone(), bridge).unwrap();
+    let g = &running.state.gateway;
+    let p = g
+        .create("m1", gateway::service::NewPayment { payment_id: Some("pay_rec".into()), amount: 300, currency: "USD".into(), capture_method: gateway::model::CaptureMethod::Manual, router_data: json!({}) }, true)
+        .await
+        .unwrap();
+    assert_eq!(p.status, gateway::model::AttemptStatus::Pending, "timeout is pending, not failed");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let n = gateway::recovery::run_once(g, &cfg.recovery, &running.recovery).await;
+    assert_eq!(n, 1);
+    let p = g.store.payment("m1", "pay_rec").unwrap();
+    assert_eq!(p.status, gateway::model::AttemptStatus::Failure);
+    assert_eq!(p.error_code.as_deref(), Some("CONNECTOR_TIMEOUT"));
+    assert!(env.processor().ledger().is_empty());
+}
