@@ -40,9 +40,12 @@ pub enum Action {
         /// Worker processes to start.
         #[arg(long, default_value_t = 2)]
         workers: usize,
-        /// Config file with `[nats_bridge]` and `[worker]` tables.
+        /// Config file with `[nats_bridge]`, `[worker]` and `[gateway]` tables.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        gateway_addr: String,
     },
     /// Runs a seeded payment workload through the whole stack and writes a report.
     Demo {
@@ -87,7 +90,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             print!("{}", catalogue_text(&config, json));
             Ok(())
         }
-        Action::Up { cluster, workers, config } => up(cluster, workers, config.as_deref()).await,
+        Action::Up { cluster, workers, config, gateway_addr } => up(cluster, workers, config.as_deref(), &gateway_addr).await,
         Action::Demo { payments, seed, concurrency, cluster, report_dir } => {
             let report = crate::demo::run(crate::demo::DemoConfig {
                 payments,
@@ -171,8 +174,9 @@ fn worker_binary() -> Result<PathBuf, CliError> {
     Err(format!("mock-worker binary not found at {} (build it with `cargo build -p mock-worker`)", candidate.display()).into())
 }
 
-async fn up(cluster: bool, workers: usize, config: Option<&Path>) -> Result<(), CliError> {
+async fn up(cluster: bool, workers: usize, config: Option<&Path>, gateway_addr: &str) -> Result<(), CliError> {
     let (worker_config, bridge_config) = mock_worker::WorkerConfig::load(config)?;
+    let (mut gateway_config, _) = gateway::config::GatewayConfig::load(config)?;
     let binary = if workers > 0 { Some(worker_binary()?) } else { None };
     let env = Environment::start(EnvironmentConfig {
         nats: if cluster { EnvConfig::cluster() } else { EnvConfig::single() },
@@ -205,6 +209,18 @@ async fn up(cluster: bool, workers: usize, config: Option<&Path>) -> Result<(), 
         println!("worker {}: pid {}", i + 1, child.id().unwrap_or(0));
         children.push(child);
     }
+    // A fresh store per run unless the config names one.
+    let state_dir = std::env::temp_dir().join(format!("hs-up-{}", std::process::id()));
+    if config.is_none() {
+        std::fs::create_dir_all(&state_dir)?;
+        gateway_config.database = state_dir.join("gateway.db");
+    }
+    let gateway = env.start_gateway_on(gateway_addr, gateway_config.clone()).await?;
+    wait_http_ok(&format!("{}/health", gateway.url)).await?;
+    println!("gateway: {} (store {})", gateway.url, gateway_config.database.display());
+    for (key, merchant) in &gateway_config.api_keys {
+        println!("api key {key}: merchant {merchant}");
+    }
     println!("ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -215,8 +231,27 @@ async fn up(cluster: bool, workers: usize, config: Option<&Path>) -> Result<(), 
     for child in &mut children {
         let _ = child.kill().await;
     }
+    drop(gateway);
     drop(env);
+    let _ = std::fs::remove_dir_all(&state_dir);
     Ok(())
+}
+
+/// Polls `url` until it answers 200 (the gateway is serving), with a deadline.
+async fn wait_http_ok(url: &str) -> Result<(), CliError> {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(r) = http.get(url).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("{url} did not answer within 10s").into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits for the worker's `ready` line (or its exit, which is an error).

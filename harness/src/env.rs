@@ -215,9 +215,16 @@ impl Drop for GatewayHandle {
 impl Environment {
     /// Starts a gateway on 127.0.0.1 (dynamic port) with its own bridge connection.
     pub async fn start_gateway(&self, config: gateway::config::GatewayConfig) -> Result<GatewayHandle, EnvError> {
+        self.start_gateway_on("127.0.0.1:0", config).await
+    }
+
+    /// Starts a gateway listening on `addr`, with its own bridge connection.
+    pub async fn start_gateway_on(&self, addr: &str, config: gateway::config::GatewayConfig) -> Result<GatewayHandle, EnvError> {
         let bridge = self.new_bridge().await?;
         let running = gateway::start_with(config, bridge).map_err(|e| EnvError::Gateway(e.to_string()))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| EnvError::Gateway(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| EnvError::Gateway(format!("cannot listen on {addr}: {e}")))?;
         let url = format!("http://{}", listener.local_addr().map_err(|e| EnvError::Gateway(e.to_string()))?);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway::api::serve(listener, running.state.clone(), async move {

@@ -57,7 +57,7 @@ async fn up_prints_ready_serves_and_stops_cleanly() {
     let worker = std::path::Path::new(HARNESS).with_file_name("mock-worker");
     assert!(worker.exists(), "build the worker first: cargo build -p mock-worker");
     let mut child = Command::new(HARNESS)
-        .args(["up", "--workers", "1"])
+        .args(["up", "--workers", "1", "--gateway-addr", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -71,10 +71,14 @@ async fn up_prints_ready_serves_and_stops_cleanly() {
     });
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut nats_url = None;
+    let mut gateway_url = None;
     loop {
         let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("`ready` in time");
         if let Some(rest) = line.strip_prefix("nats: ") {
             nats_url = rest.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(rest) = line.strip_prefix("gateway: ") {
+            gateway_url = rest.split_whitespace().next().map(str::to_string);
         }
         if line == "ready" {
             break;
@@ -86,6 +90,18 @@ async fn up_prints_ready_serves_and_stops_cleanly() {
     let op = catalogue::ops::authorize();
     let r = OperationRequest::new(op, "m_up", "pay_up", "pay_up_1").router_data(common::money(500));
     assert_eq!(bridge.call(&r).await.unwrap().status, ResponseStatus::Success);
+    // The gateway answers, and runs a payment through the same workers.
+    let gateway = gateway_url.expect("gateway address printed");
+    let resp = reqwest::Client::new()
+        .post(format!("{gateway}/payments"))
+        .header("api-key", "dev_key_merchant_1")
+        .json(&serde_json::json!({ "amount": 250, "currency": "USD", "confirm": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "succeeded", "{body}");
 
     let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(sent.success());

@@ -77,6 +77,10 @@ struct File {
     worker: WorkerConfig,
     #[serde(default)]
     nats_bridge: Option<toml::Value>,
+    /// The gateway's table, when one file configures the whole environment.
+    #[serde(default)]
+    #[allow(dead_code)]
+    gateway: Option<toml::Value>,
 }
 
 impl WorkerConfig {
