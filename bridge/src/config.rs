@@ -8,6 +8,9 @@
 //! ack_timeout_ms = 2000        # JetStream publish ack, per attempt
 //! query_timeout_ms = 5000      # core request/reply
 //! max_retries = 3              # publish retries (same message id) when no ack came
+//! late_reply_buffer = 1024     # replies that came after their call gave up, kept until the
+//!                              # application reads them (Bridge::late_replies); more are dropped
+//!                              # and counted
 //!
 //! [nats_bridge.subjects]
 //! prefix = "hyperswitch"
@@ -19,7 +22,20 @@
 //!
 //! [nats_bridge.operations."payments.sync"]
 //! timeout_ms = 2000
+//!
+//! [nats_bridge.circuit_breaker]   # one breaker per operation
+//! enabled = true
+//! failure_threshold = 5        # consecutive transport / worker-health failures that open it
+//! open_ms = 30000              # how long it stays open before letting a probe through
+//! half_open_probes = 1         # probe calls allowed at once while half-open
 //! ```
+//!
+//! Every key can also come from the environment: `NATS_BRIDGE_<KEY>` for top-level keys
+//! (`NATS_BRIDGE_LATE_REPLY_BUFFER`), `NATS_BRIDGE_CIRCUIT_BREAKER_<KEY>` for the breaker
+//! (`NATS_BRIDGE_CIRCUIT_BREAKER_OPEN_MS`), plus `NATS_BRIDGE_SUBJECT_PREFIX`,
+//! `NATS_BRIDGE_SUBJECT_SCHEME`, `NATS_BRIDGE_STREAM_PREFIX`, `NATS_BRIDGE_REPLICAS` and
+//! `NATS_BRIDGE_DUPLICATE_WINDOW_MS`. Unknown keys and unknown `NATS_BRIDGE_` variables are
+//! errors.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -143,6 +159,36 @@ pub struct OperationOverride {
     pub timeout_ms: Option<u64>,
 }
 
+/// Circuit breaker settings, the same for every operation (each operation has its own breaker).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerConfig {
+    /// Whether calls are refused while an operation's breaker is open.
+    pub enabled: bool,
+    /// Consecutive failures (transport or worker health, not declines) that open the breaker (seed: 5).
+    pub failure_threshold: u32,
+    /// How long the breaker stays open before a half-open probe is let through.
+    pub open_ms: u64,
+    /// Probe calls allowed at once while half-open.
+    pub half_open_probes: u32,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        CircuitBreakerConfig {
+            enabled: true,
+            failure_threshold: 5,
+            open_ms: 30_000,
+            half_open_probes: 1,
+        }
+    }
+}
+
+/// Longest `circuit_breaker.open_ms` accepted: one day.
+pub const MAX_OPEN_MS: u64 = 86_400_000;
+/// Largest `late_reply_buffer` accepted.
+pub const MAX_LATE_REPLY_BUFFER: usize = 1_000_000;
+
 /// The bridge's configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -159,12 +205,16 @@ pub struct BridgeConfig {
     pub query_timeout_ms: u64,
     /// Publish retries with the same message id when no ack came (seed: 3).
     pub max_retries: u32,
+    /// Late replies kept for the application until it reads them; more are dropped (counted).
+    pub late_reply_buffer: usize,
     /// Subjects.
     pub subjects: SubjectConfig,
     /// Streams.
     pub jetstream: JetStreamConfig,
     /// Overrides by operation name (`payments.authorize`).
     pub operations: BTreeMap<String, OperationOverride>,
+    /// Circuit breakers.
+    pub circuit_breaker: CircuitBreakerConfig,
 }
 
 impl Default for BridgeConfig {
@@ -176,9 +226,11 @@ impl Default for BridgeConfig {
             ack_timeout_ms: 2_000,
             query_timeout_ms: 5_000,
             max_retries: 3,
+            late_reply_buffer: 1024,
             subjects: SubjectConfig::default(),
             jetstream: JetStreamConfig::default(),
             operations: BTreeMap::new(),
+            circuit_breaker: CircuitBreakerConfig::default(),
         }
     }
 }
@@ -252,6 +304,23 @@ impl BridgeConfig {
                 "ACK_TIMEOUT_MS" => self.ack_timeout_ms = num(&name, &value)?,
                 "QUERY_TIMEOUT_MS" => self.query_timeout_ms = num(&name, &value)?,
                 "MAX_RETRIES" => self.max_retries = num(&name, &value)?,
+                "LATE_REPLY_BUFFER" => self.late_reply_buffer = num(&name, &value)?,
+                "CIRCUIT_BREAKER_ENABLED" => {
+                    self.circuit_breaker.enabled = match value.as_str() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => {
+                            return Err(ConfigError::Env {
+                                name,
+                                value,
+                                reason: "expected true or false".into(),
+                            })
+                        }
+                    }
+                }
+                "CIRCUIT_BREAKER_FAILURE_THRESHOLD" => self.circuit_breaker.failure_threshold = num(&name, &value)?,
+                "CIRCUIT_BREAKER_OPEN_MS" => self.circuit_breaker.open_ms = num(&name, &value)?,
+                "CIRCUIT_BREAKER_HALF_OPEN_PROBES" => self.circuit_breaker.half_open_probes = num(&name, &value)?,
                 "SUBJECT_PREFIX" => self.subjects.prefix = value,
                 "SUBJECT_SCHEME" => {
                     self.subjects.scheme = match value.as_str() {
@@ -299,6 +368,22 @@ impl BridgeConfig {
                 "request_timeout_ms ({}) must exceed ack_timeout_ms ({})",
                 self.request_timeout_ms, self.ack_timeout_ms
             ));
+        }
+        if !(1..=MAX_LATE_REPLY_BUFFER).contains(&self.late_reply_buffer) {
+            return invalid(format!(
+                "late_reply_buffer must be 1..={MAX_LATE_REPLY_BUFFER}, got {}",
+                self.late_reply_buffer
+            ));
+        }
+        let cb = &self.circuit_breaker;
+        if cb.failure_threshold == 0 {
+            return invalid("circuit_breaker.failure_threshold must be at least 1, got 0".into());
+        }
+        if !(1..=MAX_OPEN_MS).contains(&cb.open_ms) {
+            return invalid(format!("circuit_breaker.open_ms must be 1..={MAX_OPEN_MS} (one day), got {}", cb.open_ms));
+        }
+        if cb.half_open_probes == 0 {
+            return invalid("circuit_breaker.half_open_probes must be at least 1, got 0".into());
         }
         if !(1..=5).contains(&self.jetstream.replicas) {
             return invalid(format!("jetstream.replicas must be 1..=5, got {}", self.jetstream.replicas));
@@ -495,5 +580,71 @@ mod tests {
         assert_eq!(c.subjects.scheme, SubjectScheme::PerMerchant);
         let err = c.apply_env([("NATS_BRIDGE_REPLICAS".to_string(), "three".to_string())]).unwrap_err();
         assert!(err.to_string().contains("NATS_BRIDGE_REPLICAS"));
+    }
+
+    #[test]
+    fn circuit_breaker_and_late_reply_keys() {
+        let c = BridgeConfig::default();
+        assert_eq!(
+            c.circuit_breaker,
+            CircuitBreakerConfig { enabled: true, failure_threshold: 5, open_ms: 30_000, half_open_probes: 1 }
+        );
+        assert_eq!(c.late_reply_buffer, 1024);
+        let c = BridgeConfig::from_toml(
+            "[nats_bridge]\nlate_reply_buffer = 16\n[nats_bridge.circuit_breaker]\nfailure_threshold = 3\nopen_ms = 250\nhalf_open_probes = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.late_reply_buffer, 16);
+        assert_eq!(
+            c.circuit_breaker,
+            CircuitBreakerConfig { enabled: true, failure_threshold: 3, open_ms: 250, half_open_probes: 2 }
+        );
+        let err = BridgeConfig::from_toml("[nats_bridge.circuit_breaker]\nthreshold = 3\n").unwrap_err();
+        assert!(err.to_string().contains("threshold"), "{err}");
+        let err = BridgeConfig::from_toml("[nats_bridge.circuit_breaker]\nopen_ms = -1\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse(_)), "{err}");
+
+        let mut c = BridgeConfig::default();
+        c.apply_env([
+            ("NATS_BRIDGE_CIRCUIT_BREAKER_ENABLED".to_string(), "false".to_string()),
+            ("NATS_BRIDGE_CIRCUIT_BREAKER_FAILURE_THRESHOLD".to_string(), "7".to_string()),
+            ("NATS_BRIDGE_CIRCUIT_BREAKER_OPEN_MS".to_string(), "1000".to_string()),
+            ("NATS_BRIDGE_CIRCUIT_BREAKER_HALF_OPEN_PROBES".to_string(), "3".to_string()),
+            ("NATS_BRIDGE_LATE_REPLY_BUFFER".to_string(), "8".to_string()),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.circuit_breaker,
+            CircuitBreakerConfig { enabled: false, failure_threshold: 7, open_ms: 1000, half_open_probes: 3 }
+        );
+        assert_eq!(c.late_reply_buffer, 8);
+        let err = c
+            .apply_env([("NATS_BRIDGE_CIRCUIT_BREAKER_ENABLED".to_string(), "maybe".to_string())])
+            .unwrap_err();
+        assert!(err.to_string().contains("expected true or false"), "{err}");
+    }
+
+    #[test]
+    fn bad_breaker_and_buffer_values_are_refused_with_the_key_named() {
+        type Mutation = fn(&mut BridgeConfig);
+        let cases: [(Mutation, &str); 6] = [
+            (|c| c.circuit_breaker.failure_threshold = 0, "circuit_breaker.failure_threshold must be at least 1"),
+            (|c| c.circuit_breaker.open_ms = 0, "circuit_breaker.open_ms must be"),
+            (|c| c.circuit_breaker.open_ms = MAX_OPEN_MS + 1, "circuit_breaker.open_ms must be"),
+            (|c| c.circuit_breaker.half_open_probes = 0, "circuit_breaker.half_open_probes must be at least 1"),
+            (|c| c.late_reply_buffer = 0, "late_reply_buffer must be"),
+            (|c| c.late_reply_buffer = MAX_LATE_REPLY_BUFFER + 1, "late_reply_buffer must be"),
+        ];
+        for (mutate, expected) in cases {
+            let mut c = BridgeConfig::default();
+            mutate(&mut c);
+            let err = c.validate().unwrap_err();
+            assert!(matches!(err, ConfigError::Invalid(_)), "{err}");
+            assert!(err.to_string().contains(expected), "{err} does not say {expected:?}");
+        }
+        // A disabled breaker is still validated: its values must make sense when re-enabled.
+        let mut c = BridgeConfig::default();
+        c.circuit_breaker.enabled = false;
+        c.validate().unwrap();
     }
 }
