@@ -1,21 +1,26 @@
-//! The bridge: one NATS connection, one reply inbox, and the two call patterns.
+//! The bridge: one NATS connection, one reply inbox, and the two call patterns, behind a
+//! circuit breaker per operation and measured in the bridge's metrics registry.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, publish::PublishAck};
 use async_nats::{Client, HeaderMap, RequestErrorKind};
 use bytes::Bytes;
+use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, warn};
 
+use crate::breaker::{BreakerState, Breakers, CallVerdict};
 use crate::catalogue::{Operation, Pattern};
 use crate::config::BridgeConfig;
 use crate::envelope::ResponseEnvelope;
 use crate::error::{CallError, ConnectError};
 use crate::headers;
 use crate::inbox::ReplyInbox;
+use crate::late::{LateReply, LateSink};
+use crate::metrics::{BridgeMetrics, Registry};
 use crate::request::OperationRequest;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::streams::{self, StreamError, StreamPlan};
@@ -41,6 +46,12 @@ struct Inner {
     inbox: ReplyInbox,
     /// Counters.
     stats: Arc<Stats>,
+    /// One circuit breaker per operation.
+    breakers: Arc<Breakers>,
+    /// The bridge's series in its registry.
+    metrics: BridgeMetrics,
+    /// Late replies, until the application takes the receiver.
+    late_replies: Mutex<Option<mpsc::Receiver<LateReply>>>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -78,7 +89,16 @@ impl Bridge {
     pub async fn with_client(client: Client, config: BridgeConfig) -> Result<Bridge, ConnectError> {
         config.validate()?;
         let stats = Arc::new(Stats::default());
-        let inbox = ReplyInbox::start(&client, stats.clone()).await.map_err(ConnectError::Inbox)?;
+        let breakers = Arc::new(Breakers::new(&config.circuit_breaker));
+        let metrics = BridgeMetrics::new(Arc::new(Registry::new()), breakers.clone());
+        let (late, late_rx) = LateSink::new(
+            config.late_reply_buffer,
+            metrics.late_replies.clone(),
+            metrics.late_replies_dropped.clone(),
+        );
+        let inbox = ReplyInbox::start(&client, stats.clone(), late)
+            .await
+            .map_err(ConnectError::Inbox)?;
         let js = jetstream::new(client.clone());
         Ok(Bridge {
             inner: Arc::new(Inner {
@@ -87,6 +107,9 @@ impl Bridge {
                 config,
                 inbox,
                 stats,
+                breakers,
+                metrics,
+                late_replies: Mutex::new(Some(late_rx)),
             }),
         })
     }
@@ -114,6 +137,26 @@ impl Bridge {
     /// Calls waiting for a durable reply now.
     pub fn in_flight(&self) -> usize {
         self.inner.inbox.waiting()
+    }
+
+    /// The state of an operation's circuit breaker now (always `Closed` when breakers are
+    /// disabled). An open breaker whose open period has ended reports `HalfOpen`.
+    pub fn breaker_state(&self, op: Operation) -> BreakerState {
+        self.inner.breakers.state(op)
+    }
+
+    /// The bridge's metrics registry. Register the application's own metrics in it and serve
+    /// [`Registry::render`] on `GET /metrics`.
+    pub fn metrics(&self) -> Arc<Registry> {
+        self.inner.metrics.registry().clone()
+    }
+
+    /// The replies that arrived after their call gave up (typically after a `ReplyTimeout`),
+    /// decoded. The receiver is handed out once: `None` afterwards. Replies arriving before it is
+    /// taken are kept, up to `late_reply_buffer`; beyond that, or once the receiver is dropped,
+    /// they are dropped and counted (`nats_late_replies_dropped`).
+    pub fn late_replies(&self) -> Option<mpsc::Receiver<LateReply>> {
+        self.inner.late_replies.lock().expect("late replies lock").take()
     }
 
     /// Creates or updates the streams the catalogue calls for.
@@ -158,12 +201,30 @@ impl Bridge {
 
     /// Runs an operation with the pattern its catalogue row gives it. Pass the same request
     /// again to retry: it keeps its message id, so JetStream and the worker de-duplicate it.
+    ///
+    /// While the operation's circuit breaker is open the call is refused at once with
+    /// [`CallError::CircuitOpen`], without touching NATS.
     pub async fn call(&self, request: &OperationRequest) -> Result<ResponseEnvelope, CallError> {
+        let op = request.operation();
         let subject = self.subject(request)?;
-        match request.operation().pattern {
+        let metrics = self.inner.metrics.op(op);
+        let permit = self.inner.breakers.acquire(op).inspect_err(|_| {
+            self.inner.stats.circuit_rejections.fetch_add(1, Ordering::Relaxed);
+            metrics.breaker_rejections.inc();
+        })?;
+        let started = Instant::now();
+        let result = match op.pattern {
             Pattern::Durable => self.durable(request, subject).await,
             Pattern::Query => self.query(request, subject).await,
+        };
+        metrics.duration.observe_duration(started.elapsed());
+        match &result {
+            Ok(reply) => metrics.worker_response(reply.status).inc(),
+            Err(e) if e.is_timeout() => metrics.timeouts.inc(),
+            Err(_) => {}
         }
+        permit.finish(CallVerdict::of(&result));
+        result
     }
 
     fn payload(request: &OperationRequest) -> Result<Bytes, CallError> {
@@ -191,6 +252,7 @@ impl Bridge {
         let mut next_lookup = ack.duplicate.then(Instant::now);
         if ack.duplicate {
             self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.op(op).duplicates.inc();
             debug!(message_id = request.message_id(), seq = ack.sequence, "duplicate publish");
         }
         let mut backoff = Duration::from_millis(100);
@@ -207,6 +269,12 @@ impl Bridge {
                 }
                 _ = sleep_until(wake) => {
                     if Instant::now() >= deadline {
+                        // A reply routed at the last instant is still ours.
+                        while let Some(msg) = waiter.try_recv() {
+                            if let Some(reply) = self.accept(request, &msg.payload)? {
+                                return Ok(reply);
+                            }
+                        }
                         break;
                     }
                     let remaining = deadline.saturating_duration_since(Instant::now());
@@ -235,6 +303,7 @@ impl Bridge {
         message_id: &str,
     ) -> Result<PublishAck, CallError> {
         let attempts = self.inner.config.max_retries + 1;
+        let metrics = self.inner.metrics.op(op);
         let mut reason = String::new();
         for attempt in 0..attempts {
             if attempt > 0 {
@@ -252,13 +321,19 @@ impl Bridge {
                     return Err(CallError::InvalidRequest(e.to_string()))
                 }
                 Err(e) => {
+                    metrics.publish_errors.inc();
                     reason = e.to_string();
                     continue;
                 }
             };
-            match tokio::time::timeout(ack_timeout, ack_future).await {
+            let acked = tokio::time::timeout(ack_timeout, ack_future).await;
+            if !matches!(acked, Ok(Ok(_))) {
+                metrics.publish_errors.inc();
+            }
+            match acked {
                 Ok(Ok(ack)) => {
                     self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
+                    metrics.acks.inc();
                     debug!(operation = op.name, message_id, stream = %ack.stream, seq = ack.sequence, "published");
                     return Ok(ack);
                 }
@@ -280,12 +355,16 @@ impl Bridge {
 
     /// Decodes a reply; `Ok(None)` for a reply that is not ours (counted, ignored).
     fn accept(&self, request: &OperationRequest, payload: &[u8]) -> Result<Option<ResponseEnvelope>, CallError> {
-        let reply: ResponseEnvelope = serde_json::from_slice(payload).map_err(|e| {
+        let rejected = || {
             self.inner.stats.rejected_replies.fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.op(request.operation()).rejected.inc();
+        };
+        let reply: ResponseEnvelope = serde_json::from_slice(payload).map_err(|e| {
+            rejected();
             CallError::InvalidReply(e.to_string())
         })?;
         if let Some(why) = reply.mismatch(request.envelope()) {
-            self.inner.stats.rejected_replies.fetch_add(1, Ordering::Relaxed);
+            rejected();
             warn!(message_id = request.message_id(), %why, "reply refused");
             return Ok(None);
         }

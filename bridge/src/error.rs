@@ -111,6 +111,22 @@ impl CallError {
         }
     }
 
+    /// Whether this error says the transport or the workers are unhealthy, and so counts as a
+    /// failure for the operation's circuit breaker: no responders, no stream, unacknowledged
+    /// publish, reply or query timeout, transport error. An invalid request or reply says
+    /// nothing about health, and a refused call (circuit open) was never made.
+    pub fn trips_breaker(&self) -> bool {
+        match self {
+            CallError::NoResponders { .. }
+            | CallError::NoStream { .. }
+            | CallError::PublishUnacknowledged { .. }
+            | CallError::ReplyTimeout { .. }
+            | CallError::QueryTimeout { .. }
+            | CallError::Transport(_) => true,
+            CallError::InvalidRequest(_) | CallError::InvalidReply(_) | CallError::CircuitOpen { .. } => false,
+        }
+    }
+
     /// Whether this is one of the timeouts.
     pub fn is_timeout(&self) -> bool {
         matches!(self, CallError::ReplyTimeout { .. } | CallError::QueryTimeout { .. } | CallError::PublishUnacknowledged { .. })
@@ -171,5 +187,10 @@ mod tests {
         let n = CallError::NoResponders { subject: "s".into() }.mapping();
         assert_eq!((n.code.as_str(), n.http_status, n.attempt_status), ("NO_WORKERS_AVAILABLE", 503, AttemptStatusHint::Failure));
         assert_eq!(CallError::InvalidReply("x".into()).outcome(), Outcome::Unknown);
+        let open = CallError::CircuitOpen { operation: "payments.sync".into() };
+        let m = open.mapping();
+        assert_eq!((m.code.as_str(), m.http_status, m.attempt_status), ("CIRCUIT_OPEN", 503, AttemptStatusHint::Failure));
+        assert_eq!(open.outcome(), Outcome::NotApplied);
+        assert_eq!(open.to_string(), "circuit breaker open for payments.sync");
     }
 }

@@ -3,7 +3,8 @@
 //! The bridge subscribes once to `_INBOX.hsb.<bridge id>.*`; each durable call waits on
 //! `_INBOX.hsb.<bridge id>.<token>`, where the token is derived from the message id. A transport
 //! retry of the same instance therefore listens on the same address as the original, and a late
-//! reply to the original still finds a waiter.
+//! reply to the original still finds a waiter. A reply that finds no waiter at all goes to the
+//! [`LateSink`], for the application.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +14,7 @@ use async_nats::{Client, Message};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::late::LateSink;
 use crate::stats::Stats;
 
 type Waiters = HashMap<String, Vec<(u64, mpsc::Sender<Message>)>>;
@@ -48,7 +50,7 @@ pub(crate) fn token(message_id: &str) -> String {
 
 impl ReplyInbox {
     /// Subscribes the inbox and starts routing replies.
-    pub(crate) async fn start(client: &Client, stats: Arc<Stats>) -> Result<Self, String> {
+    pub(crate) async fn start(client: &Client, stats: Arc<Stats>, late: LateSink) -> Result<Self, String> {
         let prefix = format!("_INBOX.hsb.{}", uuid::Uuid::new_v4().simple());
         let mut sub = client
             .subscribe(format!("{prefix}.*"))
@@ -59,18 +61,23 @@ impl ReplyInbox {
         let cut = prefix.len() + 1;
         let task = tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                let token = msg.subject.get(cut..).unwrap_or_default().to_string();
-                let guard = routes.lock().expect("inbox lock");
-                match guard.get(&token) {
+                let token = msg.subject.get(cut..).unwrap_or_default();
+                let routed = match routes.lock().expect("inbox lock").get(token) {
                     Some(list) if !list.is_empty() => {
-                        stats.replies.fetch_add(1, Ordering::Relaxed);
                         for (_, tx) in list {
                             let _ = tx.try_send(msg.clone());
                         }
+                        true
                     }
-                    _ => {
-                        // A reply nobody waits for (late, or for a call that gave up).
-                        stats.orphan_replies.fetch_add(1, Ordering::Relaxed);
+                    _ => false,
+                };
+                if routed {
+                    stats.replies.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    // A reply nobody waits for (late, or for a call that gave up).
+                    stats.orphan_replies.fetch_add(1, Ordering::Relaxed);
+                    if !late.offer(msg.headers.as_ref(), &msg.payload) {
+                        stats.late_replies_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -129,6 +136,11 @@ impl Waiter {
     /// The next reply routed to this waiter.
     pub(crate) async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await
+    }
+
+    /// A reply already routed here, without waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<Message> {
+        self.rx.try_recv().ok()
     }
 }
 

@@ -13,8 +13,15 @@
 //! - [`request`]: an operation instance with its stable message id.
 //! - [`streams`]: stream plans per family + dead letters, provisioning and server-side checks.
 //! - [`client`]: [`Bridge`], the hybrid durable call and the query call.
+//! - [`breaker`]: a circuit breaker per operation (closed / open / half-open) and what counts as
+//!   a failure.
+//! - [`metrics`]: a Prometheus text-format registry per bridge, shared with the application.
+//! - [`late`]: [`LateReply`], replies that arrive after their call gave up.
 //! - [`error`]: [`CallError`], outcome (not applied / unknown) and the seed error mapping.
+//! - `inbox` (private): the one multiplexed reply subscription and its routing table.
+//! - `stats` (private): counters behind [`StatsSnapshot`].
 
+pub mod breaker;
 pub mod catalogue;
 pub mod client;
 pub mod config;
@@ -22,15 +29,20 @@ pub mod envelope;
 pub mod error;
 pub mod headers;
 mod inbox;
+pub mod late;
+pub mod metrics;
 pub mod request;
 mod stats;
 pub mod streams;
 pub mod subjects;
 
+pub use breaker::BreakerState;
 pub use catalogue::{Family, Operation, OperationSpec, Pattern, CATALOGUE};
 pub use client::Bridge;
-pub use config::{BridgeConfig, SubjectScheme};
+pub use config::{BridgeConfig, CircuitBreakerConfig, SubjectScheme};
 pub use envelope::{ErrorBody, RequestEnvelope, ResponseEnvelope, ResponseStatus};
 pub use error::{AttemptStatusHint, CallError, ConnectError, ErrorMapping, Outcome};
+pub use late::LateReply;
+pub use metrics::Registry;
 pub use request::OperationRequest;
 pub use stats::StatsSnapshot;

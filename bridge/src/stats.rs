@@ -10,10 +10,12 @@ pub(crate) struct Stats {
     pub(crate) duplicates: AtomicU64,
     pub(crate) replies: AtomicU64,
     pub(crate) orphan_replies: AtomicU64,
+    pub(crate) late_replies_dropped: AtomicU64,
     pub(crate) rejected_replies: AtomicU64,
     pub(crate) reply_timeouts: AtomicU64,
     pub(crate) lookups: AtomicU64,
     pub(crate) queries: AtomicU64,
+    pub(crate) circuit_rejections: AtomicU64,
 }
 
 /// A snapshot of the bridge's counters.
@@ -27,8 +29,11 @@ pub struct StatsSnapshot {
     pub duplicates: u64,
     /// Replies routed to a waiting call.
     pub replies: u64,
-    /// Replies that arrived with nobody waiting (late or stray).
+    /// Replies that arrived with nobody waiting (late or stray); each is offered to the
+    /// application as a late reply.
     pub orphan_replies: u64,
+    /// Late replies not handed to the application (buffer full or receiver dropped).
+    pub late_replies_dropped: u64,
     /// Replies refused (wrong correlation id, merchant or payment).
     pub rejected_replies: u64,
     /// Durable calls that ended without a reply.
@@ -37,6 +42,8 @@ pub struct StatsSnapshot {
     pub lookups: u64,
     /// Core requests sent.
     pub queries: u64,
+    /// Calls refused at once because the operation's circuit breaker was open.
+    pub circuit_rejections: u64,
 }
 
 impl Stats {
@@ -48,10 +55,12 @@ impl Stats {
             duplicates: g(&self.duplicates),
             replies: g(&self.replies),
             orphan_replies: g(&self.orphan_replies),
+            late_replies_dropped: g(&self.late_replies_dropped),
             rejected_replies: g(&self.rejected_replies),
             reply_timeouts: g(&self.reply_timeouts),
             lookups: g(&self.lookups),
             queries: g(&self.queries),
+            circuit_rejections: g(&self.circuit_rejections),
         }
     }
 }
