@@ -370,6 +370,11 @@ async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+async fn metrics(State(s): State<AppState>) -> Response {
+    let body = s.gateway.bridge.metrics().render();
+    ([("content-type", nats_bridge::metrics::CONTENT_TYPE)], body).into_response()
+}
+
 async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(404, "not_found", format!("no route for {}", uri.path()))
 }
@@ -378,6 +383,7 @@ async fn not_found(uri: Uri) -> ApiError {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/payments", post(create_payment))
         .route("/payments/{id}", get(retrieve_payment))
         .route("/payments/{id}/{action}", post(payment_action))

@@ -59,6 +59,10 @@ pub fn start_with(config: config::GatewayConfig, bridge: Bridge) -> Result<Runni
     let counters = Arc::new(recovery::RecoveryCounters::default());
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(recovery::run(gateway.clone(), config.recovery.clone(), counters.clone()));
+    if let Some(late) = gateway.bridge.late_replies() {
+        tasks.spawn(service::apply_late_replies(gateway.clone(), late));
+    }
+    recovery::register_metrics(&gateway.bridge.metrics(), &counters);
     Ok(Running {
         state: api::AppState { gateway, api_keys: Arc::new(config.api_keys.into_iter().collect()) },
         recovery: counters,

@@ -23,6 +23,19 @@ pub struct RecoveryCounters {
     pub failed: AtomicU64,
 }
 
+/// Exposes the counters on the bridge's registry, under the seeds' names.
+pub fn register_metrics(registry: &nats_bridge::metrics::Registry, counters: &Arc<RecoveryCounters>) {
+    let recovered = registry.gauge("nats_recovery_job_recovered_count", "operations the recovery job resolved", &[]);
+    let failed = registry.gauge("nats_recovery_job_failed_count", "operations the recovery job could not resolve in a pass", &[]);
+    let timed_out = registry.gauge("nats_recovery_job_connector_timeout_count", "operations failed with CONNECTOR_TIMEOUT", &[]);
+    let c = counters.clone();
+    registry.on_render(move || {
+        recovered.set(c.recovered.load(Ordering::Relaxed) as f64);
+        failed.set(c.failed.load(Ordering::Relaxed) as f64);
+        timed_out.set(c.timed_out.load(Ordering::Relaxed) as f64);
+    });
+}
+
 /// Runs one pass: every unresolved operation older than its threshold is reconciled.
 pub async fn run_once(gateway: &Gateway, config: &RecoveryConfig, counters: &RecoveryCounters) -> usize {
     let now = now_ms();
@@ -62,7 +75,9 @@ pub async fn run_once(gateway: &Gateway, config: &RecoveryConfig, counters: &Rec
 
 /// Runs the job every `interval_ms` until the task is dropped.
 pub async fn run(gateway: Arc<Gateway>, config: RecoveryConfig, counters: Arc<RecoveryCounters>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(config.interval_ms));
+    // First pass one interval after start: calls made right after start are still waiting.
+    let period = Duration::from_millis(config.interval_ms);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

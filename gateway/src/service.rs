@@ -120,7 +120,14 @@ impl Gateway {
 
     /// Calls the bridge for a recorded operation and applies the outcome.
     async fn execute(&self, request: &OperationRequest) -> Result<ResponseEnvelope, CallError> {
-        let result = self.bridge.call(request).await;
+        let span = tracing::info_span!(
+            "operation",
+            operation = %request.envelope().operation,
+            correlation_id = %request.envelope().correlation_id,
+            message_id = %request.message_id(),
+        );
+        let result = tracing::Instrument::instrument(self.bridge.call(request), span.clone()).await;
+        let _entered = span.enter();
         let res = resolution(&result);
         if let Err(e) = self.store.apply(request.message_id(), &res) {
             warn!(message_id = request.message_id(), error = %e, "cannot apply outcome");
@@ -151,7 +158,25 @@ impl Gateway {
             created_ms: now,
             updated_ms: now,
         };
-        self.store.insert_payment(&payment)?;
+        match self.store.insert_payment(&payment) {
+            Ok(()) => {}
+            // A client-chosen id is an idempotency key too: the same payment again is answered
+            // with its current state (confirmed if asked and not yet), another one is refused.
+            Err(StoreError::Exists(what)) => {
+                let existing = self.store.payment(merchant_id, &payment_id)?;
+                let same = existing.amount == payment.amount
+                    && existing.currency == payment.currency
+                    && existing.capture_method == payment.capture_method;
+                if !same {
+                    return Err(ApiError::new(409, "duplicate", format!("{what} already exists with other parameters")));
+                }
+                if confirm && existing.status == AttemptStatus::Started {
+                    return self.confirm(merchant_id, &payment_id).await;
+                }
+                return Ok(existing);
+            }
+            Err(e) => return Err(e.into()),
+        }
         if confirm {
             return self.confirm(merchant_id, &payment_id).await;
         }
@@ -262,7 +287,18 @@ impl Gateway {
             created_ms: now_ms(),
             updated_ms: now_ms(),
         };
-        self.store.begin_refund(&refund, &record(&request, &refund_id, Some(amount)))?;
+        match self.store.begin_refund(&refund, &record(&request, &refund_id, Some(amount))) {
+            Ok(()) => {}
+            // The same refund again (client-chosen id): its current state, no second refund.
+            Err(StoreError::Exists(what)) => {
+                let existing = self.store.refund(merchant_id, &refund_id)?;
+                if existing.payment_id != payment_id || existing.amount != amount {
+                    return Err(ApiError::new(409, "duplicate", format!("{what} already exists with other parameters")));
+                }
+                return Ok(existing);
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.execute(&request).await.ok();
         Ok(self.store.refund(merchant_id, &refund_id)?)
     }
@@ -315,6 +351,26 @@ impl Gateway {
                 warn!(message_id = %op.message_id, error = %e, "cannot apply reconciliation");
                 None
             }
+        }
+    }
+}
+
+/// Applies replies that arrived after the bridge stopped waiting (the call returned a
+/// timeout). A reply for an operation already final changes nothing.
+pub async fn apply_late_replies(gateway: Arc<Gateway>, mut replies: tokio::sync::mpsc::Receiver<nats_bridge::late::LateReply>) {
+    while let Some(late) = replies.recv().await {
+        let Some(message_id) = late.message_id.clone().or_else(|| late.idempotency_key.clone()) else {
+            warn!("late reply without message id or idempotency key, ignored");
+            continue;
+        };
+        let res = resolution(&late.response.clone().map_err(CallError::InvalidReply));
+        if matches!(res, Resolution::Unknown { .. }) {
+            warn!(%message_id, "late reply is not a valid response envelope, ignored");
+            continue;
+        }
+        match gateway.store.apply(&message_id, &res) {
+            Ok(applied) => info!(%message_id, ?applied, correlation_id = ?late.correlation_id, "late reply applied"),
+            Err(e) => warn!(%message_id, error = %e, "late reply not applied"),
         }
     }
 }

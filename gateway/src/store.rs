@@ -231,9 +231,16 @@ pub enum KeyState {
     Mismatch,
 }
 
+/// An idempotency row: fingerprint, state, owner, status, body.
+type KeyRow = (String, String, String, Option<u16>, Option<String>);
+
 /// The store. Cheap operations under one connection lock.
 pub struct Store {
+    /// One connection; SQLite serializes writers anyway.
     conn: Mutex<Connection>,
+    /// This process's id on idempotency keys it claims: a key left in progress by another
+    /// (dead) instance may be taken over, one held by this instance may not.
+    instance: String,
 }
 
 const SCHEMA: &str = "
@@ -258,7 +265,7 @@ CREATE TABLE IF NOT EXISTS refunds (
     PRIMARY KEY (merchant_id, refund_id));
 CREATE TABLE IF NOT EXISTS idempotency (
     merchant_id TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, state TEXT NOT NULL,
-    status INTEGER, body TEXT, created_ms INTEGER NOT NULL,
+    owner TEXT NOT NULL DEFAULT '', status INTEGER, body TEXT, created_ms INTEGER NOT NULL,
     PRIMARY KEY (merchant_id, key));
 ";
 
@@ -372,10 +379,12 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store { conn: Mutex::new(conn), instance: uuid::Uuid::new_v4().simple().to_string() })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        // A panic while holding the lock cannot leave a transaction half-applied (it rolls
+        // back on drop), so a poisoned lock is still safe to use.
         let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut c)
     }
@@ -467,6 +476,16 @@ impl Store {
     pub fn begin_refund(&self, refund: &Refund, op: &OperationRecord) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let exists: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM refunds WHERE merchant_id = ?1 AND refund_id = ?2",
+                    params![refund.merchant_id, refund.refund_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if exists.is_some() {
+                return Err(StoreError::Exists(format!("refund {}", refund.refund_id)));
+            }
             let p = get_payment(&tx, &refund.merchant_id, &refund.payment_id)?;
             check_from(&p, &[AttemptStatus::Charged, AttemptStatus::PartialCharged])?;
             let refundable = p.amount_captured - p.amount_refunded - p.amount_refund_pending;
@@ -603,23 +622,32 @@ impl Store {
     pub fn claim_key(&self, merchant_id: &str, key: &str, fingerprint: &str) -> Result<KeyState, StoreError> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let row: Option<(String, String, Option<u16>, Option<String>)> = tx
+            let row: Option<KeyRow> = tx
                 .query_row(
-                    "SELECT fingerprint, state, status, body FROM idempotency WHERE merchant_id = ?1 AND key = ?2",
+                    "SELECT fingerprint, state, owner, status, body FROM idempotency WHERE merchant_id = ?1 AND key = ?2",
                     params![merchant_id, key],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()?;
             let state = match row {
                 None => {
                     tx.execute(
-                        "INSERT INTO idempotency (merchant_id, key, fingerprint, state, created_ms) VALUES (?1, ?2, ?3, 'in_progress', ?4)",
-                        params![merchant_id, key, fingerprint, now_ms()],
+                        "INSERT INTO idempotency (merchant_id, key, fingerprint, state, owner, created_ms) VALUES (?1, ?2, ?3, 'in_progress', ?4, ?5)",
+                        params![merchant_id, key, fingerprint, self.instance, now_ms()],
                     )?;
                     KeyState::New
                 }
-                Some((fp, _, _, _)) if fp != fingerprint => KeyState::Mismatch,
-                Some((_, state, Some(status), Some(body))) if state == "done" => KeyState::Done { status, body },
+                Some((fp, ..)) if fp != fingerprint => KeyState::Mismatch,
+                Some((_, state, _, Some(status), Some(body))) if state == "done" => KeyState::Done { status, body },
+                // Left in progress by an instance that is gone: run it again (the flows are
+                // idempotent by payment, refund and message id).
+                Some((_, _, owner, _, _)) if owner != self.instance => {
+                    tx.execute(
+                        "UPDATE idempotency SET owner = ?3 WHERE merchant_id = ?1 AND key = ?2",
+                        params![merchant_id, key, self.instance],
+                    )?;
+                    KeyState::New
+                }
                 Some(_) => KeyState::InProgress,
             };
             tx.commit()?;

@@ -220,7 +220,18 @@ impl Environment {
 
     /// Starts a gateway listening on `addr`, with its own bridge connection.
     pub async fn start_gateway_on(&self, addr: &str, config: gateway::config::GatewayConfig) -> Result<GatewayHandle, EnvError> {
-        let bridge = self.new_bridge().await?;
+        self.start_gateway_with(addr, config, self.bridge_config.clone()).await
+    }
+
+    /// Starts a gateway on `addr` whose bridge uses `bridge_config` (e.g. short timeouts).
+    pub async fn start_gateway_with(
+        &self,
+        addr: &str,
+        config: gateway::config::GatewayConfig,
+        bridge_config: BridgeConfig,
+    ) -> Result<GatewayHandle, EnvError> {
+        let client = self.nats.connect().await?;
+        let bridge = Bridge::with_client(client, bridge_config).await.map_err(|e| EnvError::Bridge(e.to_string()))?;
         let running = gateway::start_with(config, bridge).map_err(|e| EnvError::Gateway(e.to_string()))?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -247,3 +247,120 @@ async fn recovery_fails_an_operation_the_processor_never_saw() {
     assert_eq!(p.error_code.as_deref(), Some("CONNECTOR_TIMEOUT"));
     assert!(env.processor().ledger().is_empty());
 }
+
+fn short_authorize(env: &Environment) -> nats_bridge::BridgeConfig {
+    let mut b = env.bridge_config().clone();
+    b.operations.insert(
+        "payments.authorize".into(),
+        nats_bridge::config::OperationOverride { timeout_ms: Some(1000), ack_timeout_ms: Some(500), ..Default::default() },
+    );
+    b
+}
+
+#[tokio::test]
+async fn a_late_reply_lands_on_the_attempt() {
+    let mut env = common::single(0).await;
+    let dir = tempdir::Dir::new("gw-late");
+    let g = env.start_gateway_with("127.0.0.1:0", config(&dir), short_authorize(&env)).await.unwrap();
+    let c = Client::new(&g);
+    let (s, p) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_late", "amount": 400, "currency": "USD", "capture_method": "manual", "confirm": true })).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["attempt_status"], "pending", "no worker yet: outcome unknown");
+    assert_eq!(p["status"], "processing");
+    env.start_worker().await.unwrap();
+    let store = g.running.state.gateway.store.clone();
+    common::eventually("the late reply applied", Duration::from_secs(15), || {
+        let p = store.payment("m1", "pay_late").unwrap();
+        async move { (p.status == gateway::model::AttemptStatus::Authorized).then_some(()) }
+    })
+    .await;
+    let (_, p) = c.get("/payments/pay_late", "key_m1").await;
+    assert_eq!(p["status"], "requires_capture");
+    assert_eq!(env.processor().ledger().len(), 1);
+}
+
+#[tokio::test]
+async fn a_killed_gateway_restarted_loses_nothing() {
+    let worker = mock_worker::WorkerConfig {
+        profile: mock_worker::Profile { latency: mock_worker::Latency::Fixed { ms: 300 }, ..Default::default() },
+        ..Default::default()
+    };
+    let env = common::start(harness::nats::EnvConfig::single(), 2, worker).await;
+    let dir = tempdir::Dir::new("gw-kill");
+    let first = env.start_gateway(config(&dir)).await.unwrap();
+    let c = Client::new(&first);
+    let mut inflight = Vec::new();
+    for i in 0..12 {
+        let (http, url) = (c.http.clone(), c.url.clone());
+        inflight.push(tokio::spawn(async move {
+            let body = json!({ "payment_id": format!("pay_k{i}"), "amount": 100 + i, "currency": "USD", "confirm": true });
+            let _ = http.post(format!("{url}/payments")).header("api-key", "key_m1").json(&body).send().await;
+        }));
+    }
+    // Kill while authorizations and captures are in flight.
+    let store = first.running.state.gateway.store.clone();
+    common::eventually("attempts in flight", Duration::from_secs(10), || {
+        let n = store.transitional_payments().map(|v| v.len()).unwrap_or(0);
+        async move { (n >= 3).then_some(()) }
+    })
+    .await;
+    first.kill();
+    for t in inflight {
+        let _ = t.await;
+    }
+    drop(store);
+    let mut cfg = config(&dir);
+    cfg.recovery.interval_ms = 200;
+    cfg.recovery.stuck_after_ms = 100;
+    let second = env.start_gateway(cfg).await.unwrap();
+    let store = second.running.state.gateway.store.clone();
+    common::eventually("every attempt settled", Duration::from_secs(30), || {
+        let open = store.transitional_payments().map(|v| v.len()).unwrap_or(usize::MAX);
+        async move { (open == 0).then_some(()) }
+    })
+    .await;
+    // Every payment agrees with the processor.
+    for i in 0..12 {
+        let id = format!("pay_k{i}");
+        let Ok(p) = store.payment("m1", &id) else { continue };
+        let account = env.processor().account("m1", &id);
+        match p.status {
+            gateway::model::AttemptStatus::Charged => {
+                let a = account.expect("charged at the processor");
+                assert_eq!((a.authorized, a.captured), (p.amount, p.amount), "{id}");
+            }
+            gateway::model::AttemptStatus::Authorized => {
+                let a = account.expect("authorized at the processor");
+                assert_eq!((a.authorized, a.captured), (p.amount, 0), "{id}");
+            }
+            gateway::model::AttemptStatus::Started => assert!(account.is_none(), "{id}: never sent"),
+            other => panic!("{id}: unexpected {other:?} (processor: {account:?})"),
+        }
+    }
+    let keys: std::collections::HashSet<_> = env.processor().ledger().iter().map(|e| e.idempotency_key.clone()).collect();
+    assert_eq!(keys.len(), env.processor().ledger().len(), "one effect per operation instance");
+}
+
+#[tokio::test]
+async fn recovery_confirms_an_operation_the_processor_did() {
+    // The worker charges, then dies before replying (and JetStream would redeliver only after
+    // the 30s ack wait): the attempt is unknown, but the processor has the effect.
+    let env = common::single(1).await;
+    env.workers()[0].faults().stall_after_processor.store(100, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempdir::Dir::new("gw-rec2");
+    let mut cfg = config(&dir);
+    cfg.recovery.interval_ms = 3_600_000;
+    cfg.recovery.stuck_after_ms = 1;
+    let g = env.start_gateway_with("127.0.0.1:0", cfg.clone(), short_authorize(&env)).await.unwrap();
+    let c = Client::new(&g);
+    let (_, p) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_rec2", "amount": 650, "currency": "USD", "capture_method": "manual", "confirm": true })).await;
+    assert_eq!(p["attempt_status"], "pending", "{p}");
+    assert_eq!(env.processor().ledger().len(), 1, "the processor did it");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let gw = &g.running.state.gateway;
+    assert_eq!(gateway::recovery::run_once(gw, &cfg.recovery, &g.running.recovery).await, 1);
+    let (_, p) = c.get("/payments/pay_rec2", "key_m1").await;
+    assert_eq!(p["attempt_status"], "authorized", "{p}");
+    assert_eq!(g.running.recovery.recovered.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(env.processor().ledger().len(), 1, "recovery did not charge again");
+}

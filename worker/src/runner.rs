@@ -265,6 +265,11 @@ async fn send_reply(client: &Client, reply_to: &str, env: &RequestEnvelope, resp
     let mut h = HeaderMap::new();
     h.insert(headers::CORRELATION_ID, env.correlation_id.as_str());
     h.insert(headers::IDEMPOTENCY_KEY, env.idempotency_key.as_str());
+    h.insert(headers::OPERATION, env.operation.as_str());
+    // The message id lets a caller that gave up match a late reply to its operation.
+    if let Some(op) = catalogue::find(&env.operation) {
+        h.insert(headers::MESSAGE_ID, nats_bridge::request::message_id(&env.merchant_id, &env.payment_id, op, &env.attempt_id));
+    }
     let body = Bytes::from(serde_json::to_vec(response).unwrap_or_default());
     if let Err(e) = client.publish_with_headers(reply_to.to_string(), h, body).await {
         warn!(error = %e, "reply publish failed");
