@@ -65,6 +65,18 @@ pub enum Action {
         #[arg(long, default_value = "reports")]
         report_dir: PathBuf,
     },
+    /// Measures the gateway attempt store: committed transitions per second on a real file.
+    StoreBench {
+        /// Payments (five transitions each).
+        #[arg(long, default_value_t = 5000)]
+        payments: usize,
+        /// Threads driving them.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Directory for the database file (removed afterwards).
+        #[arg(long, default_value = "reports")]
+        dir: PathBuf,
+    },
     /// Measures the authorize round trip: raw async-nats versus the bridge, same run.
     Bench {
         /// Measured round trips per path.
@@ -108,6 +120,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             } else {
                 Err(format!("{} invariant violation(s)", report.violations.len()).into())
             }
+        }
+        Action::StoreBench { payments, threads, dir } => {
+            let r = crate::store_bench::run(&dir, payments, threads)?;
+            println!(
+                "{} transitions ({} payments, {} thread(s)) in {:.2}s: {:.0} transitions/s",
+                r.transitions, r.payments, r.threads, r.seconds, r.per_second
+            );
+            Ok(())
         }
         Action::Bench { iterations, cluster, report_dir } => {
             let report = crate::bench::run(crate::bench::BenchConfig {

@@ -8,6 +8,7 @@
 //! - [`demo`]: a seeded payment workload with invariant checks and a report.
 //! - [`bench`]: bridge round trip beside a raw async-nats round trip.
 //! - [`stats`]: percentiles for reports.
+//! - [`store_bench`]: transitions per second of the gateway's attempt store.
 
 pub mod bench;
 pub mod cli;
@@ -15,5 +16,6 @@ pub mod demo;
 pub mod env;
 pub mod nats;
 pub mod stats;
+pub mod store_bench;
 
 pub use env::{Environment, EnvironmentConfig};

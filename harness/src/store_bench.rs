@@ -1,0 +1,108 @@
+//! `harness store-bench`: transitions per second of the gateway's attempt store (SQLite, WAL),
+//! on a real file, through the same calls the gateway makes.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use gateway::model::{AttemptStatus, CaptureMethod};
+use gateway::store::{now_ms, OpStatus, OperationRecord, Payment, Resolution, Store};
+
+use crate::cli::CliError;
+
+/// The measurement.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct StoreBench {
+    /// Payments driven.
+    pub payments: usize,
+    /// Threads driving them.
+    pub threads: usize,
+    /// State changes committed (each a transaction).
+    pub transitions: usize,
+    /// Wall time.
+    pub seconds: f64,
+    /// Transitions per second.
+    pub per_second: f64,
+}
+
+fn op(merchant: &str, payment: &str, name: &str, object: &str, amount: i64) -> OperationRecord {
+    OperationRecord {
+        message_id: format!("{merchant}:{payment}:{name}:{object}"),
+        merchant_id: merchant.into(),
+        payment_id: payment.into(),
+        operation: name.into(),
+        object_id: object.into(),
+        amount: Some(amount),
+        status: OpStatus::InFlight,
+        request: "{}".into(),
+        transaction_id: None,
+        error_code: None,
+        error_message: None,
+        created_ms: now_ms(),
+        updated_ms: now_ms(),
+    }
+}
+
+/// Drives `payments` payments through create, authorize (begin + success), capture (begin +
+/// success): five committed transitions each.
+pub fn run(dir: &Path, payments: usize, threads: usize) -> Result<StoreBench, CliError> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("store-bench-{}.db", std::process::id()));
+    let store = Arc::new(Store::open(&path)?);
+    let started = Instant::now();
+    let per_thread = payments.div_ceil(threads.max(1));
+    let handles: Vec<_> = (0..threads.max(1))
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || -> Result<usize, String> {
+                let mut n = 0;
+                for i in 0..per_thread {
+                    let id = format!("p{t}_{i}");
+                    let p = Payment {
+                        merchant_id: "m".into(),
+                        payment_id: id.clone(),
+                        attempt_id: format!("{id}_1"),
+                        amount: 1000,
+                        currency: "USD".into(),
+                        capture_method: CaptureMethod::Manual,
+                        status: AttemptStatus::Started,
+                        amount_authorized: 0,
+                        amount_captured: 0,
+                        amount_refunded: 0,
+                        amount_refund_pending: 0,
+                        connector_transaction_id: None,
+                        error_code: None,
+                        error_message: None,
+                        router_data: serde_json::json!({}),
+                        created_ms: now_ms(),
+                        updated_ms: now_ms(),
+                    };
+                    let e = |e: gateway::store::StoreError| e.to_string();
+                    store.insert_payment(&p).map_err(e)?;
+                    let auth = op("m", &id, "payments.authorize", &p.attempt_id, 1000);
+                    store.begin_operation(&auth).map_err(e)?;
+                    store.apply(&auth.message_id, &Resolution::Succeeded { transaction_id: Some("t".into()) }).map_err(e)?;
+                    let cap = op("m", &id, "payments.capture", "cap_1", 1000);
+                    store.begin_operation(&cap).map_err(e)?;
+                    store.apply(&cap.message_id, &Resolution::Succeeded { transaction_id: None }).map_err(e)?;
+                    let p = store.payment("m", &id).map_err(e)?;
+                    if p.status != AttemptStatus::Charged {
+                        return Err(format!("{id} ended {:?}", p.status));
+                    }
+                    n += 5;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut transitions = 0;
+    for h in handles {
+        transitions += h.join().map_err(|_| "bench thread panicked")??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    Ok(StoreBench { payments: per_thread * threads.max(1), threads: threads.max(1), transitions, seconds, per_second: transitions as f64 / seconds })
+}
