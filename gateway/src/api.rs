@@ -379,6 +379,37 @@ async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(404, "not_found", format!("no route for {}", uri.path()))
 }
 
+tokio::task_local! {
+    /// The correlation id of the HTTP request being served.
+    pub static CORRELATION_ID: String;
+}
+
+/// The current request's correlation id, if serving one.
+pub fn correlation_id() -> Option<String> {
+    CORRELATION_ID.try_with(Clone::clone).ok()
+}
+
+/// Gives every request a correlation id (the client's `x-correlation-id` or a new one): it
+/// is on every log line of the request, on every operation it sends to the workers, and
+/// echoed in the response.
+async fn correlate(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let span = tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), correlation_id = %id);
+    let mut response = CORRELATION_ID
+        .scope(id.clone(), tracing::Instrument::instrument(next.run(request), span))
+        .await;
+    if let Ok(v) = id.parse() {
+        response.headers_mut().insert("x-correlation-id", v);
+    }
+    response
+}
+
 /// The routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -391,6 +422,7 @@ pub fn router(state: AppState) -> Router {
         .route("/refunds/{id}", get(retrieve_refund))
         .route("/flows/{operation}", post(run_flow))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(correlate))
         .with_state(state)
 }
 

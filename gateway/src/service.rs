@@ -89,6 +89,15 @@ pub fn resolution(result: &Result<ResponseEnvelope, CallError>) -> Resolution {
     }
 }
 
+/// A new operation instance, carrying the HTTP request's correlation id when there is one.
+fn new_request(op: nats_bridge::Operation, merchant_id: &str, payment_id: &str, object_id: &str) -> OperationRequest {
+    let request = OperationRequest::new(op, merchant_id, payment_id, object_id);
+    match crate::api::correlation_id() {
+        Some(id) => request.correlation_id(id),
+        None => request,
+    }
+}
+
 fn record(request: &OperationRequest, object_id: &str, amount: Option<i64>) -> OperationRecord {
     let env = request.envelope();
     OperationRecord {
@@ -192,7 +201,7 @@ impl Gateway {
             m.insert("currency".into(), json!(p.currency));
             m.insert("capture_method".into(), json!(p.capture_method.as_str()));
         }
-        let request = OperationRequest::new(catalogue::ops::authorize(), merchant_id, payment_id, &p.attempt_id).router_data(router_data);
+        let request = new_request(catalogue::ops::authorize(), merchant_id, payment_id, &p.attempt_id).router_data(router_data);
         self.store.begin_operation(&record(&request, &p.attempt_id, Some(p.amount)))?;
         self.execute(&request).await.ok();
         let p = self.store.payment(merchant_id, payment_id)?;
@@ -208,7 +217,7 @@ impl Gateway {
         let amount = amount.unwrap_or(p.amount_authorized - p.amount_captured);
         let n = self.store.operations_of(merchant_id, payment_id)?.iter().filter(|o| o.operation == "payments.capture").count();
         let capture_id = format!("{payment_id}_cap_{}", n + 1);
-        let request = OperationRequest::new(catalogue::ops::capture(), merchant_id, payment_id, &capture_id)
+        let request = new_request(catalogue::ops::capture(), merchant_id, payment_id, &capture_id)
             .router_data(money(amount, &p.currency));
         self.store.begin_operation(&record(&request, &capture_id, Some(amount)))?;
         self.execute(&request).await.ok();
@@ -219,7 +228,7 @@ impl Gateway {
     pub async fn cancel(&self, merchant_id: &str, payment_id: &str) -> Result<Payment, ApiError> {
         let p = self.store.payment(merchant_id, payment_id)?;
         let void_id = format!("{payment_id}_void");
-        let request = OperationRequest::new(catalogue::ops::void(), merchant_id, payment_id, &void_id).router_data(json!({ "currency": p.currency }));
+        let request = new_request(catalogue::ops::void(), merchant_id, payment_id, &void_id).router_data(json!({ "currency": p.currency }));
         self.store.begin_operation(&record(&request, &void_id, None))?;
         self.execute(&request).await.ok();
         Ok(self.store.payment(merchant_id, payment_id)?)
@@ -230,7 +239,7 @@ impl Gateway {
         let p = self.store.payment(merchant_id, payment_id)?;
         let id = format!("{}_complete", p.attempt_id);
         let op = catalogue::find("payments.complete_authorize").expect("catalogue row");
-        let request = OperationRequest::new(op, merchant_id, payment_id, &id).router_data(money(p.amount, &p.currency));
+        let request = new_request(op, merchant_id, payment_id, &id).router_data(money(p.amount, &p.currency));
         self.store.begin_operation(&record(&request, &id, Some(p.amount)))?;
         self.execute(&request).await.ok();
         Ok(self.store.payment(merchant_id, payment_id)?)
@@ -242,7 +251,7 @@ impl Gateway {
         let n = self.store.operations_of(merchant_id, payment_id)?.iter().filter(|o| o.operation == "payments.incremental_auth").count();
         let id = format!("{payment_id}_inc_{}", n + 1);
         let op = catalogue::find("payments.incremental_auth").expect("catalogue row");
-        let request = OperationRequest::new(op, merchant_id, payment_id, &id).router_data(money(amount, &p.currency));
+        let request = new_request(op, merchant_id, payment_id, &id).router_data(money(amount, &p.currency));
         self.store.begin_operation(&record(&request, &id, Some(amount)))?;
         self.execute(&request).await.ok();
         Ok(self.store.payment(merchant_id, payment_id)?)
@@ -271,7 +280,7 @@ impl Gateway {
         let p = self.store.payment(merchant_id, payment_id)?;
         let refund_id = refund_id.unwrap_or_else(|| format!("ref_{}", uuid::Uuid::new_v4().simple()));
         let amount = amount.unwrap_or(p.amount_captured - p.amount_refunded - p.amount_refund_pending);
-        let request = OperationRequest::new(catalogue::ops::refund(), merchant_id, payment_id, &refund_id)
+        let request = new_request(catalogue::ops::refund(), merchant_id, payment_id, &refund_id)
             .router_data(json!({ "amount": amount, "currency": p.currency, "refund_id": refund_id, "reason": reason }));
         let refund = Refund {
             merchant_id: merchant_id.to_string(),
@@ -306,7 +315,7 @@ impl Gateway {
     /// Runs any other catalogue operation for a payment and returns the worker's reply.
     pub async fn flow(&self, merchant_id: &str, operation: &str, payment_id: &str, object_id: &str, router_data: Value) -> Result<ResponseEnvelope, ApiError> {
         let op = catalogue::find(operation).ok_or_else(|| ApiError::new(404, "unknown_operation", format!("no operation {operation}")))?;
-        let request = OperationRequest::new(op, merchant_id, payment_id, object_id).router_data(router_data);
+        let request = new_request(op, merchant_id, payment_id, object_id).router_data(router_data);
         if op.pattern == catalogue::Pattern::Durable {
             self.store.record_operation(&record(&request, object_id, None))?;
             self.execute(&request).await.map_err(call_error)

@@ -364,3 +364,25 @@ async fn recovery_confirms_an_operation_the_processor_did() {
     assert_eq!(g.running.recovery.recovered.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(env.processor().ledger().len(), 1, "recovery did not charge again");
 }
+
+#[tokio::test]
+async fn the_correlation_id_follows_the_request_to_the_workers() {
+    let (_env, g, c, _dir) = setup(1).await;
+    let resp = c
+        .http
+        .post(format!("{}/payments", c.url))
+        .header("api-key", "key_m1")
+        .header("x-correlation-id", "corr-42")
+        .json(&json!({ "payment_id": "pay_corr", "amount": 10, "currency": "USD", "capture_method": "manual", "confirm": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-correlation-id"], "corr-42");
+    let ops = g.running.state.gateway.store.operations_of("m1", "pay_corr").unwrap();
+    assert_eq!(ops.len(), 1);
+    let sent: nats_bridge::RequestEnvelope = serde_json::from_str(&ops[0].request).unwrap();
+    assert_eq!(sent.correlation_id, "corr-42");
+    // Without one, the gateway makes one up and says which.
+    let (s, _) = c.get("/payments/pay_corr", "key_m1").await;
+    assert_eq!(s, 200);
+}
