@@ -20,6 +20,9 @@ pub struct Faults {
     pub stall_after_processor: AtomicU32,
     /// Extra delay before each ack (ms), to provoke redelivery of processed messages.
     pub ack_delay_ms: AtomicU64,
+    /// Behave as if the processor could not be reached: durable operations are nak'ed and
+    /// redelivered (until `max_deliver` sends them to the dead-letter stream).
+    pub processor_unavailable: std::sync::atomic::AtomicBool,
 }
 
 impl Faults {
@@ -141,6 +144,9 @@ impl Handler {
         let draw = self.profile.draw(key);
         if !draw.latency.is_zero() {
             tokio::time::sleep(draw.latency).await;
+        }
+        if self.faults.processor_unavailable.load(Ordering::SeqCst) {
+            return Err(Transient("processor unavailable (fault)".into()));
         }
         let response = if draw.error {
             ResponseEnvelope::failure(env, "WORKER_ERROR", "the worker failed to process the operation")

@@ -208,7 +208,8 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
     }
 
     // Dead letters: a message delivered max_deliver times is copied to the DLQ stream.
-    let advisories = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}_*.*", bridge.jetstream.stream_prefix);
+    // Subject wildcards match whole tokens only: take every stream's advisories, keep ours.
+    let advisories = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.*.*".to_string();
     let mut sub = client
         .queue_subscribe(advisories.clone(), config.queue_group.clone())
         .await
@@ -323,6 +324,9 @@ struct MaxDeliveries {
 
 async fn dead_letter_from_advisory(js: &jetstream::Context, bridge: &BridgeConfig, payload: &[u8]) -> Result<(), String> {
     let adv: MaxDeliveries = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    if !adv.stream.starts_with(&format!("{}_", bridge.jetstream.stream_prefix)) || adv.stream == bridge.dlq_stream_name() {
+        return Ok(());
+    }
     let op = catalogue::all()
         .find(|op| consumer_name(op) == adv.consumer)
         .ok_or_else(|| format!("advisory for unknown consumer {}", adv.consumer))?;
