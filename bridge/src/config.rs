@@ -264,6 +264,15 @@ impl BridgeConfig {
         Ok(file.nats_bridge)
     }
 
+    /// Reads the `[nats_bridge]` table of a file that holds other tables too (a worker's or a
+    /// gateway's); defaults when the table is absent.
+    pub fn from_table(table: Option<toml::Value>) -> Result<Self, ConfigError> {
+        let Some(value) = table else { return Ok(Self::default()) };
+        let config: BridgeConfig = value.try_into().map_err(|e: toml::de::Error| ConfigError::Parse(format!("[nats_bridge]: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Loads `path` if given (defaults otherwise), applies `NATS_BRIDGE_*` variables, validates.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut config = match path {

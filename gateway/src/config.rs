@@ -97,14 +97,7 @@ impl GatewayConfig {
     /// Parses a document with `[gateway]` and `[nats_bridge]` tables.
     pub fn from_toml(text: &str) -> Result<(GatewayConfig, BridgeConfig), ConfigError> {
         let file: File = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let bridge = match file.nats_bridge {
-            Some(v) => {
-                let mut t = toml::Table::new();
-                t.insert("nats_bridge".into(), v);
-                BridgeConfig::from_toml(&t.to_string())?
-            }
-            None => BridgeConfig::default(),
-        };
+        let bridge = BridgeConfig::from_table(file.nats_bridge)?;
         file.gateway.validate()?;
         Ok((file.gateway, bridge))
     }

@@ -147,26 +147,7 @@ impl Gateway {
     /// Creates a payment; with `confirm` it authorizes (and captures, if automatic).
     pub async fn create(&self, merchant_id: &str, new: NewPayment, confirm: bool) -> Result<Payment, ApiError> {
         let payment_id = new.payment_id.unwrap_or_else(|| format!("pay_{}", uuid::Uuid::new_v4().simple()));
-        let now = now_ms();
-        let payment = Payment {
-            merchant_id: merchant_id.to_string(),
-            payment_id: payment_id.clone(),
-            attempt_id: format!("{payment_id}_1"),
-            amount: new.amount,
-            currency: new.currency,
-            capture_method: new.capture_method,
-            status: AttemptStatus::Started,
-            amount_authorized: 0,
-            amount_captured: 0,
-            amount_refunded: 0,
-            amount_refund_pending: 0,
-            connector_transaction_id: None,
-            error_code: None,
-            error_message: None,
-            router_data: new.router_data,
-            created_ms: now,
-            updated_ms: now,
-        };
+        let payment = Payment::new(merchant_id, &payment_id, new.amount, &new.currency, new.capture_method, new.router_data);
         match self.store.insert_payment(&payment) {
             Ok(()) => {}
             // A client-chosen id is an idempotency key too: the same payment again is answered

@@ -81,6 +81,32 @@ pub struct Payment {
     pub updated_ms: i64,
 }
 
+impl Payment {
+    /// A new payment, `started`, nothing authorized yet; its first attempt is `<payment_id>_1`.
+    pub fn new(merchant_id: &str, payment_id: &str, amount: i64, currency: &str, capture_method: CaptureMethod, router_data: serde_json::Value) -> Payment {
+        let now = now_ms();
+        Payment {
+            merchant_id: merchant_id.to_string(),
+            payment_id: payment_id.to_string(),
+            attempt_id: format!("{payment_id}_1"),
+            amount,
+            currency: currency.to_string(),
+            capture_method,
+            status: AttemptStatus::Started,
+            amount_authorized: 0,
+            amount_captured: 0,
+            amount_refunded: 0,
+            amount_refund_pending: 0,
+            connector_transaction_id: None,
+            error_code: None,
+            error_message: None,
+            router_data,
+            created_ms: now,
+            updated_ms: now,
+        }
+    }
+}
+
 /// Status of an operation sent through the bridge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::cli::CliError;
 use crate::env::{Environment, EnvironmentConfig};
 use crate::nats::EnvConfig;
-use crate::stats::{ms, percentiles, Percentiles};
+use crate::stats::{ms, percentiles, unix_time, Percentiles};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -215,13 +215,6 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, CliError> {
     };
     write(&dir, &report)?;
     Ok(report)
-}
-
-fn unix_time() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The report as Markdown.

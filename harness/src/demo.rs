@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use crate::cli::CliError;
 use crate::env::{Environment, EnvironmentConfig};
 use crate::nats::EnvConfig;
-use crate::stats::{ms, percentiles, Percentiles};
+use crate::stats::{ms, percentiles, unix_time, Percentiles};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -247,13 +247,6 @@ fn check(calls: &[Call], ledger: &[mock_processor::Effect], processor: &mock_pro
         }
     }
     violations
-}
-
-fn unix_time() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The report as Markdown.

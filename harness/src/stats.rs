@@ -34,6 +34,14 @@ pub fn percentiles(samples: &[Duration]) -> Percentiles {
     }
 }
 
+/// Seconds since the epoch, for report directory names.
+pub fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Microseconds as milliseconds with three decimals.
 pub fn ms(us: u64) -> String {
     format!("{:.3}", us as f64 / 1000.0)

@@ -58,25 +58,7 @@ pub fn run(dir: &Path, payments: usize, threads: usize) -> Result<StoreBench, Cl
                 let mut n = 0;
                 for i in 0..per_thread {
                     let id = format!("p{t}_{i}");
-                    let p = Payment {
-                        merchant_id: "m".into(),
-                        payment_id: id.clone(),
-                        attempt_id: format!("{id}_1"),
-                        amount: 1000,
-                        currency: "USD".into(),
-                        capture_method: CaptureMethod::Manual,
-                        status: AttemptStatus::Started,
-                        amount_authorized: 0,
-                        amount_captured: 0,
-                        amount_refunded: 0,
-                        amount_refund_pending: 0,
-                        connector_transaction_id: None,
-                        error_code: None,
-                        error_message: None,
-                        router_data: serde_json::json!({}),
-                        created_ms: now_ms(),
-                        updated_ms: now_ms(),
-                    };
+                    let p = Payment::new("m", &id, 1000, "USD", CaptureMethod::Manual, serde_json::json!({}));
                     let e = |e: gateway::store::StoreError| e.to_string();
                     store.insert_payment(&p).map_err(e)?;
                     let auth = op("m", &id, "payments.authorize", &p.attempt_id, 1000);

@@ -126,14 +126,7 @@ impl WorkerConfig {
     /// Parses a document with `[worker]` and optional `[nats_bridge]` tables.
     pub fn from_toml(text: &str) -> Result<(WorkerConfig, BridgeConfig), ConfigError> {
         let file: File = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let bridge = match file.nats_bridge {
-            Some(v) => {
-                let mut t = toml::Table::new();
-                t.insert("nats_bridge".into(), v);
-                BridgeConfig::from_toml(&t.to_string())?
-            }
-            None => BridgeConfig::default(),
-        };
+        let bridge = BridgeConfig::from_table(file.nats_bridge)?;
         file.worker.validate()?;
         Ok((file.worker, bridge))
     }
