@@ -296,6 +296,10 @@ impl Gateway {
     /// Runs any other catalogue operation for a payment and returns the worker's reply.
     pub async fn flow(&self, merchant_id: &str, operation: &str, payment_id: &str, object_id: &str, router_data: Value) -> Result<ResponseEnvelope, ApiError> {
         let op = catalogue::find(operation).ok_or_else(|| ApiError::new(404, "unknown_operation", format!("no operation {operation}")))?;
+        if let Some(route) = DEDICATED.iter().find(|(name, _)| *name == operation).map(|(_, r)| r) {
+            // These move the payment's state: only their own routes keep the store in step.
+            return Err(ApiError::new(400, "use_dedicated_route", format!("{operation} has its own route: {route}")));
+        }
         let request = new_request(op, merchant_id, payment_id, object_id).router_data(router_data);
         if op.pattern == catalogue::Pattern::Durable {
             self.store.record_operation(&record(&request, object_id, None))?;
@@ -364,6 +368,16 @@ pub async fn apply_late_replies(gateway: Arc<Gateway>, mut replies: tokio::sync:
         }
     }
 }
+
+/// Operations with their own routes, which keep the attempt store in step with the processor.
+pub const DEDICATED: [(&str, &str); 6] = [
+    ("payments.authorize", "POST /payments or /payments/{id}/confirm"),
+    ("payments.capture", "POST /payments/{id}/capture"),
+    ("payments.void", "POST /payments/{id}/cancel"),
+    ("payments.complete_authorize", "POST /payments/{id}/complete_authorize"),
+    ("payments.incremental_auth", "POST /payments/{id}/incremental_authorization"),
+    ("refunds.execute", "POST /refunds"),
+];
 
 /// Whether a payment sync reply lists an effect made with this idempotency key.
 fn has_effect(reply: &ResponseEnvelope, key: &str) -> bool {

@@ -370,3 +370,47 @@ async fn the_correlation_id_follows_the_request_to_the_workers() {
     let (s, _) = c.get("/payments/pay_corr", "key_m1").await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test]
+async fn every_catalogue_operation_is_reachable_over_http() {
+    let (env, _g, c, _dir) = setup(1).await;
+    // The dedicated routes.
+    let (s, _) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_all", "amount": 1000, "currency": "USD", "capture_method": "manual", "confirm": true })).await;
+    assert_eq!(s, 200);
+    assert_eq!(c.post("/payments/pay_all/incremental_authorization", "key_m1", json!({ "amount": 100 })).await.0, 200);
+    assert_eq!(c.post("/payments/pay_all/capture", "key_m1", json!({ "amount_to_capture": 500 })).await.0, 200);
+    assert_eq!(c.post("/refunds", "key_m1", json!({ "payment_id": "pay_all", "refund_id": "ref_all", "amount": 100 })).await.0, 200);
+    let (s, _) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_void", "amount": 10, "currency": "USD", "capture_method": "manual", "confirm": true })).await;
+    assert_eq!(s, 200);
+    assert_eq!(c.post("/payments/pay_void/cancel", "key_m1", json!({})).await.0, 200);
+    // Everything else through /flows/{operation}; the dedicated ones are refused there.
+    for op in nats_bridge::catalogue::all() {
+        let dedicated = gateway::service::DEDICATED.iter().any(|(n, _)| *n == op.name);
+        let data = match op.name {
+            "payouts.create" => json!({ "amount": 300, "currency": "USD" }),
+            "refunds.sync" => json!({ "refund_id": "ref_all" }),
+            "payouts.sync" => json!({ "payout_id": "po_all" }),
+            _ => json!({ "amount": 100, "currency": "USD" }),
+        };
+        let (payment, object) = match op.name {
+            // A fulfilled payout cannot be cancelled: cancel a second one.
+            "payouts.cancel" => {
+                let create = json!({ "payment_id": "payout_2", "object_id": "po_2", "data": { "amount": 50, "currency": "USD" } });
+                assert_eq!(c.post("/flows/payouts.create", "key_m1", create).await.0, 200);
+                ("payout_2", "po_2")
+            }
+            _ if op.family == nats_bridge::Family::Payouts => ("payout_all", "po_all"),
+            _ => ("pay_all", "obj_all"),
+        };
+        let (s, body) = c.post(&format!("/flows/{}", op.name), "key_m1", json!({ "payment_id": payment, "object_id": object, "data": data })).await;
+        if dedicated {
+            assert_eq!((s, body["error"]["code"].as_str()), (400, Some("use_dedicated_route")), "{}", op.name);
+        } else {
+            assert_eq!(s, 200, "{}: {body}", op.name);
+            assert_eq!(body["status"], "success", "{}: {body}", op.name);
+        }
+    }
+    let (s, e) = c.post("/flows/payments.nope", "key_m1", json!({ "payment_id": "p", "object_id": "o" })).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (404, Some("unknown_operation")));
+    assert!(env.processor().ledger().len() >= 20);
+}
