@@ -702,7 +702,7 @@ impl Store {
 }
 
 /// Failure codes that come from the bridge or the recovery job, not from a worker.
-const SYSTEM_FAILURES: [&str; 5] = ["NO_WORKERS_AVAILABLE", "CIRCUIT_OPEN", "INVALID_REQUEST", "CONNECTOR_TIMEOUT", "NATS_TRANSPORT"];
+const SYSTEM_FAILURES: [&str; 6] = ["NO_WORKERS_AVAILABLE", "CIRCUIT_OPEN", "INVALID_REQUEST", "CONNECTOR_TIMEOUT", "NATS_TRANSPORT", "REQUEST_EXPIRED"];
 
 fn apply_payment(c: &Connection, p: &Payment, op: &OperationRecord, r: &Resolution) -> Result<(), StoreError> {
     use AttemptStatus::*;

@@ -295,3 +295,16 @@ async fn without_workers_a_query_fails_at_once_and_a_durable_call_is_unknown() {
     .await;
     let _ = ops::authorize();
 }
+
+#[tokio::test]
+async fn an_expired_request_never_reaches_the_processor() {
+    let env = single(1).await;
+    let fresh = req("payments.authorize", "pay_old", "pay_old_1", money(100));
+    let mut envelope = fresh.envelope().clone();
+    envelope.timestamp -= 10 * 60 * 1000; // older than the worker's 4-minute limit
+    let old = OperationRequest::from_envelope(fresh.operation(), envelope);
+    let reply = env.bridge().call(&old).await.unwrap();
+    assert_eq!(reply.status, ResponseStatus::Failure);
+    assert_eq!(reply.error.unwrap().code, "REQUEST_EXPIRED");
+    assert!(env.processor().ledger().is_empty());
+}

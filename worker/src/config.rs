@@ -49,6 +49,11 @@ pub struct WorkerConfig {
     pub queue_group: String,
     /// Operations to serve (catalogue names); empty means all.
     pub operations: Vec<String>,
+    /// A durable request older than this (by its envelope timestamp) is refused with
+    /// `REQUEST_EXPIRED` instead of reaching the processor. Keep it below the gateway's recovery
+    /// threshold (5 min): once recovery has failed an operation, it must never happen later.
+    /// 0 disables the check.
+    pub max_request_age_ms: u64,
     /// Latency, declines, errors.
     pub profile: Profile,
 }
@@ -65,6 +70,7 @@ impl Default for WorkerConfig {
             results_bucket: "hs_results".into(),
             queue_group: "hs-workers".into(),
             operations: Vec::new(),
+            max_request_age_ms: 240_000,
             profile: Profile::default(),
         }
     }
@@ -146,6 +152,7 @@ impl WorkerConfig {
                 "ACK_WAIT_MS" => self.ack_wait_ms = num(&name, &value)?,
                 "MAX_DELIVER" => self.max_deliver = num(&name, &value)?,
                 "MAX_IN_FLIGHT" => self.max_in_flight = num(&name, &value)?,
+                "MAX_REQUEST_AGE_MS" => self.max_request_age_ms = num(&name, &value)?,
                 "SEED" => self.profile.seed = num(&name, &value)?,
                 "DECLINE_RATE" => self.profile.decline_rate = num(&name, &value)?,
                 "ERROR_RATE" => self.profile.error_rate = num(&name, &value)?,

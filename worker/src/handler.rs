@@ -60,6 +60,8 @@ pub struct Handler {
     faults: Arc<Faults>,
     /// Instance name for logs.
     name: String,
+    /// Requests older than this are refused before the processor (0: no limit).
+    max_request_age_ms: u64,
 }
 
 fn amount(env: &RequestEnvelope) -> Option<i64> {
@@ -94,7 +96,22 @@ impl Handler {
             profile,
             faults,
             name,
+            max_request_age_ms: 0,
         }
+    }
+
+    /// Refuses durable requests older than `ms` (by their envelope timestamp); 0 disables.
+    pub fn with_max_request_age(mut self, ms: u64) -> Self {
+        self.max_request_age_ms = ms;
+        self
+    }
+
+    fn expired(&self, env: &RequestEnvelope) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.max_request_age_ms > 0 && now.saturating_sub(env.timestamp) > self.max_request_age_ms
     }
 
     /// The result store.
@@ -133,6 +150,13 @@ impl Handler {
                     self.finish(key, &fp, &response).await?;
                     return Ok(Handled::Reply(response));
                 }
+            }
+            None if self.expired(env) => {
+                // Too old to act on: the caller has given up and may have failed it already.
+                let response = ResponseEnvelope::failure(env, "REQUEST_EXPIRED", "the request is older than the worker's max_request_age_ms; nothing was done");
+                warn!(worker = %self.name, key, "refusing an expired request");
+                self.finish(key, &fp, &response).await?;
+                return Ok(Handled::Reply(response));
             }
             None => {
                 self.store

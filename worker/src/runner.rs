@@ -115,7 +115,10 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
         .await
         .map_err(|e| setup("result bucket")(e.to_string()))?;
     let faults = Arc::new(Faults::default());
-    let handler = Arc::new(Handler::new(processor, store, config.profile.clone(), faults.clone(), config.name.clone()));
+    let handler = Arc::new(
+        Handler::new(processor, store, config.profile.clone(), faults.clone(), config.name.clone())
+            .with_max_request_age(config.max_request_age_ms),
+    );
     let limit = Arc::new(Semaphore::new(config.max_in_flight));
     let bridge = Arc::new(bridge);
     let mut tasks = JoinSet::new();
