@@ -7,6 +7,7 @@
 //! - [`cli`]: the `harness` command (`catalogue`, `up`, `demo`, `bench`).
 //! - [`demo`]: a seeded payment workload with invariant checks and a report.
 //! - [`bench`]: bridge round trip beside a raw async-nats round trip.
+//! - [`scenario`]: scenario scripts, history, invariant checkers.
 //! - [`stats`]: percentiles for reports.
 //! - [`store_bench`]: transitions per second of the gateway's attempt store.
 
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod demo;
 pub mod env;
 pub mod nats;
+pub mod scenario;
 pub mod stats;
 pub mod store_bench;
 

@@ -1,0 +1,491 @@
+//! The invariants (DESIGN section 5) as pure functions over what a run observed: the history,
+//! the processor's ledger, the gateway's store and the streams' audit trail. They run after the
+//! faults stop and the system has settled.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use gateway::model::RefundStatus;
+use gateway::store::{OpStatus, OperationRecord, Payment, Refund};
+use mock_processor::{Account, Effect};
+use serde::Serialize;
+
+use super::history::{pairs, Event, Kind};
+
+/// One stored message of a stream, as the audit trail sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditMessage {
+    /// Stream.
+    pub stream: String,
+    /// Sequence.
+    pub seq: u64,
+    /// Subject.
+    pub subject: String,
+    /// `Nats-Msg-Id`.
+    pub message_id: Option<String>,
+    /// Every header, name and value.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Everything a run observed.
+#[derive(Debug, Clone, Default)]
+pub struct Observations {
+    /// The client history.
+    pub history: Vec<Event>,
+    /// The processor's ledger.
+    pub ledger: Vec<Effect>,
+    /// Processor accounts of every payment the ledger names.
+    pub accounts: Vec<Account>,
+    /// The gateway's payments.
+    pub payments: Vec<Payment>,
+    /// The gateway's operations.
+    pub operations: Vec<OperationRecord>,
+    /// The gateway's refunds.
+    pub refunds: Vec<Refund>,
+    /// The durable streams' messages.
+    pub audit: Vec<AuditMessage>,
+    /// Replies the bridges refused (wrong correlation id, merchant or payment).
+    pub rejected_replies: u64,
+    /// Texts to scan for card data: (where, content) — logs, reports.
+    pub texts: Vec<(String, String)>,
+}
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Violation {
+    /// The invariant.
+    pub invariant: &'static str,
+    /// The payments involved.
+    pub payments: Vec<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Jepsen-style accounting of client operations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Accounting {
+    /// Completed and did it.
+    pub ok: usize,
+    /// Completed and definitely did nothing.
+    pub failed: usize,
+    /// Unknown when they completed.
+    pub unknown: usize,
+    /// Reported done (ok) but absent from the final state.
+    pub lost: usize,
+    /// Reported not done (failed) but present in the final state.
+    pub unexpected: usize,
+    /// Unknown ones whose payment settled to a definite state after reconciliation.
+    pub recovered: usize,
+}
+
+/// The result of every checker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Verdict {
+    /// Invariants checked.
+    pub checked: Vec<&'static str>,
+    /// What broke.
+    pub violations: Vec<Violation>,
+    /// Operation accounting.
+    pub accounting: Accounting,
+    /// p99 (µs) per call, from the intended send time.
+    pub p99_us: BTreeMap<String, u64>,
+}
+
+impl Verdict {
+    /// Whether every checked invariant held.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+fn v(invariant: &'static str, payments: Vec<String>, message: String) -> Violation {
+    Violation { invariant, payments, message }
+}
+
+/// 1. At most one processor effect per operation instance (idempotency key, and the same
+/// instance reference for one operation of one payment).
+pub fn no_double_effect(ledger: &[Effect]) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut by_key: HashMap<&str, Vec<&Effect>> = HashMap::new();
+    let mut by_instance: HashMap<(&str, &str, &str, &str), Vec<&Effect>> = HashMap::new();
+    for e in ledger {
+        if let Some(k) = e.idempotency_key.as_deref() {
+            by_key.entry(k).or_default().push(e);
+        }
+        if let Some(r) = e.reference.as_deref() {
+            by_instance.entry((&e.merchant_id, &e.payment_id, &e.operation, r)).or_default().push(e);
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (k, effects) in by_key {
+        if effects.len() > 1 {
+            seen.insert(k.to_string());
+            out.push(v("no_double_effect", vec![effects[0].payment_id.clone()], format!("{} effects for idempotency key {k}", effects.len())));
+        }
+    }
+    for ((_, p, op, r), effects) in by_instance {
+        let keys: BTreeSet<_> = effects.iter().filter_map(|e| e.idempotency_key.clone()).collect();
+        if effects.len() > 1 && !keys.iter().any(|k| seen.contains(k)) {
+            out.push(v("no_double_effect", vec![p.to_string()], format!("{} {op} effects for instance {r}", effects.len())));
+        }
+    }
+    out.sort_by(|a, b| a.message.cmp(&b.message));
+    out
+}
+
+/// 2. Per payment: captured <= authorized, refunded <= captured.
+pub fn amounts(accounts: &[Account]) -> Vec<Violation> {
+    accounts
+        .iter()
+        .filter(|a| a.captured > a.authorized || a.refunded > a.captured)
+        .map(|a| {
+            v(
+                "amounts",
+                vec![a.payment_id.clone()],
+                format!("authorized {}, captured {}, refunded {}", a.authorized, a.captured, a.refunded),
+            )
+        })
+        .collect()
+}
+
+/// 3. Nothing left in a transitional state after the recovery window.
+pub fn zero_stuck(payments: &[Payment], operations: &[OperationRecord], refunds: &[Refund]) -> Vec<Violation> {
+    let mut out: Vec<Violation> = payments
+        .iter()
+        .filter(|p| p.status.is_transitional())
+        .map(|p| v("zero_stuck", vec![p.payment_id.clone()], format!("payment stuck in {}", p.status.as_str())))
+        .collect();
+    out.extend(
+        operations
+            .iter()
+            .filter(|o| !o.status.is_final())
+            .map(|o| v("zero_stuck", vec![o.payment_id.clone()], format!("operation {} ({}) unresolved", o.message_id, o.operation))),
+    );
+    out.extend(
+        refunds
+            .iter()
+            .filter(|r| r.status == RefundStatus::Pending)
+            .map(|r| v("zero_stuck", vec![r.payment_id.clone()], format!("refund {} still pending", r.refund_id))),
+    );
+    out
+}
+
+/// 4. Gateway state == processor ledger == stream audit trail.
+pub fn agreement(o: &Observations) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let effect_by_key: HashMap<&str, &Effect> = o.ledger.iter().filter_map(|e| Some((e.idempotency_key.as_deref()?, e))).collect();
+    let audited: BTreeSet<&str> = o.audit.iter().filter_map(|m| m.message_id.as_deref()).collect();
+    for op in &o.operations {
+        let effect = effect_by_key.get(op.message_id.as_str());
+        match (op.status, effect) {
+            (OpStatus::Succeeded, None) if op.operation != "payments.sync" => {
+                out.push(v("agreement", vec![op.payment_id.clone()], format!("{} succeeded in the gateway, no effect at the processor", op.message_id)))
+            }
+            (OpStatus::Failed, Some(_)) => {
+                out.push(v("agreement", vec![op.payment_id.clone()], format!("{} failed in the gateway, but the processor did it", op.message_id)))
+            }
+            _ => {}
+        }
+        if op.status == OpStatus::Succeeded && !audited.contains(op.message_id.as_str()) {
+            out.push(v("agreement", vec![op.payment_id.clone()], format!("{} succeeded but is not in the stream audit trail", op.message_id)));
+        }
+    }
+    let accounts: HashMap<(&str, &str), &Account> = o.accounts.iter().map(|a| ((a.merchant_id.as_str(), a.payment_id.as_str()), a)).collect();
+    for p in &o.payments {
+        let (authorized, captured, refunded, voided) = match accounts.get(&(p.merchant_id.as_str(), p.payment_id.as_str())) {
+            Some(a) => (a.authorized, a.captured, a.refunded, a.voided),
+            None => (0, 0, 0, false),
+        };
+        let ours = (p.amount_authorized, p.amount_captured, p.amount_refunded, p.status == gateway::model::AttemptStatus::Voided);
+        if ours != (authorized, captured, refunded, voided) {
+            out.push(v(
+                "agreement",
+                vec![p.payment_id.clone()],
+                format!(
+                    "gateway (authorized {}, captured {}, refunded {}, voided {}) != processor (authorized {authorized}, captured {captured}, refunded {refunded}, voided {voided})",
+                    ours.0, ours.1, ours.2, ours.3
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// 5. Accounting: what clients were told against the final state.
+pub fn accounting(o: &Observations) -> (Accounting, Vec<Violation>) {
+    let mut acc = Accounting::default();
+    let mut out = Vec::new();
+    let payments: HashMap<&str, &Payment> = o.payments.iter().map(|p| (p.payment_id.as_str(), p)).collect();
+    let mut effects: HashMap<(&str, &str), i64> = HashMap::new();
+    for e in &o.ledger {
+        *effects.entry((e.payment_id.as_str(), e.operation.as_str())).or_default() += 1;
+    }
+    let has = |p: &str, op: &str| effects.get(&(p, op)).copied().unwrap_or(0) > 0;
+    for (_, done) in pairs(&o.history) {
+        let pid = done.payment_id.as_deref().unwrap_or_default();
+        let intent = done.value["status"].as_str().unwrap_or_default();
+        match done.kind {
+            Kind::Ok => {
+                acc.ok += 1;
+                let lost = match done.f.as_str() {
+                    "create" | "confirm" => matches!(intent, "requires_capture" | "succeeded") && !has(pid, "payments.authorize"),
+                    "capture" => matches!(intent, "succeeded" | "partially_captured_and_capturable") && !has(pid, "payments.capture"),
+                    "cancel" => intent == "cancelled" && !has(pid, "payments.void"),
+                    "refund" => intent == "succeeded" && !has(pid, "refunds.execute"),
+                    _ => false,
+                };
+                if lost {
+                    acc.lost += 1;
+                    out.push(v("accounting", vec![pid.to_string()], format!("{} answered {intent} but the processor has no such effect", done.f)));
+                }
+            }
+            Kind::Failed => {
+                acc.failed += 1;
+                let authorized_anyway = matches!(done.f.as_str(), "create" | "confirm")
+                    && done.value["error_code"].is_string()
+                    && intent == "failed"
+                    && has(pid, "payments.authorize");
+                if authorized_anyway {
+                    acc.unexpected += 1;
+                    out.push(v("accounting", vec![pid.to_string()], format!("{} answered failed but the processor authorized", done.f)));
+                }
+            }
+            Kind::Unknown => {
+                acc.unknown += 1;
+                if payments.get(pid).is_some_and(|p| !p.status.is_transitional()) {
+                    acc.recovered += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    (acc, out)
+}
+
+/// 6. Every reply matched its request; no reply crossed merchants or payments.
+pub fn integrity(o: &Observations) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (inv, done) in pairs(&o.history) {
+        if done.kind != Kind::Ok {
+            continue;
+        }
+        let got_payment = done.value["payment_id"].as_str();
+        let got_merchant = done.value["merchant_id"].as_str();
+        if got_payment.is_some() && got_payment != inv.payment_id.as_deref() {
+            out.push(v("integrity", vec![inv.payment_id.clone().unwrap_or_default()], format!("{} for {:?} answered for payment {:?}", inv.f, inv.payment_id, got_payment)));
+        }
+        if got_merchant.is_some() && got_merchant != inv.merchant_id.as_deref() {
+            out.push(v("integrity", vec![inv.payment_id.clone().unwrap_or_default()], format!("{} of merchant {:?} answered for merchant {:?}", inv.f, inv.merchant_id, got_merchant)));
+        }
+    }
+    if o.rejected_replies > 0 {
+        out.push(v("integrity", vec![], format!("the bridges refused {} replies that did not match their request", o.rejected_replies)));
+    }
+    out
+}
+
+/// 7. p99 per call from the intended send time, against targets (ms).
+pub fn latency(history: &[Event], targets: &BTreeMap<String, f64>, call_of: impl Fn(&str) -> Option<&'static str>) -> (BTreeMap<String, u64>, Vec<Violation>) {
+    let mut samples: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (inv, done) in pairs(history) {
+        if done.kind == Kind::Unknown {
+            continue;
+        }
+        let start = inv.intended_us.unwrap_or(inv.time_us);
+        let op = call_of(&inv.f).map(str::to_string).unwrap_or_else(|| inv.f.clone());
+        samples.entry(op).or_default().push(done.time_us.saturating_sub(start));
+    }
+    let mut p99 = BTreeMap::new();
+    let mut out = Vec::new();
+    for (op, mut s) in samples {
+        s.sort_unstable();
+        let rank = ((0.99 * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
+        let value = s[rank];
+        if let Some(target) = targets.get(&op) {
+            if value as f64 > target * 1000.0 {
+                out.push(v("latency", vec![], format!("{op} p99 {:.1} ms exceeds {target} ms", value as f64 / 1000.0)));
+            }
+        }
+        p99.insert(op, value);
+    }
+    (p99, out)
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, d) in digits.iter().rev().enumerate() {
+        let mut x = (*d - b'0') as u32;
+        if i % 2 == 1 {
+            x *= 2;
+            if x > 9 {
+                x -= 9;
+            }
+        }
+        sum += x;
+    }
+    sum % 10 == 0
+}
+
+/// Card numbers in a text: runs of 13 to 19 digits that pass the Luhn check.
+pub fn card_numbers(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii_digit() {
+            let start = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            let run = &bytes[start..i];
+            if (13..=19).contains(&run.len()) && luhn(run) {
+                out.push(String::from_utf8_lossy(run).into_owned());
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// 8. No card number or CVC in headers, logs or reports.
+pub fn no_card_data(o: &Observations) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for m in &o.audit {
+        for (name, value) in &m.headers {
+            let lower = name.to_ascii_lowercase();
+            if !card_numbers(value).is_empty() || lower.contains("cvc") || lower.contains("card") {
+                out.push(v("no_card_data", vec![], format!("header {name} of {} #{} carries card data", m.stream, m.seq)));
+            }
+        }
+        if !card_numbers(&m.subject).is_empty() {
+            out.push(v("no_card_data", vec![], format!("subject {} carries a card number", m.subject)));
+        }
+    }
+    for (place, text) in &o.texts {
+        let found = card_numbers(text);
+        if !found.is_empty() {
+            out.push(v("no_card_data", vec![], format!("{place} contains {} card number(s)", found.len())));
+        }
+        if text.contains("\"cvc\"") || text.contains("card_cvc") {
+            out.push(v("no_card_data", vec![], format!("{place} contains a CVC field")));
+        }
+    }
+    out
+}
+
+/// Runs the named invariants.
+pub fn check(o: &Observations, invariants: &[String], targets: &BTreeMap<String, f64>, call_of: impl Fn(&str) -> Option<&'static str>) -> Verdict {
+    let mut verdict = Verdict::default();
+    let wanted = |name: &str| invariants.iter().any(|i| i == name);
+    let (acc, acc_violations) = accounting(o);
+    verdict.accounting = acc;
+    let (p99, lat) = latency(&o.history, targets, call_of);
+    verdict.p99_us = p99;
+    let mut run = |name: &'static str, found: Vec<Violation>| {
+        if wanted(name) {
+            verdict.checked.push(name);
+            verdict.violations.extend(found);
+        }
+    };
+    run("no_double_effect", no_double_effect(&o.ledger));
+    run("amounts", amounts(&o.accounts));
+    run("zero_stuck", zero_stuck(&o.payments, &o.operations, &o.refunds));
+    run("agreement", agreement(o));
+    run("accounting", acc_violations);
+    run("integrity", integrity(o));
+    run("latency", lat);
+    run("no_card_data", no_card_data(o));
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::history::{Entry, Recorder};
+    use gateway::model::{AttemptStatus, CaptureMethod};
+    use mock_processor::AccountStatus;
+
+    fn effect(key: &str, op: &str, payment: &str, reference: &str, amount: i64) -> Effect {
+        serde_json::from_value(serde_json::json!({
+            "effect_id": format!("eff_{key}"), "seq": 1, "operation": op, "merchant_id": "m", "payment_id": payment,
+            "reference": reference, "amount": amount, "currency": "USD", "idempotency_key": key, "created_at_ms": 0
+        }))
+        .unwrap()
+    }
+
+    fn account(payment: &str, authorized: i64, captured: i64, refunded: i64) -> Account {
+        Account {
+            merchant_id: "m".into(),
+            payment_id: payment.into(),
+            currency: Some("USD".into()),
+            authorized,
+            captured,
+            refunded,
+            voided: false,
+            status: AccountStatus::Authorized,
+        }
+    }
+
+    #[test]
+    fn double_effects_are_found_by_key_and_by_instance() {
+        let ledger = vec![
+            effect("k1", "payments.capture", "p1", "cap_1", 10),
+            effect("k1", "payments.capture", "p1", "cap_1", 10),
+            effect("k2", "payments.capture", "p2", "cap_1", 10),
+            effect("k3", "payments.capture", "p2", "cap_1", 10),
+            effect("k4", "payments.capture", "p3", "cap_1", 10),
+        ];
+        let found = no_double_effect(&ledger);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().any(|v| v.payments == ["p1"]));
+        assert!(found.iter().any(|v| v.payments == ["p2"]));
+        assert!(no_double_effect(&ledger[4..]).is_empty());
+    }
+
+    #[test]
+    fn amounts_out_of_bounds() {
+        assert!(amounts(&[account("p", 100, 100, 100)]).is_empty());
+        assert_eq!(amounts(&[account("p", 100, 101, 0)]).len(), 1);
+        assert_eq!(amounts(&[account("p", 100, 50, 60)]).len(), 1);
+    }
+
+    #[test]
+    fn stuck_and_disagreeing_payments() {
+        let mut p = Payment::new("m", "p1", 100, "USD", CaptureMethod::Manual, serde_json::Value::Null);
+        p.status = AttemptStatus::CaptureInitiated;
+        assert_eq!(zero_stuck(&[p.clone()], &[], &[]).len(), 1);
+        p.status = AttemptStatus::Authorized;
+        p.amount_authorized = 100;
+        assert!(zero_stuck(&[p.clone()], &[], &[]).is_empty());
+        let o = Observations { payments: vec![p.clone()], accounts: vec![account("p1", 100, 0, 0)], ..Default::default() };
+        assert!(agreement(&o).is_empty());
+        let o = Observations { payments: vec![p], accounts: vec![account("p1", 100, 40, 0)], ..Default::default() };
+        assert_eq!(agreement(&o).len(), 1);
+    }
+
+    #[test]
+    fn accounting_counts_lost_and_recovered() {
+        let r = Recorder::new();
+        let e = |process, f: &str, p: &str, value| Entry { process, f: f.into(), payment_id: Some(p.into()), merchant_id: Some("m".into()), value, ..Default::default() };
+        r.record(Kind::Invoke, e(1, "create", "p1", serde_json::Value::Null));
+        r.record(Kind::Ok, e(1, "create", "p1", serde_json::json!({ "status": "requires_capture", "payment_id": "p1", "merchant_id": "m" })));
+        r.record(Kind::Invoke, e(2, "create", "p2", serde_json::Value::Null));
+        r.record(Kind::Unknown, e(2, "create", "p2", serde_json::Value::Null));
+        let mut p2 = Payment::new("m", "p2", 1, "USD", CaptureMethod::Manual, serde_json::Value::Null);
+        p2.status = AttemptStatus::Failure;
+        let o = Observations { history: r.events(), payments: vec![p2], ..Default::default() };
+        let (acc, found) = accounting(&o);
+        assert_eq!((acc.ok, acc.unknown, acc.lost, acc.recovered), (1, 1, 1, 1));
+        assert_eq!(found.len(), 1, "p1 was answered authorized but nothing is in the ledger");
+        assert!(integrity(&o).is_empty());
+    }
+
+    #[test]
+    fn card_numbers_are_found() {
+        assert_eq!(card_numbers("x 4242424242424242 y"), ["4242424242424242"]);
+        assert!(card_numbers("order 1234567890123").is_empty(), "not Luhn-valid");
+        assert!(card_numbers("1795979586673").is_empty(), "a timestamp is not a card");
+        let o = Observations { texts: vec![("log".into(), "card 4111111111111111".into())], ..Default::default() };
+        assert_eq!(no_card_data(&o).len(), 1);
+    }
+}

@@ -1,0 +1,6 @@
+//! Chaos scenarios: scripts as data ([`spec`]), the recorded history ([`history`]) and the
+//! invariant checkers ([`checkers`]), pure functions run after the faults stop.
+
+pub mod checkers;
+pub mod history;
+pub mod spec;
