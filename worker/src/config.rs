@@ -1,10 +1,12 @@
 //! Worker configuration: a `[worker]` table (and the `[nats_bridge]` table for subjects and
 //! streams) in a TOML file, overridden by `WORKER_*` environment variables.
 
+use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 
 use nats_bridge::BridgeConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::profile::Profile;
 
@@ -27,8 +29,67 @@ pub enum ConfigError {
     Bridge(#[from] nats_bridge::config::ConfigError),
 }
 
+/// Where a worker process kills itself (SIGKILL, nothing flushed, nothing acked), for chaos
+/// scenarios. In-process workers must leave it unset: the point kills the host process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum CrashPoint {
+    /// After the key is marked `started`, before the processor is asked (reached even when the
+    /// worker's profile then declines or fails the operation without asking it).
+    BeforeProcessor,
+    /// After the processor call, before the result is stored or the reply published.
+    AfterProcessor,
+    /// After the reply was published and flushed to the server, before the ack (reached by every
+    /// answered delivery, stored-result re-sends and refusals included).
+    AfterReply,
+}
+
+impl CrashPoint {
+    /// Every point, in the order a delivery reaches them.
+    pub const ALL: [CrashPoint; 3] = [CrashPoint::BeforeProcessor, CrashPoint::AfterProcessor, CrashPoint::AfterReply];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashPoint::BeforeProcessor => "before_processor",
+            CrashPoint::AfterProcessor => "after_processor",
+            CrashPoint::AfterReply => "after_reply",
+        }
+    }
+}
+
+impl fmt::Display for CrashPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for CrashPoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CrashPoint::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            format!("unknown crash point {s:?} (expected before_processor, after_processor or after_reply)")
+        })
+    }
+}
+
+impl TryFrom<String> for CrashPoint {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<CrashPoint> for String {
+    fn from(p: CrashPoint) -> String {
+        p.name().to_string()
+    }
+}
+
 /// How a worker runs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
     /// NATS server URLs, comma-separated.
@@ -56,6 +117,12 @@ pub struct WorkerConfig {
     pub max_request_age_ms: u64,
     /// Latency, declines, errors.
     pub profile: Profile,
+    /// Chaos: kill this process (SIGKILL) when a durable operation reaches this point.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crash_at: Option<CrashPoint>,
+    /// Chaos: die on the N-th durable delivery reaching `crash_at` (counted per process from 1;
+    /// a redelivery counts again).
+    pub crash_after: u64,
 }
 
 impl Default for WorkerConfig {
@@ -72,6 +139,8 @@ impl Default for WorkerConfig {
             operations: Vec::new(),
             max_request_age_ms: 240_000,
             profile: Profile::default(),
+            crash_at: None,
+            crash_after: 1,
         }
     }
 }
@@ -101,6 +170,9 @@ impl WorkerConfig {
         }
         if self.max_in_flight == 0 {
             return bad("max_in_flight must be positive".into());
+        }
+        if self.crash_after == 0 {
+            return bad("crash_after must be at least 1 (the first operation reaching crash_at is number 1)".into());
         }
         for name in &self.operations {
             if nats_bridge::catalogue::find(name).is_none() {
@@ -137,6 +209,16 @@ impl WorkerConfig {
         Ok((file.worker, bridge))
     }
 
+    /// The `[worker]` table as a TOML document, readable by [`WorkerConfig::from_toml`] (to hand
+    /// a whole configuration to a worker process).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            worker: &'a WorkerConfig,
+        }
+        toml::to_string(&Doc { worker: self }).map_err(|e| ConfigError::Invalid(format!("cannot write the config as TOML: {e}")))
+    }
+
     /// Applies `WORKER_*` overrides.
     pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
         fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ConfigError> {
@@ -156,6 +238,16 @@ impl WorkerConfig {
                 "SEED" => self.profile.seed = num(&name, &value)?,
                 "DECLINE_RATE" => self.profile.decline_rate = num(&name, &value)?,
                 "ERROR_RATE" => self.profile.error_rate = num(&name, &value)?,
+                // Empty or `none` clears a point set by the file.
+                "CRASH_AT" => {
+                    self.crash_at = match value.trim() {
+                        "" | "none" => None,
+                        v => Some(v.parse().map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?),
+                    }
+                }
+                "CRASH_AFTER" => self.crash_after = num(&name, &value)?,
+                // Read by the binary's `--config` flag.
+                "CONFIG" => {}
                 _ => return Err(ConfigError::Invalid(format!("unknown variable {name}"))),
             }
         }
@@ -179,5 +271,52 @@ mod tests {
         assert!(err.to_string().contains("ack_wiat_ms"), "{err}");
         let err = WorkerConfig::from_toml("[worker.profile]\ndecline_rate = 1.5\n").unwrap_err();
         assert!(err.to_string().contains("decline_rate"), "{err}");
+    }
+
+    #[test]
+    fn crash_points_from_file_and_env() {
+        let (w, _) = WorkerConfig::from_toml("[worker]\ncrash_at = \"after_processor\"\ncrash_after = 3\n").unwrap();
+        assert_eq!(w.crash_at, Some(CrashPoint::AfterProcessor));
+        assert_eq!(w.crash_after, 3);
+        let (w, _) = WorkerConfig::from_toml("").unwrap();
+        assert_eq!((w.crash_at, w.crash_after), (None, 1), "no crash unless asked");
+
+        let err = WorkerConfig::from_toml("[worker]\ncrash_at = \"after_ack\"\n").unwrap_err().to_string();
+        assert!(err.contains("unknown crash point \"after_ack\"") && err.contains("before_processor"), "{err}");
+        let err = WorkerConfig::from_toml("[worker]\ncrash_at = \"after_reply\"\ncrash_after = 0\n").unwrap_err().to_string();
+        assert!(err.contains("crash_after"), "{err}");
+
+        let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let mut w = WorkerConfig::default();
+        w.apply_env(env(&[("WORKER_CRASH_AT", "before_processor"), ("WORKER_CRASH_AFTER", "2"), ("WORKER_CONFIG", "x.toml")]))
+            .unwrap();
+        assert_eq!((w.crash_at, w.crash_after), (Some(CrashPoint::BeforeProcessor), 2));
+        w.apply_env(env(&[("WORKER_CRASH_AT", "none")])).unwrap();
+        assert_eq!(w.crash_at, None);
+        let err = w.apply_env(env(&[("WORKER_CRASH_AT", "sometimes")])).unwrap_err().to_string();
+        assert!(err.contains("WORKER_CRASH_AT") && err.contains("unknown crash point"), "{err}");
+        for p in CrashPoint::ALL {
+            assert_eq!(p.name().parse::<CrashPoint>(), Ok(p));
+        }
+    }
+
+    #[test]
+    fn to_toml_round_trips() {
+        let mut w = WorkerConfig {
+            ack_wait_ms: 1234,
+            crash_at: Some(CrashPoint::AfterReply),
+            crash_after: 2,
+            operations: vec!["payments.authorize".into()],
+            ..Default::default()
+        };
+        w.profile.latency = crate::Latency::LongTail { median_ms: 5.0, p99_ms: 50.0 };
+        w.profile.seed = 7;
+        let (back, _) = WorkerConfig::from_toml(&w.to_toml().unwrap()).unwrap();
+        assert_eq!(back.to_toml().unwrap(), w.to_toml().unwrap());
+        assert_eq!((back.ack_wait_ms, back.crash_at, back.crash_after), (1234, Some(CrashPoint::AfterReply), 2));
+        assert_eq!(back.profile, w.profile);
+        let plain = WorkerConfig::default().to_toml().unwrap();
+        assert!(!plain.contains("crash_at"), "{plain}");
+        assert_eq!(WorkerConfig::from_toml(&plain).unwrap().0.crash_at, None);
     }
 }

@@ -9,6 +9,8 @@ use nats_bridge::{catalogue::Pattern, Operation, RequestEnvelope, ResponseEnvelo
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::config::CrashPoint;
+use crate::crash::CrashPlan;
 use crate::profile::Profile;
 use crate::store::{fingerprint, Record, ResultStore};
 
@@ -62,6 +64,8 @@ pub struct Handler {
     name: String,
     /// Requests older than this are refused before the processor (0: no limit).
     max_request_age_ms: u64,
+    /// Where this process kills itself, if anywhere.
+    crash: Option<CrashPlan>,
 }
 
 fn amount(env: &RequestEnvelope) -> Option<i64> {
@@ -97,7 +101,26 @@ impl Handler {
             faults,
             name,
             max_request_age_ms: 0,
+            crash: None,
         }
+    }
+
+    /// Kills the process when a durable operation reaches this crash point (see [`CrashPlan`]).
+    pub fn with_crash(mut self, crash: Option<CrashPlan>) -> Self {
+        self.crash = crash;
+        self
+    }
+
+    /// Counts an operation reaching `point`; may kill the process.
+    pub(crate) fn crash_point(&self, point: CrashPoint, key: &str) {
+        if let Some(crash) = &self.crash {
+            crash.reached(point, key);
+        }
+    }
+
+    /// Whether the process may die at `point`.
+    pub(crate) fn crash_armed(&self, point: CrashPoint) -> bool {
+        self.crash.as_ref().is_some_and(|c| c.armed_at(point))
     }
 
     /// Refuses durable requests older than `ms` (by their envelope timestamp); 0 disables.
@@ -172,6 +195,8 @@ impl Handler {
         if self.faults.processor_unavailable.load(Ordering::SeqCst) {
             return Err(Transient("processor unavailable (fault)".into()));
         }
+        // The key is marked started; the processor has not been asked yet.
+        self.crash_point(CrashPoint::BeforeProcessor, key);
         let response = if draw.error {
             ResponseEnvelope::failure(env, "WORKER_ERROR", "the worker failed to process the operation")
         } else if draw.decline && moves_money(op) {
@@ -192,6 +217,8 @@ impl Handler {
                 Err(e) => return Err(Transient(format!("processor: {e}"))),
             }
         };
+        // The processor may have acted; nothing is stored or replied yet.
+        self.crash_point(CrashPoint::AfterProcessor, key);
         if self.faults.take_stall() {
             warn!(worker = %self.name, key, "fault: stalling after the processor call");
             return Ok(Handled::Stalled);

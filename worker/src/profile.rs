@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Normal};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Processing latency added by the worker (on top of the processor's own).
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Latency {
     /// No added latency.
@@ -50,7 +50,7 @@ pub struct Draw {
 }
 
 /// The behaviour profile.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Profile {
     /// Added latency.

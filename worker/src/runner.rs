@@ -14,7 +14,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::config::WorkerConfig;
+use crate::config::{CrashPoint, WorkerConfig};
+use crate::crash::CrashPlan;
 use crate::handler::{Faults, Handled, Handler};
 use crate::store::ResultStore;
 
@@ -117,8 +118,12 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
     let faults = Arc::new(Faults::default());
     let handler = Arc::new(
         Handler::new(processor, store, config.profile.clone(), faults.clone(), config.name.clone())
-            .with_max_request_age(config.max_request_age_ms),
+            .with_max_request_age(config.max_request_age_ms)
+            .with_crash(CrashPlan::new(config.crash_at, config.crash_after, &config.name)),
     );
+    if let Some(point) = config.crash_at {
+        warn!(worker = %config.name, %point, after = config.crash_after, "crash point armed: this process will kill itself");
+    }
     let limit = Arc::new(Semaphore::new(config.max_in_flight));
     let bridge = Arc::new(bridge);
     let mut tasks = JoinSet::new();
@@ -247,6 +252,13 @@ async fn on_durable(client: &Client, handler: &Handler, bridge: &BridgeConfig, o
         Ok(Handled::Reply(response)) => {
             if let Some(reply_to) = reply_to {
                 send_reply(client, &reply_to, &env, &response).await;
+            }
+            if handler.crash_armed(CrashPoint::AfterReply) {
+                // The reply must really have left: flush it to the server before dying.
+                if let Err(e) = client.flush().await {
+                    warn!(error = %e, "flush before the crash point failed");
+                }
+                handler.crash_point(CrashPoint::AfterReply, &env.idempotency_key);
             }
             let delay = handler.ack_delay();
             if !delay.is_zero() {
