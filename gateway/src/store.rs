@@ -620,6 +620,33 @@ impl Store {
         })
     }
 
+    /// Every payment, oldest first (checkers read the whole store after a run).
+    pub fn all_payments(&self) -> Result<Vec<Payment>, StoreError> {
+        self.with(|c| {
+            let mut s = c.prepare("SELECT * FROM payments ORDER BY created_ms, rowid")?;
+            let rows = s.query_map([], payment_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Every operation, oldest first.
+    pub fn all_operations(&self) -> Result<Vec<OperationRecord>, StoreError> {
+        self.with(|c| {
+            let mut s = c.prepare("SELECT * FROM operations ORDER BY created_ms, rowid")?;
+            let rows = s.query_map([], operation_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Every refund, oldest first.
+    pub fn all_refunds(&self) -> Result<Vec<Refund>, StoreError> {
+        self.with(|c| {
+            let mut s = c.prepare("SELECT * FROM refunds ORDER BY created_ms, rowid")?;
+            let rows = s.query_map([], refund_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
     /// Payments whose attempt is in a transitional state.
     pub fn transitional_payments(&self) -> Result<Vec<Payment>, StoreError> {
         self.with(|c| {
