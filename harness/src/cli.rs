@@ -65,6 +65,18 @@ pub enum Action {
         #[arg(long, default_value = "reports")]
         report_dir: PathBuf,
     },
+    /// Runs scenario files one after the other; exits non-zero when an invariant fails.
+    Run {
+        /// Scenario files (TOML).
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Overrides each scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where `<scenario>-<seed>-<time>/` is written.
+        #[arg(long, default_value = "reports")]
+        report_dir: PathBuf,
+    },
     /// Measures the gateway attempt store: committed transitions per second on a real file.
     StoreBench {
         /// Payments (five transitions each).
@@ -119,6 +131,31 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             } else {
                 Err(format!("{} invariant violation(s)", report.violations.len()).into())
+            }
+        }
+        Action::Run { scenarios, seed, report_dir } => {
+            // Check every file first: a typo in the fifth file should not wait for four runs.
+            let parsed = scenarios
+                .iter()
+                .map(|p| crate::scenario::spec::Scenario::load(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut failed = Vec::new();
+            for s in &parsed {
+                let options = crate::scenario::runner::RunOptions { seed, report_dir: report_dir.clone() };
+                let report = crate::scenario::runner::run(s, &options).await?;
+                let verdict = if report.verdict.passed() { "PASS" } else { "FAIL" };
+                println!("{verdict} {} (seed {}): {}", s.name, report.seed, report.dir.join("summary.md").display());
+                for v in &report.verdict.violations {
+                    println!("  {}: {}", v.invariant, v.message);
+                }
+                if !report.verdict.passed() {
+                    failed.push(s.name.clone());
+                }
+            }
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("invariants failed in: {}", failed.join(", ")).into())
             }
         }
         Action::StoreBench { payments, threads, dir } => {

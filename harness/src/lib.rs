@@ -10,6 +10,7 @@
 //! - [`scenario`]: scenario scripts, history, invariant checkers.
 //! - [`stats`]: percentiles for reports.
 //! - [`store_bench`]: transitions per second of the gateway's attempt store.
+//! - [`workers`]: mock-worker processes (spawn, kill, restart) for crash faults.
 
 pub mod bench;
 pub mod cli;
@@ -19,5 +20,6 @@ pub mod nats;
 pub mod scenario;
 pub mod stats;
 pub mod store_bench;
+pub mod workers;
 
 pub use env::{Environment, EnvironmentConfig};

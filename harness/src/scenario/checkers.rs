@@ -101,8 +101,8 @@ fn v(invariant: &'static str, payments: Vec<String>, message: String) -> Violati
     Violation { invariant, payments, message }
 }
 
-/// 1. At most one processor effect per operation instance (idempotency key, and the same
-/// instance reference for one operation of one payment).
+/// Invariant 1: at most one processor effect per operation instance (by idempotency key, and
+/// by instance reference for one operation of one payment).
 pub fn no_double_effect(ledger: &[Effect]) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut by_key: HashMap<&str, Vec<&Effect>> = HashMap::new();
@@ -132,7 +132,7 @@ pub fn no_double_effect(ledger: &[Effect]) -> Vec<Violation> {
     out
 }
 
-/// 2. Per payment: captured <= authorized, refunded <= captured.
+/// Invariant 2: Per payment: captured <= authorized, refunded <= captured.
 pub fn amounts(accounts: &[Account]) -> Vec<Violation> {
     accounts
         .iter()
@@ -147,7 +147,7 @@ pub fn amounts(accounts: &[Account]) -> Vec<Violation> {
         .collect()
 }
 
-/// 3. Nothing left in a transitional state after the recovery window.
+/// Invariant 3: Nothing left in a transitional state after the recovery window.
 pub fn zero_stuck(payments: &[Payment], operations: &[OperationRecord], refunds: &[Refund]) -> Vec<Violation> {
     let mut out: Vec<Violation> = payments
         .iter()
@@ -169,7 +169,7 @@ pub fn zero_stuck(payments: &[Payment], operations: &[OperationRecord], refunds:
     out
 }
 
-/// 4. Gateway state == processor ledger == stream audit trail.
+/// Invariant 4: Gateway state == processor ledger == stream audit trail.
 pub fn agreement(o: &Observations) -> Vec<Violation> {
     let mut out = Vec::new();
     let effect_by_key: HashMap<&str, &Effect> = o.ledger.iter().filter_map(|e| Some((e.idempotency_key.as_deref()?, e))).collect();
@@ -210,7 +210,7 @@ pub fn agreement(o: &Observations) -> Vec<Violation> {
     out
 }
 
-/// 5. Accounting: what clients were told against the final state.
+/// Invariant 5: Accounting: what clients were told against the final state.
 pub fn accounting(o: &Observations) -> (Accounting, Vec<Violation>) {
     let mut acc = Accounting::default();
     let mut out = Vec::new();
@@ -261,7 +261,7 @@ pub fn accounting(o: &Observations) -> (Accounting, Vec<Violation>) {
     (acc, out)
 }
 
-/// 6. Every reply matched its request; no reply crossed merchants or payments.
+/// Invariant 6: Every reply matched its request; no reply crossed merchants or payments.
 pub fn integrity(o: &Observations) -> Vec<Violation> {
     let mut out = Vec::new();
     for (inv, done) in pairs(&o.history) {
@@ -283,7 +283,7 @@ pub fn integrity(o: &Observations) -> Vec<Violation> {
     out
 }
 
-/// 7. p99 per call from the intended send time, against targets (ms).
+/// Invariant 7: p99 per call from the intended send time, against targets (ms).
 pub fn latency(history: &[Event], targets: &BTreeMap<String, f64>, call_of: impl Fn(&str) -> Option<&'static str>) -> (BTreeMap<String, u64>, Vec<Violation>) {
     let mut samples: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for (inv, done) in pairs(history) {
@@ -322,10 +322,11 @@ fn luhn(digits: &[u8]) -> bool {
         }
         sum += x;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
-/// Card numbers in a text: runs of 13 to 19 digits that pass the Luhn check.
+/// Card numbers in a text: runs of 13 to 19 digits, not part of a longer word, that pass the
+/// Luhn check.
 pub fn card_numbers(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let bytes = text.as_bytes();
@@ -337,7 +338,9 @@ pub fn card_numbers(text: &str) -> Vec<String> {
                 i += 1;
             }
             let run = &bytes[start..i];
-            if (13..=19).contains(&run.len()) && luhn(run) {
+            // A run inside a word (hex ids, tokens) is not a card number.
+            let bounded = (start == 0 || !bytes[start - 1].is_ascii_alphanumeric()) && (i == bytes.len() || !bytes[i].is_ascii_alphanumeric());
+            if bounded && (13..=19).contains(&run.len()) && luhn(run) {
                 out.push(String::from_utf8_lossy(run).into_owned());
             }
         } else {
@@ -347,7 +350,7 @@ pub fn card_numbers(text: &str) -> Vec<String> {
     out
 }
 
-/// 8. No card number or CVC in headers, logs or reports.
+/// Invariant 8: No card number or CVC in headers, logs or reports.
 pub fn no_card_data(o: &Observations) -> Vec<Violation> {
     let mut out = Vec::new();
     for m in &o.audit {
@@ -485,6 +488,7 @@ mod tests {
         assert_eq!(card_numbers("x 4242424242424242 y"), ["4242424242424242"]);
         assert!(card_numbers("order 1234567890123").is_empty(), "not Luhn-valid");
         assert!(card_numbers("1795979586673").is_empty(), "a timestamp is not a card");
+        assert!(card_numbers("_INBOX.hsb.ab4242424242424242cd").is_empty(), "digits inside a hex token");
         let o = Observations { texts: vec![("log".into(), "card 4111111111111111".into())], ..Default::default() };
         assert_eq!(no_card_data(&o).len(), 1);
     }

@@ -3,4 +3,8 @@
 
 pub mod checkers;
 pub mod history;
+pub mod observe;
+pub mod report;
+pub mod runner;
 pub mod spec;
+pub mod workload;

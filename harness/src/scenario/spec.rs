@@ -348,6 +348,18 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 impl Scenario {
+    /// A shorter variant for the test suite: the workload and the fault timeline scaled by
+    /// `factor` (0 < factor <= 1), the rate kept.
+    pub fn scaled(&self, factor: f64) -> Scenario {
+        let mut s = self.clone();
+        s.workload.duration_s *= factor;
+        for f in &mut s.faults {
+            f.at_s *= factor;
+            f.until_s = f.until_s.map(|u| u * factor);
+        }
+        s
+    }
+
     /// Reads and checks a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|e| SpecError::Read { path: path.display().to_string(), reason: e.to_string() })?;

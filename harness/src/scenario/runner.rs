@@ -1,0 +1,237 @@
+//! Runs a scenario: environment up, workload with the fault timeline, faults stopped, quiesce
+//! (recovery included), observations collected, checkers run, report written.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway::config::GatewayConfig;
+use mock_processor::ProcessorConfig;
+use mock_worker::WorkerConfig;
+use nats_bridge::{BridgeConfig, SubjectScheme};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use super::checkers;
+use super::history::{Kind, Recorder};
+use super::observe;
+use super::report::{self, RunReport};
+use super::spec::{Scenario, Scheme, Verb};
+use super::workload::{self, Client};
+use crate::cli::CliError;
+use crate::env::{Environment, EnvironmentConfig};
+use crate::nats::EnvConfig;
+use crate::stats::unix_time;
+
+/// Timeouts of a scenario run: short, so that unknown outcomes and recovery happen within the
+/// run, and ordered so that recovery never races a call still waiting.
+pub mod timing {
+    /// Bridge: JetStream publish ack, per attempt.
+    pub const ACK_MS: u64 = 1_000;
+    /// Bridge: whole durable call.
+    pub const REQUEST_MS: u64 = 5_000;
+    /// Bridge: queries.
+    pub const QUERY_MS: u64 = 2_000;
+    /// Workers: ack wait before redelivery.
+    pub const ACK_WAIT_MS: u64 = 2_000;
+    /// Gateway: recovery pass interval.
+    pub const RECOVERY_INTERVAL_MS: u64 = 1_000;
+    /// Gateway: an operation unresolved this long is reconciled (longer than a call).
+    pub const STUCK_AFTER_MS: u64 = 8_000;
+    /// Workers refuse requests older than this (below the recovery threshold).
+    pub const MAX_REQUEST_AGE_MS: u64 = 6_000;
+    /// HTTP clients give up after this (longer than a call, so a timeout is rare).
+    pub const CLIENT_TIMEOUT_MS: u64 = 12_000;
+}
+
+/// Options of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Overrides the scenario's seed.
+    pub seed: Option<u64>,
+    /// Where `<scenario>-<seed>-<time>/` goes.
+    pub report_dir: PathBuf,
+}
+
+fn bridge_config(s: &Scenario) -> BridgeConfig {
+    let mut b = BridgeConfig::default();
+    b.subjects.scheme = match s.topology.subject_scheme {
+        Scheme::Shared => SubjectScheme::Shared,
+        Scheme::PerMerchant => SubjectScheme::PerMerchant,
+    };
+    b.ack_timeout_ms = timing::ACK_MS;
+    b.request_timeout_ms = timing::REQUEST_MS;
+    b.query_timeout_ms = timing::QUERY_MS;
+    b
+}
+
+/// Applies one fault verb (`undo` = false) or undoes it (`undo` = true).
+async fn apply(verb: &Verb, undo: bool, env: &Arc<Mutex<Environment>>, recorder: &Recorder, client: &Client, workers: usize) -> Result<(), String> {
+    let mut env = env.lock().await;
+    match (verb, undo) {
+        (Verb::ProcessorDown, flag) => {
+            for w in env.workers() {
+                w.faults().processor_unavailable.store(!flag, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(())
+        }
+        (Verb::WorkerKill, false) => {
+            while !env.workers().is_empty() {
+                env.take_worker(0).kill();
+            }
+            Ok(())
+        }
+        (Verb::WorkerKill, true) => {
+            for _ in 0..workers {
+                env.start_worker().await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        (Verb::Poison { count }, false) => {
+            let js = env.bridge().jetstream().clone();
+            let subject = env.bridge_config().subject_template(nats_bridge::catalogue::ops::authorize());
+            for i in 0..*count {
+                js.publish(subject.clone(), format!("{{poison {i}").into()).await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        (Verb::Duplicates { count }, false) => {
+            // Clients retry earlier creates with the same payment id (and key, if they had one):
+            // the gateway must answer with the existing payment and the processor see nothing new.
+            drop(env);
+            let creates: Vec<_> = recorder.events().into_iter().filter(|e| e.kind == Kind::Invoke && e.f == "create").take(*count).collect();
+            for (n, e) in creates.into_iter().enumerate() {
+                let call = super::workload::Call {
+                    process: 1_000_000 + n as u64,
+                    f: "create",
+                    payment_id: e.payment_id.clone().unwrap_or_default(),
+                    method: reqwest::Method::POST,
+                    path: "/payments".into(),
+                    body: Some(e.value.clone()),
+                    key: e.key.clone(),
+                    intended_us: None,
+                };
+                client.call(call).await;
+            }
+            Ok(())
+        }
+        (_, true) if !verb.needs_until() => Ok(()),
+        (other, _) => Err(format!("{} is not available in this build", other.name())),
+    }
+}
+
+/// Runs a scenario and writes its report.
+pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport, CliError> {
+    let seed = options.seed.or(scenario.seed).unwrap_or_else(|| unix_time() ^ u64::from(std::process::id()));
+    println!("seed: {seed}");
+    info!(scenario = %scenario.name, seed, "scenario starting");
+    let t = &scenario.topology;
+    let worker = WorkerConfig { ack_wait_ms: timing::ACK_WAIT_MS, max_request_age_ms: timing::MAX_REQUEST_AGE_MS, ..Default::default() };
+    let env = Environment::start(EnvironmentConfig {
+        nats: if t.nodes == 3 { EnvConfig::cluster() } else { EnvConfig::single() },
+        bridge: bridge_config(scenario),
+        worker,
+        workers: t.workers,
+        processor: ProcessorConfig { idempotency: t.processor_idempotency, ..Default::default() },
+    })
+    .await?;
+    let dir = options.report_dir.join(format!("{}-{seed}-{}", scenario.name, unix_time()));
+    std::fs::create_dir_all(&dir)?;
+    let gateway_config = GatewayConfig {
+        database: dir.join("gateway.db"),
+        api_keys: [("scenario_key".to_string(), "merchant_s".to_string())].into(),
+        recovery: gateway::config::RecoveryConfig {
+            interval_ms: timing::RECOVERY_INTERVAL_MS,
+            stuck_after_ms: timing::STUCK_AFTER_MS,
+            sync_stuck_after_ms: timing::STUCK_AFTER_MS / 2,
+        },
+        ..Default::default()
+    };
+    let gateway = env.start_gateway(gateway_config).await?;
+    let nats = format!("{} x{}", env.nats().backend(), env.nats().node_count());
+    let env = Arc::new(Mutex::new(env));
+    let recorder = Recorder::new();
+    let client = Client::new(&gateway.url, "scenario_key", "merchant_s", Duration::from_millis(timing::CLIENT_TIMEOUT_MS), recorder.clone());
+
+    // The fault timeline, on the same clock as the history.
+    let timeline = {
+        let (faults, env, recorder, workers, client) = (scenario.faults.clone(), env.clone(), recorder.clone(), t.workers, client.clone());
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::from_std(recorder.start());
+            let mut steps: Vec<(f64, usize, bool)> = Vec::new();
+            for (i, f) in faults.iter().enumerate() {
+                steps.push((f.at_s, i, false));
+                if let Some(u) = f.until_s {
+                    steps.push((u, i, true));
+                }
+            }
+            steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut errors = Vec::new();
+            for (at, i, undo) in steps {
+                tokio::time::sleep_until(start + Duration::from_secs_f64(at)).await;
+                let verb = &faults[i].verb;
+                let phase = if undo { "stop" } else { "start" };
+                recorder.fault(verb.name(), phase, serde_json::to_value(faults[i].at_s).unwrap_or_default());
+                if let Err(e) = apply(verb, undo, &env, &recorder, &client, workers).await {
+                    warn!(verb = verb.name(), error = %e, "fault failed");
+                    errors.push(format!("{} ({phase}): {e}", verb.name()));
+                }
+            }
+            errors
+        })
+    };
+    let started = std::time::Instant::now();
+    let schedule = workload::run(client.clone(), &scenario.workload, seed).await;
+    let fault_errors = timeline.await.unwrap_or_default();
+    if !fault_errors.is_empty() {
+        return Err(format!("faults could not be applied: {}", fault_errors.join("; ")).into());
+    }
+
+    // Quiesce: wait for every attempt, operation and refund to settle (recovery included).
+    let store = gateway.running.state.gateway.store.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(scenario.expect.quiesce_s);
+    loop {
+        let open = store.transitional_payments().map(|v| v.len()).unwrap_or(0)
+            + store.unresolved_operations(i64::MAX).map(|v| v.len()).unwrap_or(0)
+            + store.all_refunds().map(|v| v.iter().filter(|r| r.status == gateway::model::RefundStatus::Pending).count()).unwrap_or(0);
+        if open == 0 || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let history = recorder.events();
+    let unknown = history.iter().filter(|e| e.kind == Kind::Unknown).count();
+    let texts = vec![("history.jsonl".to_string(), super::history::to_jsonl(&history))];
+    let observations = {
+        let env = env.lock().await;
+        observe::collect(&env, &gateway, history.clone(), texts).await
+    };
+    let call_of = |f: &str| -> Option<&'static str> {
+        Some(match f {
+            "create" | "confirm" => "payments.authorize",
+            "capture" => "payments.capture",
+            "cancel" => "payments.void",
+            "refund" => "refunds.execute",
+            "retrieve" => "payments.sync",
+            _ => return None,
+        })
+    };
+    let verdict = checkers::check(&observations, &scenario.expect.invariants, &scenario.expect.p99_ms, call_of);
+    let report = RunReport {
+        scenario: scenario.name.clone(),
+        seed,
+        nats,
+        duration_s: started.elapsed().as_secs_f64(),
+        schedule,
+        unknown_before_reconciliation: unknown,
+        verdict,
+        dir: dir.clone(),
+    };
+    report::write(&dir, &report, &history)?;
+    drop(gateway);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("gateway.db{suffix}")));
+    }
+    Ok(report)
+}
