@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use testcontainers::bollard::query_parameters::RemoveContainerOptionsBuilder;
+use testcontainers::bollard::models::{NetworkConnectRequest, NetworkDisconnectRequest};
+use testcontainers::bollard::query_parameters::{
+    KillContainerOptionsBuilder, RemoveContainerOptionsBuilder,
+};
 use testcontainers::core::IntoContainerPort;
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
@@ -78,6 +81,105 @@ impl DockerNode {
         })
     }
 
+    /// Stops the container: SIGTERM, then SIGKILL after `grace`. Returns
+    /// when the engine reports it stopped.
+    pub(crate) async fn stop(&self, node: &str, grace: Duration) -> Result<(), NatsError> {
+        let seconds = i32::try_from(grace.as_secs().max(1)).unwrap_or(i32::MAX);
+        self.container
+            .stop_with_timeout(Some(seconds))
+            .await
+            .map_err(|e| NatsError::container(format!("failed to stop the container of {node}"), e))
+    }
+
+    /// Starts the stopped container again (same container, so the same
+    /// published ports and the same `/data`).
+    pub(crate) async fn start(&self, node: &str) -> Result<(), NatsError> {
+        self.container.start().await.map_err(|e| {
+            NatsError::container(format!("failed to start the container of {node}"), e)
+        })
+    }
+
+    /// Sends SIGKILL to the container's process (`docker kill`).
+    pub(crate) async fn kill(&self, node: &str) -> Result<(), NatsError> {
+        let options = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+        engine()
+            .await?
+            .kill_container(self.container.id(), Some(options))
+            .await
+            .map_err(|source| NatsError::DockerApi {
+                context: format!("failed to kill the container of {node}"),
+                source,
+            })
+    }
+
+    /// Freezes the container (`docker pause`, the cgroup freezer).
+    pub(crate) async fn pause(&self, node: &str) -> Result<(), NatsError> {
+        self.container.pause().await.map_err(|e| {
+            NatsError::container(format!("failed to pause the container of {node}"), e)
+        })
+    }
+
+    /// Thaws a paused container.
+    pub(crate) async fn unpause(&self, node: &str) -> Result<(), NatsError> {
+        self.container.unpause().await.map_err(|e| {
+            NatsError::container(format!("failed to unpause the container of {node}"), e)
+        })
+    }
+
+    /// Detaches the container from `network` (`docker network disconnect`).
+    pub(crate) async fn disconnect(&self, node: &str, network: &str) -> Result<(), NatsError> {
+        let request = NetworkDisconnectRequest {
+            container: self.container.id().to_owned(),
+            force: Some(true),
+        };
+        engine()
+            .await?
+            .disconnect_network(network, request)
+            .await
+            .map_err(|source| NatsError::DockerApi {
+                context: format!("failed to disconnect the container of {node} from {network}"),
+                source,
+            })
+    }
+
+    /// Attaches the container to `network` again (`docker network connect`).
+    pub(crate) async fn connect(&self, node: &str, network: &str) -> Result<(), NatsError> {
+        let request = NetworkConnectRequest {
+            container: self.container.id().to_owned(),
+            endpoint_config: None,
+        };
+        engine()
+            .await?
+            .connect_network(network, request)
+            .await
+            .map_err(|source| NatsError::DockerApi {
+                context: format!("failed to connect the container of {node} to {network}"),
+                source,
+            })
+    }
+
+    /// What the engine says about the container now.
+    pub(crate) async fn inspect(&self, node: &str) -> Result<ContainerFacts, NatsError> {
+        let info = engine()
+            .await?
+            .inspect_container(self.container.id(), None)
+            .await
+            .map_err(|source| NatsError::DockerApi {
+                context: format!("failed to inspect the container of {node}"),
+                source,
+            })?;
+        let state = info.state.unwrap_or_default();
+        Ok(ContainerFacts {
+            running: state.running.unwrap_or(false),
+            paused: state.paused.unwrap_or(false),
+            networks: info
+                .network_settings
+                .and_then(|n| n.networks)
+                .map(|n| n.into_keys().collect())
+                .unwrap_or_default(),
+        })
+    }
+
     /// The last `lines` lines the server logged (nats-server logs to stderr).
     pub(crate) async fn log_tail(&self, lines: usize) -> String {
         match self.container.stderr_to_vec().await {
@@ -85,6 +187,24 @@ impl DockerNode {
             Err(e) => format!("(logs unavailable: {e})"),
         }
     }
+}
+
+/// The parts of `docker inspect` the fault verbs check.
+#[derive(Debug, Clone)]
+pub(crate) struct ContainerFacts {
+    /// The container's process runs (also while it is paused).
+    pub(crate) running: bool,
+    /// The container is frozen.
+    pub(crate) paused: bool,
+    /// Names of the networks the container is attached to.
+    pub(crate) networks: Vec<String>,
+}
+
+/// The Docker engine client testcontainers uses.
+async fn engine() -> Result<testcontainers::bollard::Docker, NatsError> {
+    testcontainers::core::client::docker_client_instance()
+        .await
+        .map_err(|e| NatsError::DockerUnavailable(format!("cannot create a docker client: {e}")))
 }
 
 /// Names derived from the environment id.

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::{Backend, NodeState};
+
 /// Everything that can go wrong while preparing or starting NATS servers.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
@@ -100,6 +102,52 @@ pub enum NatsError {
         detail: String,
         /// The last log lines of the nodes, if they could be collected.
         log_tail: String,
+    },
+
+    /// A fault verb cannot be carried out on this backend.
+    #[error("{verb} is not supported on the {backend} backend: {reason}")]
+    Unsupported {
+        /// The verb, e.g. `partition`.
+        verb: &'static str,
+        /// The backend the environment runs on.
+        backend: Backend,
+        /// Why not, and what to use instead.
+        reason: &'static str,
+    },
+
+    /// A fault verb named a node the environment does not have.
+    #[error("no nats node named {name:?} (nodes: {known})")]
+    UnknownNode {
+        /// The name asked for.
+        name: String,
+        /// The environment's node names, comma-separated.
+        known: String,
+    },
+
+    /// A fault verb does not apply to the node in its current state (for
+    /// example pausing a stopped node, or starting a running one).
+    #[error("cannot {verb} nats node {node}: it is {state}")]
+    InvalidState {
+        /// The verb.
+        verb: &'static str,
+        /// Server name of the node.
+        node: String,
+        /// The state the node is in.
+        state: NodeState,
+    },
+
+    /// A fault verb's post-condition did not hold before its deadline.
+    #[error("{verb} of nats node {node} did not complete within {timeout:?}: {detail}")]
+    FaultTimeout {
+        /// The verb.
+        verb: &'static str,
+        /// Server name of the node.
+        node: String,
+        /// How long was waited.
+        timeout: Duration,
+        /// What was still missing (and the node's last log lines, where
+        /// they help).
+        detail: String,
     },
 
     /// A client connection to the servers failed.

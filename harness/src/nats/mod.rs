@@ -22,6 +22,13 @@
 //! the network are removed, processes are killed, temporary directories are
 //! deleted.
 //!
+//! Faults are injected with a small set of verbs (see [`faults`]):
+//! [`NatsEnv::stop`], [`NatsEnv::start_node`], [`NatsEnv::restart`],
+//! [`NatsEnv::kill`], [`NatsEnv::pause`], [`NatsEnv::unpause`],
+//! [`NatsEnv::partition`], [`NatsEnv::heal`], [`NatsEnv::restart_all`] and
+//! [`NatsEnv::rolling_restart`]; the per-node ones also exist on
+//! [`NatsNode`].
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), harness::nats::NatsError> {
 //! use harness::nats::NatsEnv;
@@ -38,6 +45,7 @@
 pub mod binary;
 mod container;
 mod error;
+pub mod faults;
 pub mod image;
 mod ports;
 mod process;
@@ -53,6 +61,7 @@ use testcontainers::{ContainerAsync, GenericImage};
 pub use binary::{NatsBinary, BINARY_ENV};
 pub use container::{CLIENT_PORT, CLUSTER_PORT, ENV_LABEL, MONITORING_PORT, STORE_DIR};
 pub use error::NatsError;
+pub use faults::NodeState;
 pub use image::{ensure_image, ImageRef};
 
 /// Environment variable selecting the backend: `auto` (default), `docker`
@@ -273,13 +282,34 @@ pub(crate) struct NodeSpec {
     pub(crate) cluster_port: Option<u16>,
 }
 
-/// One running server of a [`NatsEnv`].
+/// One server of a [`NatsEnv`].
 #[derive(Debug)]
 pub struct NatsNode {
     name: String,
     client_port: u16,
     monitoring_port: u16,
     runtime: NodeRuntime,
+    /// What the fault verbs did to the node last.
+    state: std::sync::Mutex<NodeState>,
+    /// Held for the whole of a fault verb, so verbs on one node never
+    /// interleave.
+    op: tokio::sync::Mutex<()>,
+    /// How long a node may take to answer `/healthz` after starting.
+    ready_timeout: Duration,
+}
+
+impl NatsNode {
+    fn new(spec: NodeSpec, runtime: NodeRuntime, ready_timeout: Duration) -> NatsNode {
+        NatsNode {
+            name: spec.name,
+            client_port: spec.client_port,
+            monitoring_port: spec.monitoring_port,
+            runtime,
+            state: std::sync::Mutex::new(NodeState::Running),
+            op: tokio::sync::Mutex::new(()),
+            ready_timeout,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -345,10 +375,11 @@ impl NatsNode {
         }
     }
 
-    /// The process id, for the process backend.
+    /// The process id of the latest start, for the process backend (it
+    /// changes when the node is started again).
     pub fn pid(&self) -> Option<u32> {
         match &self.runtime {
-            NodeRuntime::Process(p) => Some(p.pid),
+            NodeRuntime::Process(p) => Some(p.pid()),
             NodeRuntime::Docker(_) => None,
         }
     }
@@ -407,6 +438,9 @@ pub struct NatsEnv {
     network: Option<String>,
     cluster_name: Option<String>,
     workdir: Option<WorkDir>,
+    /// [`EnvConfig::startup_timeout`], also the deadline of the fault verbs'
+    /// readiness waits.
+    ready_timeout: Duration,
 }
 
 impl NatsEnv {
@@ -499,11 +533,12 @@ impl NatsEnv {
         let nodes = specs
             .into_iter()
             .zip(started)
-            .map(|(spec, node)| NatsNode {
-                name: spec.name,
-                client_port: spec.client_port,
-                monitoring_port: spec.monitoring_port,
-                runtime: NodeRuntime::Docker(Box::new(node)),
+            .map(|(spec, node)| {
+                NatsNode::new(
+                    spec,
+                    NodeRuntime::Docker(Box::new(node)),
+                    config.startup_timeout,
+                )
             })
             .collect();
         let env = NatsEnv {
@@ -513,6 +548,7 @@ impl NatsEnv {
             nodes,
             cluster_name,
             workdir: None,
+            ready_timeout: config.startup_timeout,
         };
         env.wait_ready(config.startup_timeout).await?;
         Ok(env)
@@ -542,11 +578,8 @@ impl NatsEnv {
         let nodes = specs
             .into_iter()
             .zip(started)
-            .map(|(spec, node)| NatsNode {
-                name: spec.name,
-                client_port: spec.client_port,
-                monitoring_port: spec.monitoring_port,
-                runtime: NodeRuntime::Process(node),
+            .map(|(spec, node)| {
+                NatsNode::new(spec, NodeRuntime::Process(node), config.startup_timeout)
             })
             .collect();
         let env = NatsEnv {
@@ -556,6 +589,7 @@ impl NatsEnv {
             network: None,
             cluster_name,
             workdir: Some(workdir),
+            ready_timeout: config.startup_timeout,
         };
         env.wait_ready(config.startup_timeout).await?;
         Ok(env)
@@ -564,12 +598,22 @@ impl NatsEnv {
     /// Polls until the environment is ready (see [`NatsEnv::start`]) or
     /// `timeout` passes. Fails early when a node has exited. Useful again
     /// after restarting nodes.
+    ///
+    /// Nodes a fault verb has taken down (any [`NodeState`] other than
+    /// [`NodeState::Running`]) are left out: the others must be healthy
+    /// and agree on a meta leader that sees them as current. The
+    /// replicated-stream probe runs only while every node is up.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), NatsError> {
         let started = Instant::now();
         let deadline = started + timeout;
         let http = ready::http_client();
-        let targets: Vec<(String, String)> = self
+        let up: Vec<&NatsNode> = self
             .nodes
+            .iter()
+            .filter(|n| n.state() == NodeState::Running)
+            .collect();
+        let all_up = up.len() == self.nodes.len();
+        let targets: Vec<(String, String)> = up
             .iter()
             .map(|n| (n.name.clone(), n.monitoring_url()))
             .collect();
@@ -577,7 +621,7 @@ impl NatsEnv {
         let mut last_liveness_check: Option<Instant> = None;
         loop {
             let mut result = ready::check(&http, &targets).await;
-            if result.is_ok() && self.nodes.len() > 1 {
+            if result.is_ok() && self.nodes.len() > 1 && all_up {
                 result =
                     ready::probe_replicated_stream(&self.client_urls(), &self.id, self.replicas())
                         .await;
@@ -589,7 +633,7 @@ impl NatsEnv {
             // A node that exited will never become ready: fail early. (Not
             // on every poll, as that costs an engine call per container.)
             if last_liveness_check.is_none_or(|t| t.elapsed() >= LIVENESS_INTERVAL) {
-                for node in &self.nodes {
+                for node in &up {
                     node.check_alive().await?;
                 }
                 last_liveness_check = Some(Instant::now());

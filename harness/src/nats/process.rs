@@ -4,17 +4,22 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use super::{NatsError, NodeSpec};
+use super::{NatsError, NodeSpec, NodeState};
+
+/// How often a stopping process is checked for having exited.
+const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A node running as a local process.
 #[derive(Debug)]
 pub(crate) struct ProcessNode {
     /// `None` once the process was reaped.
     child: Mutex<Option<Child>>,
-    /// Process id at spawn time.
-    pub(crate) pid: u32,
+    /// Process id of the latest spawn.
+    pid: AtomicU32,
     /// The binary and arguments the process was started with, so it can be
     /// started again with the same ports and store.
     pub(crate) binary: PathBuf,
@@ -52,6 +57,142 @@ impl ProcessNode {
             Ok(bytes) => super::tail(&String::from_utf8_lossy(&bytes), lines),
             Err(e) => format!("(log {} unreadable: {e})", self.log_path.display()),
         }
+    }
+
+    /// Process id of the latest spawn (the process may have exited since).
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+
+    /// Whether the process has exited (reaping it if so).
+    pub(crate) fn has_exited(&self) -> bool {
+        let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_mut().map(Child::try_wait) {
+            None => true,
+            Some(Ok(None)) => false,
+            Some(Ok(Some(_)) | Err(_)) => {
+                *guard = None;
+                true
+            }
+        }
+    }
+
+    /// Sends `signal` (a name such as `TERM`, `STOP`, `CONT`) with the
+    /// `kill` utility; std has no way to send signals other than SIGKILL.
+    /// The child is not reaped while this runs, so the pid cannot have been
+    /// reused.
+    pub(crate) fn signal(&self, node: &str, signal: &str) -> Result<(), NatsError> {
+        let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let running = guard
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)));
+        let pid = match guard.as_ref() {
+            Some(child) if running => child.id(),
+            _ => {
+                *guard = None;
+                return Err(NatsError::NodeExited {
+                    node: node.to_owned(),
+                    status: format!("process is not running, cannot send SIG{signal}"),
+                    log_tail: self.log_tail(20),
+                });
+            }
+        };
+        let output = Command::new("kill")
+            .args(["-s", signal, &pid.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| NatsError::io(format!("failed to run kill -s {signal} {pid}"), e))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(NatsError::io(
+                format!("kill -s {signal} {pid} failed"),
+                std::io::Error::other(String::from_utf8_lossy(&output.stderr).trim().to_owned()),
+            ))
+        }
+    }
+
+    /// Sends SIGKILL without waiting.
+    pub(crate) fn sigkill(&self) {
+        let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(child) = guard.as_mut() {
+            let _ = child.kill();
+        }
+    }
+
+    /// Stops the process gracefully: SIGTERM, then SIGKILL if it is still
+    /// there after `grace`. Returns once it has exited and was reaped.
+    pub(crate) async fn stop(
+        &self,
+        verb: &'static str,
+        node: &str,
+        grace: Duration,
+    ) -> Result<(), NatsError> {
+        self.signal(node, "TERM")?;
+        let deadline = Instant::now() + grace;
+        while !self.has_exited() {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    node,
+                    "nats-server ignored SIGTERM for {grace:?}; sending SIGKILL"
+                );
+                self.sigkill();
+                return self.wait_exit(verb, node, grace).await;
+            }
+            tokio::time::sleep(EXIT_POLL_INTERVAL).await;
+        }
+        Ok(())
+    }
+
+    /// Polls until the process has exited and was reaped.
+    pub(crate) async fn wait_exit(
+        &self,
+        verb: &'static str,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<(), NatsError> {
+        let deadline = Instant::now() + timeout;
+        while !self.has_exited() {
+            if Instant::now() >= deadline {
+                return Err(NatsError::FaultTimeout {
+                    verb,
+                    node: node.to_owned(),
+                    timeout,
+                    detail: format!("process {} did not exit", self.pid()),
+                });
+            }
+            tokio::time::sleep(EXIT_POLL_INTERVAL).await;
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel reports the process as stopped by a signal
+    /// (`T` in `/proc/<pid>/stat`). `None` where `/proc` is unavailable.
+    pub(crate) fn is_stopped(&self) -> Option<bool> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // The state follows the command name, which is in parentheses and
+        // may itself contain spaces or parentheses.
+        let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+        Some(matches!(state, 'T' | 't'))
+    }
+
+    /// Starts the process again with the same binary and arguments (same
+    /// ports and store), appending to the same log file.
+    pub(crate) fn respawn(&self, node: &str) -> Result<(), NatsError> {
+        let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(child) = guard.as_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                return Err(NatsError::InvalidState {
+                    verb: "start",
+                    node: node.to_owned(),
+                    state: NodeState::Running,
+                });
+            }
+        }
+        let child = spawn(&self.binary, &self.args, &self.log_path, true)?;
+        self.pid.store(child.id(), Ordering::Relaxed);
+        *guard = Some(child);
+        Ok(())
     }
 
     /// Kills the process (if running) and waits for it.
@@ -121,21 +262,10 @@ pub(crate) fn start(
         std::fs::create_dir_all(&store_dir)
             .map_err(|e| NatsError::io(format!("failed to create {}", store_dir.display()), e))?;
         let log_path = workdir.join(format!("{}.log", spec.name));
-        let log = File::create(&log_path)
-            .map_err(|e| NatsError::io(format!("failed to create {}", log_path.display()), e))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| NatsError::io("failed to duplicate a log file handle", e))?;
         let args = args_for(spec, &store_dir, cluster_name.map(|c| (c, routes.as_str())));
-        let child = Command::new(binary)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            .spawn()
-            .map_err(|e| NatsError::io(format!("failed to start {}", binary.display()), e))?;
+        let child = spawn(binary, &args, &log_path, false)?;
         nodes.push(ProcessNode {
-            pid: child.id(),
+            pid: AtomicU32::new(child.id()),
             child: Mutex::new(Some(child)),
             binary: binary.to_path_buf(),
             args,
@@ -144,6 +274,33 @@ pub(crate) fn start(
         });
     }
     Ok(nodes)
+}
+
+/// Spawns `binary args` with stdout and stderr going to `log_path`
+/// (truncated, or appended to when `append`).
+fn spawn(
+    binary: &Path,
+    args: &[String],
+    log_path: &Path,
+    append: bool,
+) -> Result<Child, NatsError> {
+    let log = File::options()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(log_path)
+        .map_err(|e| NatsError::io(format!("failed to open {}", log_path.display()), e))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| NatsError::io("failed to duplicate a log file handle", e))?;
+    Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        .spawn()
+        .map_err(|e| NatsError::io(format!("failed to start {}", binary.display()), e))
 }
 
 /// Whether a startup failure was a port taken by someone else.

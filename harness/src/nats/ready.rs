@@ -61,7 +61,7 @@ pub(crate) async fn check(
     let leader = leader.unwrap_or_default();
     let Some(meta) = leader_view else {
         return Err(format!(
-            "meta leader {leader} is not one of this environment's nodes"
+            "meta leader {leader} is not one of the running nodes checked"
         ));
     };
     let peers = meta["replicas"].as_array().cloned().unwrap_or_default();
@@ -120,7 +120,7 @@ pub(crate) async fn probe_replicated_stream(
     Ok(())
 }
 
-async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+pub(crate) async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
     let response = http
         .get(url)
         .send()
