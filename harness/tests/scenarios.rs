@@ -13,7 +13,7 @@ fn scenario(name: &str) -> Scenario {
     Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn passes(name: &str, factor: f64) {
+async fn passes(name: &str, factor: f64) -> harness::scenario::report::RunReport {
     common::init_tracing();
     let s = scenario(name).scaled(factor);
     let dir = common::TempDir::new(&format!("scenario-{name}"));
@@ -22,6 +22,7 @@ async fn passes(name: &str, factor: f64) {
     assert!(report.verdict.passed(), "{name} failed:\n{summary}");
     assert!(report.dir.join("history.jsonl").exists() && report.dir.join("verdict.json").exists());
     assert!(report.verdict.accounting.ok > 0, "{name}: the workload ran");
+    report
 }
 
 #[tokio::test]
@@ -37,6 +38,23 @@ async fn worker_kill() {
 #[tokio::test]
 async fn processor_down() {
     passes("processor-down", 0.6).await;
+}
+
+#[tokio::test]
+async fn worker_crash_after_processor() {
+    let report = passes("worker-crash-after-processor", 0.6).await;
+    assert!(report.worker_crashes >= 1, "a worker really died at the crash point");
+}
+
+#[tokio::test]
+async fn nats_restart() {
+    passes("nats-restart", 0.6).await;
+}
+
+#[tokio::test]
+async fn cluster_partition() {
+    let report = passes("cluster-partition", 0.6).await;
+    assert!(report.verdict.checked.contains(&"zero_stuck"));
 }
 
 #[test]

@@ -22,6 +22,8 @@ pub struct Faults {
     pub stall_after_processor: AtomicU32,
     /// Extra delay before each ack (ms), to provoke redelivery of processed messages.
     pub ack_delay_ms: AtomicU64,
+    /// Replaces the profile's latency while set (chaos: worker latency).
+    pub latency: std::sync::Mutex<Option<crate::profile::Latency>>,
     /// Behave as if the processor could not be reached: durable operations are nak'ed and
     /// redelivered (until `max_deliver` sends them to the dead-letter stream).
     pub processor_unavailable: std::sync::atomic::AtomicBool,
@@ -188,7 +190,7 @@ impl Handler {
                     .map_err(|e| Transient(e.to_string()))?;
             }
         }
-        let draw = self.profile.draw(key);
+        let draw = self.draw(key);
         if !draw.latency.is_zero() {
             tokio::time::sleep(draw.latency).await;
         }
@@ -243,7 +245,7 @@ impl Handler {
     /// Answers a query; never records a processor effect.
     pub async fn query(&self, op: Operation, env: &RequestEnvelope) -> ResponseEnvelope {
         debug_assert_eq!(op.pattern, Pattern::Query);
-        let draw = self.profile.draw(&env.idempotency_key);
+        let draw = self.draw(&env.idempotency_key);
         if !draw.latency.is_zero() {
             tokio::time::sleep(draw.latency).await;
         }
@@ -301,6 +303,15 @@ impl Handler {
                 Some(response)
             }
             _ => None,
+        }
+    }
+
+    /// The profile's draw, with the latency fault applied if one is set.
+    fn draw(&self, key: &str) -> crate::profile::Draw {
+        let latency = self.faults.latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match latency {
+            Some(latency) => crate::profile::Profile { latency, ..self.profile.clone() }.draw(key),
+            None => self.profile.draw(key),
         }
     }
 

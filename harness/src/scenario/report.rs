@@ -24,6 +24,8 @@ pub struct RunReport {
     pub schedule: Schedule,
     /// Client calls whose outcome was unknown when they completed (before reconciliation).
     pub unknown_before_reconciliation: usize,
+    /// Worker processes that died at a crash point.
+    pub worker_crashes: usize,
     /// The checkers' verdict.
     pub verdict: Verdict,
     /// Where the report is.
@@ -34,7 +36,7 @@ pub struct RunReport {
 pub fn markdown(r: &RunReport, history: &[Event]) -> String {
     let v = &r.verdict;
     let mut s = format!(
-        "# Scenario {}\n\n- verdict: **{}**\n- seed: {} (rerun with `--seed {}` for the same fault schedule and choices)\n- NATS: {}\n- duration: {:.1}s; payments started: {} (max lag behind schedule {} ms)\n\n",
+        "# Scenario {}\n\n- verdict: **{}**\n- seed: {} (rerun with `--seed {}` for the same fault schedule and choices)\n- NATS: {}\n- duration: {:.1}s; payments started: {} (max lag behind schedule {} ms)\n- worker processes killed at a crash point: {}\n\n",
         r.scenario,
         if v.passed() { "PASS" } else { "FAIL" },
         r.seed,
@@ -43,6 +45,7 @@ pub fn markdown(r: &RunReport, history: &[Event]) -> String {
         r.duration_s,
         r.schedule.started,
         ms(r.schedule.max_lag_us),
+        r.worker_crashes,
     );
     let a = &v.accounting;
     s.push_str("## Operations\n\n| ok | failed | unknown | lost | unexpected | recovered |\n|---:|---:|---:|---:|---:|---:|\n");

@@ -16,7 +16,9 @@ use super::checkers;
 use super::history::{Kind, Recorder};
 use super::observe;
 use super::report::{self, RunReport};
-use super::spec::{Scenario, Scheme, Verb};
+use super::spec::{CrashPoint, LatencySpec, Scenario, Scheme, Verb};
+use crate::workers::{WorkerPool, WorkerSpec};
+use mock_worker::Latency;
 use super::workload::{self, Client};
 use crate::cli::CliError;
 use crate::env::{Environment, EnvironmentConfig};
@@ -66,7 +68,15 @@ fn bridge_config(s: &Scenario) -> BridgeConfig {
 }
 
 /// Applies one fault verb (`undo` = false) or undoes it (`undo` = true).
-async fn apply(verb: &Verb, undo: bool, env: &Arc<Mutex<Environment>>, recorder: &Recorder, client: &Client, workers: usize) -> Result<(), String> {
+async fn apply(
+    verb: &Verb,
+    undo: bool,
+    env: &Arc<Mutex<Environment>>,
+    recorder: &Recorder,
+    client: &Client,
+    workers: usize,
+    crashers: &Mutex<Option<WorkerPool>>,
+) -> Result<(), String> {
     let mut env = env.lock().await;
     match (verb, undo) {
         (Verb::ProcessorDown, flag) => {
@@ -115,6 +125,49 @@ async fn apply(verb: &Verb, undo: bool, env: &Arc<Mutex<Environment>>, recorder:
             }
             Ok(())
         }
+        (Verb::WorkerLatency { latency }, undo) => {
+            let value = (!undo).then_some(match latency {
+                LatencySpec::Fixed { ms } => Latency::Fixed { ms: *ms },
+                LatencySpec::Normal { mean_ms, std_dev_ms } => Latency::Normal { mean_ms: *mean_ms, std_dev_ms: *std_dev_ms },
+                LatencySpec::LongTail { median_ms, p99_ms } => Latency::LongTail { median_ms: *median_ms, p99_ms: *p99_ms },
+            });
+            for w in env.workers() {
+                *w.faults().latency.lock().unwrap_or_else(|p| p.into_inner()) = value.clone();
+            }
+            Ok(())
+        }
+        (Verb::WorkerCrash { point }, false) => {
+            // A worker process that dies at `point` on its first operation; the in-process
+            // workers take the redelivery.
+            let point = match point {
+                CrashPoint::BeforeProcessor => mock_worker::config::CrashPoint::BeforeProcessor,
+                CrashPoint::AfterProcessor => mock_worker::config::CrashPoint::AfterProcessor,
+                CrashPoint::AfterReply => mock_worker::config::CrashPoint::AfterReply,
+            };
+            let config = WorkerConfig {
+                ack_wait_ms: timing::ACK_WAIT_MS,
+                max_request_age_ms: timing::MAX_REQUEST_AGE_MS,
+                crash_at: Some(point),
+                crash_after: 1,
+                ..Default::default()
+            };
+            let spec = WorkerSpec::new(env.nats().client_url(), env.processor_url(), config).env("NATS_BRIDGE_REPLICAS", env.nats().replicas().to_string());
+            let mut pool = crashers.lock().await;
+            if pool.is_none() {
+                *pool = Some(WorkerPool::new().map_err(|e| e.to_string())?);
+            }
+            pool.as_mut().expect("pool").spawn(spec).await.map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        (Verb::NatsRestart { node: Some(node) }, false) => env.nats().restart(node).await.map_err(|e| e.to_string()),
+        (Verb::NatsRestart { node: None }, false) => env.nats().restart_all().await.map_err(|e| e.to_string()),
+        (Verb::NodeKill { node }, false) => env.nats().kill(node).await.map_err(|e| e.to_string()),
+        (Verb::NodeKill { node }, true) => env.nats().start_node(node).await.map_err(|e| e.to_string()),
+        (Verb::Partition { node }, false) => env.nats().partition(node).await.map_err(|e| e.to_string()),
+        (Verb::Partition { node }, true) => env.nats().heal(node).await.map_err(|e| e.to_string()),
+        (Verb::Pause { node }, false) => env.nats().pause(node).await.map_err(|e| e.to_string()),
+        (Verb::Pause { node }, true) => env.nats().unpause(node).await.map_err(|e| e.to_string()),
+        (Verb::RollingRestart, false) => env.nats().rolling_restart().await.map_err(|e| e.to_string()),
         (_, true) if !verb.needs_until() => Ok(()),
         (other, _) => Err(format!("{} is not available in this build", other.name())),
     }
@@ -153,9 +206,12 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     let recorder = Recorder::new();
     let client = Client::new(&gateway.url, "scenario_key", "merchant_s", Duration::from_millis(timing::CLIENT_TIMEOUT_MS), recorder.clone());
 
+    // Worker processes started by crash faults; killed when the run ends.
+    let crashers: Arc<Mutex<Option<WorkerPool>>> = Arc::default();
     // The fault timeline, on the same clock as the history.
     let timeline = {
         let (faults, env, recorder, workers, client) = (scenario.faults.clone(), env.clone(), recorder.clone(), t.workers, client.clone());
+        let crashers = crashers.clone();
         tokio::spawn(async move {
             let start = tokio::time::Instant::from_std(recorder.start());
             let mut steps: Vec<(f64, usize, bool)> = Vec::new();
@@ -172,7 +228,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
                 let verb = &faults[i].verb;
                 let phase = if undo { "stop" } else { "start" };
                 recorder.fault(verb.name(), phase, serde_json::to_value(faults[i].at_s).unwrap_or_default());
-                if let Err(e) = apply(verb, undo, &env, &recorder, &client, workers).await {
+                if let Err(e) = apply(verb, undo, &env, &recorder, &client, workers, &crashers).await {
                     warn!(verb = verb.name(), error = %e, "fault failed");
                     errors.push(format!("{} ({phase}): {e}", verb.name()));
                 }
@@ -183,6 +239,24 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     let started = std::time::Instant::now();
     let schedule = workload::run(client.clone(), &scenario.workload, seed).await;
     let fault_errors = timeline.await.unwrap_or_default();
+    // Worker processes that crash faults started: how many really died (by SIGKILL).
+    let worker_crashes = {
+        let mut pool = crashers.lock().await;
+        let mut died = 0;
+        if let Some(pool) = pool.as_mut() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            for p in pool.iter_mut() {
+                // A crasher that got no operation yet is still alive: give it a moment.
+                while p.try_status().is_none() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if p.try_status().as_ref().and_then(crate::workers::signal_of) == Some(9) {
+                    died += 1;
+                }
+            }
+        }
+        died
+    };
     if !fault_errors.is_empty() {
         return Err(format!("faults could not be applied: {}", fault_errors.join("; ")).into());
     }
@@ -225,6 +299,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
         duration_s: started.elapsed().as_secs_f64(),
         schedule,
         unknown_before_reconciliation: unknown,
+        worker_crashes,
         verdict,
         dir: dir.clone(),
     };

@@ -109,7 +109,9 @@ impl Client {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let body: Value = resp.json().await.unwrap_or(Value::Null);
-                let kind = classify(status);
+                // A 2xx saying `processing` (or a pending refund) tells the client nothing yet.
+                let undecided = body["status"] == "processing" || (c.f == "refund" && body["status"] == "pending");
+                let kind = if undecided && classify(status) == Kind::Ok { Kind::Unknown } else { classify(status) };
                 self.recorder.record(kind, entry(summary(status, &body)));
                 (kind, body)
             }
