@@ -305,10 +305,14 @@ impl Bridge {
         let attempts = self.inner.config.max_retries + 1;
         let metrics = self.inner.metrics.op(op);
         let mut reason = String::new();
+        // Stays true while every attempt was answered "no stream": then nothing was stored.
+        let mut nothing_stored = true;
         for attempt in 0..attempts {
             if attempt > 0 {
                 self.inner.stats.publish_retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
+                // 250 ms, 500 ms, 1 s...: long enough to ride out a JetStream restart or a
+                // stream leader election, which answer "no stream" meanwhile.
+                tokio::time::sleep(Duration::from_millis(250 << (attempt - 1).min(4))).await;
             }
             let sent = self
                 .inner
@@ -322,6 +326,7 @@ impl Bridge {
                 }
                 Err(e) => {
                     metrics.publish_errors.inc();
+                    nothing_stored = false;
                     reason = e.to_string();
                     continue;
                 }
@@ -337,14 +342,21 @@ impl Bridge {
                     debug!(operation = op.name, message_id, stream = %ack.stream, seq = ack.sequence, "published");
                     return Ok(ack);
                 }
-                // Nothing stored anywhere: only definite if no earlier attempt might have been.
-                Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound && attempt == 0 => {
-                    return Err(CallError::NoStream { subject: subject.to_string() })
+                // Nothing stored by this attempt; retried, since JetStream may be starting.
+                Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound => reason = e.to_string(),
+                Ok(Err(e)) => {
+                    nothing_stored = false;
+                    reason = e.to_string();
                 }
-                Ok(Err(e)) => reason = e.to_string(),
-                Err(_) => reason = format!("no ack within {ack_timeout:?}"),
+                Err(_) => {
+                    nothing_stored = false;
+                    reason = format!("no ack within {ack_timeout:?}");
+                }
             }
             warn!(operation = op.name, message_id, attempt, %reason, "publish not acknowledged");
+        }
+        if nothing_stored {
+            return Err(CallError::NoStream { subject: subject.to_string() });
         }
         Err(CallError::PublishUnacknowledged {
             message_id: message_id.to_string(),

@@ -376,6 +376,35 @@ pub fn no_card_data(o: &Observations) -> Vec<Violation> {
     out
 }
 
+/// Failure codes that mean "the system could not do it", not "the payment was refused".
+pub const SYSTEM_FAILURES: [&str; 9] = [
+    "NATS_TIMEOUT",
+    "CONNECTOR_TIMEOUT",
+    "NO_WORKERS_AVAILABLE",
+    "CIRCUIT_OPEN",
+    "REQUEST_EXPIRED",
+    "NATS_TRANSPORT",
+    "INVALID_WORKER_REPLY",
+    "INVALID_REPLY",
+    "WORKER_ERROR",
+];
+
+/// Invariant 9 (for faults a correct system masks completely): no operation ended failed
+/// because of the system; only refusals (declines, amount rules) may fail.
+pub fn liveness(operations: &[OperationRecord]) -> Vec<Violation> {
+    operations
+        .iter()
+        .filter(|o| o.status == OpStatus::Failed && o.error_code.as_deref().is_some_and(|c| SYSTEM_FAILURES.contains(&c)))
+        .map(|o| {
+            v(
+                "liveness",
+                vec![o.payment_id.clone()],
+                format!("{} failed with {} ({})", o.message_id, o.error_code.as_deref().unwrap_or(""), o.error_message.as_deref().unwrap_or("")),
+            )
+        })
+        .collect()
+}
+
 /// Runs the named invariants.
 pub fn check(o: &Observations, invariants: &[String], targets: &BTreeMap<String, f64>, call_of: impl Fn(&str) -> Option<&'static str>) -> Verdict {
     let mut verdict = Verdict::default();
@@ -398,6 +427,7 @@ pub fn check(o: &Observations, invariants: &[String], targets: &BTreeMap<String,
     run("integrity", integrity(o));
     run("latency", lat);
     run("no_card_data", no_card_data(o));
+    run("liveness", liveness(&o.operations));
     verdict
 }
 

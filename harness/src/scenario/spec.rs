@@ -285,8 +285,9 @@ impl Verb {
     }
 }
 
-/// Invariants a scenario can check.
-pub const INVARIANTS: [&str; 8] = ["no_double_effect", "amounts", "zero_stuck", "agreement", "accounting", "integrity", "latency", "no_card_data"];
+/// Invariants a scenario can check. `liveness` (no operation failed because of the system) is
+/// for faults a correct system masks completely.
+pub const INVARIANTS: [&str; 9] = ["no_double_effect", "amounts", "zero_stuck", "agreement", "accounting", "integrity", "latency", "no_card_data", "liveness"];
 
 /// What must hold.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -300,9 +301,13 @@ pub struct Expect {
     pub p99_ms: BTreeMap<String, f64>,
 }
 
+/// The invariants checked when a scenario names none: every safety invariant (liveness is
+/// opted into by scenarios whose faults a correct system masks completely).
+pub const DEFAULT_INVARIANTS: [&str; 8] = ["no_double_effect", "amounts", "zero_stuck", "agreement", "accounting", "integrity", "latency", "no_card_data"];
+
 impl Default for Expect {
     fn default() -> Self {
-        Expect { invariants: INVARIANTS.iter().map(|s| s.to_string()).collect(), quiesce_s: 30.0, p99_ms: BTreeMap::new() }
+        Expect { invariants: DEFAULT_INVARIANTS.iter().map(|s| s.to_string()).collect(), quiesce_s: 30.0, p99_ms: BTreeMap::new() }
     }
 }
 
@@ -478,7 +483,7 @@ quiesce_s = 10
         assert_eq!(s.faults.len(), 2);
         assert_eq!(s.faults[0].verb.name(), "worker_latency");
         assert_eq!(s.faults[1].verb, Verb::WorkerCrash { point: CrashPoint::AfterProcessor });
-        assert_eq!(s.expect.invariants.len(), INVARIANTS.len());
+        assert_eq!(s.expect.invariants.len(), DEFAULT_INVARIANTS.len());
     }
 
     #[test]
