@@ -192,9 +192,21 @@ impl Bridge {
         h.insert(headers::ATTEMPT_ID, env.attempt_id.as_str());
         h.insert(headers::CORRELATION_ID, env.correlation_id.as_str());
         h.insert(headers::IDEMPOTENCY_KEY, env.idempotency_key.as_str());
+        let defects = self.inner.config.defects;
         if let Some(reply_to) = reply_to {
             h.insert(headers::NATS_MSG_ID, request.message_id());
-            h.insert(headers::REPLY_TO, reply_to);
+            let name = if defects.reserved_reply_header { "Nats-Reply-To" } else { headers::REPLY_TO };
+            h.insert(name, reply_to);
+        }
+        if defects.reuse_authorize_message_id && reply_to.is_some() {
+            let first_attempt = format!("{}_1", env.payment_id);
+            let id = crate::request::message_id(&env.merchant_id, &env.payment_id, crate::catalogue::ops::authorize(), &first_attempt);
+            h.insert(headers::NATS_MSG_ID, id);
+        }
+        if defects.card_data_in_headers {
+            if let Some(number) = env.router_data.pointer("/payment_method_data/card/card_number").and_then(|v| v.as_str()) {
+                h.insert("X-Card-Number", number);
+            }
         }
         h
     }

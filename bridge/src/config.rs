@@ -215,6 +215,9 @@ pub struct BridgeConfig {
     pub operations: BTreeMap<String, OperationOverride>,
     /// Circuit breakers.
     pub circuit_breaker: CircuitBreakerConfig,
+    /// Deliberate defects (harness only; not read from files or the environment).
+    #[serde(skip)]
+    pub defects: crate::defects::Defects,
 }
 
 impl Default for BridgeConfig {
@@ -231,6 +234,7 @@ impl Default for BridgeConfig {
             jetstream: JetStreamConfig::default(),
             operations: BTreeMap::new(),
             circuit_breaker: CircuitBreakerConfig::default(),
+            defects: crate::defects::Defects::default(),
         }
     }
 }

@@ -17,6 +17,7 @@
 //!   a failure.
 //! - [`metrics`]: a Prometheus text-format registry per bridge, shared with the application.
 //! - [`late`]: [`LateReply`], replies that arrive after their call gave up.
+//! - [`defects`]: deliberate defects, settable only from code, for proving the harness.
 //! - [`error`]: [`CallError`], outcome (not applied / unknown) and the seed error mapping.
 //! - `inbox` (private): the one multiplexed reply subscription and its routing table.
 //! - `stats` (private): counters behind [`StatsSnapshot`].
@@ -25,6 +26,7 @@ pub mod breaker;
 pub mod catalogue;
 pub mod client;
 pub mod config;
+pub mod defects;
 pub mod envelope;
 pub mod error;
 pub mod headers;

@@ -86,10 +86,14 @@ pub fn plan(config: &BridgeConfig) -> Vec<StreamPlan> {
     let mut plans: Vec<StreamPlan> = catalogue::durable_families()
         .map(|family: Family| StreamPlan {
             name: config.stream_name(family),
-            subjects: catalogue::family(family)
-                .filter(|op| op.pattern == Pattern::Durable)
-                .map(|op| subjects::wildcard(&config.subject_template(op)))
-                .collect(),
+            subjects: if config.defects.stream_captures_queries {
+                vec![format!("{}.{}.>", config.subjects.prefix, family)]
+            } else {
+                catalogue::family(family)
+                    .filter(|op| op.pattern == Pattern::Durable)
+                    .map(|op| subjects::wildcard(&config.subject_template(op)))
+                    .collect()
+            },
             max_age: config.retention(family),
             replicas: config.jetstream.replicas,
             duplicate_window: window,

@@ -37,6 +37,18 @@ impl Default for RecoveryConfig {
     }
 }
 
+/// Deliberate defects, so the harness can prove it catches them (settable only from code,
+/// never from a file; all off by default). Never turn one on outside the harness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayDefects {
+    /// A successful manual-capture authorization is recorded as charged.
+    pub manual_capture_as_charged: bool,
+    /// A late or duplicate reply is applied to an operation that is already final.
+    pub late_reply_overwrites_terminal: bool,
+    /// The recovery job fails stuck operations without asking the workers or the processor.
+    pub recovery_without_asking: bool,
+}
+
 /// The gateway's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -49,6 +61,9 @@ pub struct GatewayConfig {
     pub api_keys: HashMap<String, String>,
     /// Recovery job.
     pub recovery: RecoveryConfig,
+    /// Deliberate defects (harness only).
+    #[serde(skip)]
+    pub defects: GatewayDefects,
 }
 
 impl Default for GatewayConfig {
@@ -58,6 +73,7 @@ impl Default for GatewayConfig {
             database: PathBuf::from("gateway.db"),
             api_keys: HashMap::from([("dev_key_merchant_1".to_string(), "merchant_1".to_string())]),
             recovery: RecoveryConfig::default(),
+            defects: GatewayDefects::default(),
         }
     }
 }

@@ -54,8 +54,10 @@ pub async fn start(config: config::GatewayConfig, bridge: BridgeConfig) -> Resul
 
 /// Like [`start`] over an existing bridge.
 pub fn start_with(config: config::GatewayConfig, bridge: Bridge) -> Result<Running, StartError> {
-    let store = Arc::new(store::Store::open(&config.database)?);
-    let gateway = Arc::new(service::Gateway::new(store, bridge));
+    let store = Arc::new(store::Store::open(&config.database)?.with_defects(config.defects));
+    let mut gateway = service::Gateway::new(store, bridge);
+    gateway.recovery_without_asking = config.defects.recovery_without_asking;
+    let gateway = Arc::new(gateway);
     let counters = Arc::new(recovery::RecoveryCounters::default());
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(recovery::run(gateway.clone(), config.recovery.clone(), counters.clone()));

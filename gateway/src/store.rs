@@ -267,6 +267,8 @@ pub struct Store {
     /// This process's id on idempotency keys it claims: a key left in progress by another
     /// (dead) instance may be taken over, one held by this instance may not.
     instance: String,
+    /// Deliberate defects (harness only).
+    defects: crate::config::GatewayDefects,
 }
 
 const SCHEMA: &str = "
@@ -405,7 +407,13 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Store { conn: Mutex::new(conn), instance: uuid::Uuid::new_v4().simple().to_string() })
+        Ok(Store { conn: Mutex::new(conn), instance: uuid::Uuid::new_v4().simple().to_string(), defects: Default::default() })
+    }
+
+    /// The store with deliberate defects switched on (harness only).
+    pub fn with_defects(mut self, defects: crate::config::GatewayDefects) -> Self {
+        self.defects = defects;
+        self
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
@@ -564,7 +572,7 @@ impl Store {
                 .query_row("SELECT * FROM operations WHERE message_id = ?1", params![message_id], operation_row)
                 .optional()?
                 .ok_or_else(|| StoreError::NotFound(format!("operation {message_id}")))?;
-            if op.status.is_final() {
+            if op.status.is_final() && !self.defects.late_reply_overwrites_terminal {
                 return Ok(Applied::AlreadyFinal);
             }
             let now = now_ms();
@@ -587,8 +595,23 @@ impl Store {
             if op.operation == "refunds.execute" {
                 apply_refund(&tx, &op, resolution)?;
             } else {
-                let p = get_payment(&tx, &op.merchant_id, &op.payment_id)?;
+                let mut p = get_payment(&tx, &op.merchant_id, &op.payment_id)?;
+                if self.defects.late_reply_overwrites_terminal && op.status.is_final() {
+                    // The defect: the answer is applied again, whatever the payment's state now.
+                    match op.operation.as_str() {
+                        "payments.authorize" => p.status = AttemptStatus::Authorizing,
+                        "payments.capture" => p.status = AttemptStatus::CaptureInitiated,
+                        "payments.void" => p.status = AttemptStatus::VoidInitiated,
+                        _ => {}
+                    }
+                }
                 apply_payment(&tx, &p, &op, resolution)?;
+                if self.defects.manual_capture_as_charged && op.operation == "payments.authorize" && matches!(resolution, Resolution::Succeeded { .. }) {
+                    tx.execute(
+                        "UPDATE payments SET status = 'charged', amount_captured = amount WHERE merchant_id = ?1 AND payment_id = ?2",
+                        params![op.merchant_id, op.payment_id],
+                    )?;
+                }
             }
             tx.commit()?;
             Ok(Applied::Changed)

@@ -76,6 +76,15 @@ pub enum Action {
         /// Where `<scenario>-<seed>-<time>/` is written.
         #[arg(long, default_value = "reports")]
         report_dir: PathBuf,
+        /// Run against a deliberately broken variant (`harness defects` lists them).
+        #[arg(long)]
+        defect: Option<String>,
+    },
+    /// Lists the deliberate defects and the scenario that catches each.
+    Defects {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Measures the gateway attempt store: committed transitions per second on a real file.
     StoreBench {
@@ -133,7 +142,24 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Err(format!("{} invariant violation(s)", report.violations.len()).into())
             }
         }
-        Action::Run { scenarios, seed, report_dir } => {
+        Action::Defects { json } => {
+            for d in crate::defects::DEFECTS {
+                if json {
+                    println!("{}", serde_json::to_string(&d)?);
+                } else {
+                    println!("{:<32} {:<8} caught by {} ({}): {}", d.name, d.component, d.caught_by, d.invariant, d.description);
+                }
+            }
+            Ok(())
+        }
+        Action::Run { scenarios, seed, report_dir, defect } => {
+            let defect = match defect {
+                Some(name) => Some(crate::defects::find(&name).ok_or_else(|| {
+                    let known: Vec<_> = crate::defects::DEFECTS.iter().map(|d| d.name).collect();
+                    format!("unknown defect {name:?} (known: {})", known.join(", "))
+                })?),
+                None => None,
+            };
             // Check every file first: a typo in the fifth file should not wait for four runs.
             let parsed = scenarios
                 .iter()
@@ -141,7 +167,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 .collect::<Result<Vec<_>, _>>()?;
             let mut failed = Vec::new();
             for s in &parsed {
-                let options = crate::scenario::runner::RunOptions { seed, report_dir: report_dir.clone() };
+                let options = crate::scenario::runner::RunOptions { seed, report_dir: report_dir.clone(), defect };
                 let report = crate::scenario::runner::run(s, &options).await?;
                 let verdict = if report.verdict.passed() { "PASS" } else { "FAIL" };
                 println!("{verdict} {} (seed {}): {}", s.name, report.seed, report.dir.join("summary.md").display());

@@ -5,6 +5,7 @@
 //!   or a 3-node JetStream cluster; readiness by the monitoring endpoint; cleanup on drop.
 //! - [`env`]: a whole environment (NATS + processor + streams + workers + bridge).
 //! - [`cli`]: the `harness` command (`catalogue`, `up`, `demo`, `bench`).
+//! - [`defects`]: deliberately broken variants, and the scenario that catches each.
 //! - [`demo`]: a seeded payment workload with invariant checks and a report.
 //! - [`bench`]: bridge round trip beside a raw async-nats round trip.
 //! - [`scenario`]: scenario scripts, history, invariant checkers.
@@ -14,6 +15,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod defects;
 pub mod demo;
 pub mod env;
 pub mod nats;

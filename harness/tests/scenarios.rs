@@ -17,7 +17,7 @@ async fn passes(name: &str, factor: f64) -> harness::scenario::report::RunReport
     common::init_tracing();
     let s = scenario(name).scaled(factor);
     let dir = common::TempDir::new(&format!("scenario-{name}"));
-    let report = run(&s, &RunOptions { seed: None, report_dir: dir.path().to_path_buf() }).await.expect("the scenario runs");
+    let report = run(&s, &RunOptions { seed: None, report_dir: dir.path().to_path_buf(), defect: None }).await.expect("the scenario runs");
     let summary = std::fs::read_to_string(report.dir.join("summary.md")).unwrap();
     assert!(report.verdict.passed(), "{name} failed:\n{summary}");
     assert!(report.dir.join("history.jsonl").exists() && report.dir.join("verdict.json").exists());

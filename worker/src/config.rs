@@ -88,6 +88,15 @@ impl From<CrashPoint> for String {
     }
 }
 
+/// Deliberate defects, so the harness can prove it catches them. All off by default; never
+/// turn one on outside the harness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerDefects {
+    /// Ack each message as soon as it arrives, before the processor call and the reply.
+    pub ack_before_processor: bool,
+}
+
 /// How a worker runs.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -123,6 +132,8 @@ pub struct WorkerConfig {
     /// Chaos: die on the N-th durable delivery reaching `crash_at` (counted per process from 1;
     /// a redelivery counts again).
     pub crash_after: u64,
+    /// Deliberate defects (harness only).
+    pub defects: WorkerDefects,
 }
 
 impl Default for WorkerConfig {
@@ -141,6 +152,7 @@ impl Default for WorkerConfig {
             profile: Profile::default(),
             crash_at: None,
             crash_after: 1,
+            defects: WorkerDefects::default(),
         }
     }
 }

@@ -154,6 +154,7 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
                     .await
                     .map_err(|e| setup(format!("pull of {}", op.name))(e.to_string()))?;
                 let (client, handler, limit, bridge) = (client.clone(), handler.clone(), limit.clone(), bridge.clone());
+                let ack_first = config.defects.ack_before_processor;
                 tasks.spawn(async move {
                     let mut inner = JoinSet::new();
                     while let Some(next) = messages.next().await {
@@ -167,7 +168,7 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
                         let Ok(permit) = limit.clone().acquire_owned().await else { break };
                         let (client, handler, bridge) = (client.clone(), handler.clone(), bridge.clone());
                         inner.spawn(async move {
-                            on_durable(&client, &handler, &bridge, op, msg).await;
+                            on_durable(&client, &handler, &bridge, op, msg, ack_first).await;
                             drop(permit);
                         });
                         while inner.try_join_next().is_some() {}
@@ -237,7 +238,11 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
     Ok(WorkerHandle { client, tasks, faults })
 }
 
-async fn on_durable(client: &Client, handler: &Handler, bridge: &BridgeConfig, op: Operation, msg: jetstream::Message) {
+async fn on_durable(client: &Client, handler: &Handler, bridge: &BridgeConfig, op: Operation, msg: jetstream::Message, ack_first: bool) {
+    if ack_first {
+        // The defect: the message is gone from JetStream's view before anything was done.
+        let _ = msg.ack().await;
+    }
     let env = match serde_json::from_slice::<RequestEnvelope>(&msg.payload) {
         Ok(env) if env.operation == op.name => env,
         Ok(env) => return poison(client, bridge, op, &msg, &format!("operation {} on the subject of {}", env.operation, op.name)).await,

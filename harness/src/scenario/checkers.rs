@@ -47,6 +47,8 @@ pub struct Observations {
     pub rejected_replies: u64,
     /// Texts to scan for card data: (where, content) — logs, reports.
     pub texts: Vec<(String, String)>,
+    /// What the server said when asked whether a stream captures a query subject (`None`: none does).
+    pub stream_capture: Option<String>,
 }
 
 /// A broken invariant.
@@ -195,6 +197,22 @@ pub fn agreement(o: &Observations) -> Vec<Violation> {
             Some(a) => (a.authorized, a.captured, a.refunded, a.voided),
             None => (0, 0, 0, false),
         };
+        // The status must say what the amounts say.
+        use gateway::model::AttemptStatus as S;
+        let consistent = match p.status {
+            S::Authorized => p.amount_captured == 0,
+            S::PartialCharged => p.amount_captured > 0 && p.amount_captured < p.amount_authorized,
+            S::Charged => p.amount_captured > 0 && p.amount_captured >= p.amount_authorized,
+            S::Voided => p.amount_captured == 0,
+            _ => true,
+        };
+        if !consistent {
+            out.push(v(
+                "agreement",
+                vec![p.payment_id.clone()],
+                format!("status {} contradicts its amounts (authorized {}, captured {})", p.status.as_str(), p.amount_authorized, p.amount_captured),
+            ));
+        }
         let ours = (p.amount_authorized, p.amount_captured, p.amount_refunded, p.status == gateway::model::AttemptStatus::Voided);
         if ours != (authorized, captured, refunded, voided) {
             out.push(v(
@@ -276,6 +294,19 @@ pub fn integrity(o: &Observations) -> Vec<Violation> {
         if got_merchant.is_some() && got_merchant != inv.merchant_id.as_deref() {
             out.push(v("integrity", vec![inv.payment_id.clone().unwrap_or_default()], format!("{} of merchant {:?} answered for merchant {:?}", inv.f, inv.merchant_id, got_merchant)));
         }
+    }
+    // The protocol on the wire: no custom header with the reserved `Nats-` prefix.
+    let misused: BTreeSet<&str> = o
+        .audit
+        .iter()
+        .flat_map(|m| m.headers.iter().map(|(name, _)| name.as_str()))
+        .filter(|name| nats_bridge::headers::misuses_reserved_prefix(name))
+        .collect();
+    for name in misused {
+        out.push(v("integrity", vec![], format!("messages carry the custom header {name}, which uses the reserved Nats- prefix")));
+    }
+    if let Some(capture) = &o.stream_capture {
+        out.push(v("integrity", vec![], format!("a stream captures a query subject: {capture}")));
     }
     if o.rejected_replies > 0 {
         out.push(v("integrity", vec![], format!("the bridges refused {} replies that did not match their request", o.rejected_replies)));

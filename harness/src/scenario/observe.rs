@@ -62,5 +62,6 @@ pub async fn collect(env: &Environment, gateway: &GatewayHandle, history: Vec<Ev
         audit: audit(env).await,
         rejected_replies: rejected,
         texts,
+        stream_capture: env.bridge().verify_streams().await.err().map(|e| e.to_string()),
     }
 }

@@ -34,8 +34,6 @@ pub mod timing {
     pub const REQUEST_MS: u64 = 5_000;
     /// Bridge: queries.
     pub const QUERY_MS: u64 = 2_000;
-    /// Workers: ack wait before redelivery.
-    pub const ACK_WAIT_MS: u64 = 2_000;
     /// Gateway: recovery pass interval.
     pub const RECOVERY_INTERVAL_MS: u64 = 1_000;
     /// Gateway: an operation unresolved this long is reconciled (longer than a call).
@@ -53,6 +51,8 @@ pub struct RunOptions {
     pub seed: Option<u64>,
     /// Where `<scenario>-<seed>-<time>/` goes.
     pub report_dir: PathBuf,
+    /// Run against a deliberately broken variant (see `harness defects`).
+    pub defect: Option<&'static crate::defects::Defect>,
 }
 
 fn bridge_config(s: &Scenario) -> BridgeConfig {
@@ -67,17 +67,28 @@ fn bridge_config(s: &Scenario) -> BridgeConfig {
     b
 }
 
-/// Applies one fault verb (`undo` = false) or undoes it (`undo` = true).
-async fn apply(
-    verb: &Verb,
-    undo: bool,
-    env: &Arc<Mutex<Environment>>,
-    recorder: &Recorder,
-    client: &Client,
+/// What the fault verbs act on.
+struct FaultContext {
+    /// The environment (NATS, workers, processor).
+    env: Arc<Mutex<Environment>>,
+    /// The history, for client-side faults.
+    recorder: Recorder,
+    /// The HTTP client, for client-side faults.
+    client: Client,
+    /// In-process workers to restart after a kill.
     workers: usize,
-    crashers: &Mutex<Option<WorkerPool>>,
-) -> Result<(), String> {
-    let mut env = env.lock().await;
+    /// Worker processes started by crash faults.
+    crashers: Arc<Mutex<Option<WorkerPool>>>,
+    /// Defects the crash workers inherit.
+    defects: mock_worker::config::WorkerDefects,
+    /// Ack wait of the crash workers.
+    ack_wait_ms: u64,
+}
+
+/// Applies one fault verb (`undo` = false) or undoes it (`undo` = true).
+async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String> {
+    let (recorder, client, workers, crashers, defects, ack_wait_ms) = (&cx.recorder, &cx.client, cx.workers, &cx.crashers, cx.defects, cx.ack_wait_ms);
+    let mut env = cx.env.lock().await;
     match (verb, undo) {
         (Verb::ProcessorDown, flag) => {
             for w in env.workers() {
@@ -145,10 +156,11 @@ async fn apply(
                 CrashPoint::AfterReply => mock_worker::config::CrashPoint::AfterReply,
             };
             let config = WorkerConfig {
-                ack_wait_ms: timing::ACK_WAIT_MS,
+                ack_wait_ms,
                 max_request_age_ms: timing::MAX_REQUEST_AGE_MS,
                 crash_at: Some(point),
                 crash_after: 1,
+                defects,
                 ..Default::default()
             };
             let spec = WorkerSpec::new(env.nats().client_url(), env.processor_url(), config).env("NATS_BRIDGE_REPLICAS", env.nats().replicas().to_string());
@@ -179,19 +191,9 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     println!("seed: {seed}");
     info!(scenario = %scenario.name, seed, "scenario starting");
     let t = &scenario.topology;
-    let worker = WorkerConfig { ack_wait_ms: timing::ACK_WAIT_MS, max_request_age_ms: timing::MAX_REQUEST_AGE_MS, ..Default::default() };
-    let env = Environment::start(EnvironmentConfig {
-        nats: if t.nodes == 3 { EnvConfig::cluster() } else { EnvConfig::single() },
-        bridge: bridge_config(scenario),
-        worker,
-        workers: t.workers,
-        processor: ProcessorConfig { idempotency: t.processor_idempotency, ..Default::default() },
-    })
-    .await?;
-    let dir = options.report_dir.join(format!("{}-{seed}-{}", scenario.name, unix_time()));
-    std::fs::create_dir_all(&dir)?;
-    let gateway_config = GatewayConfig {
-        database: dir.join("gateway.db"),
+    let mut worker = WorkerConfig { ack_wait_ms: t.worker_ack_wait_ms, max_request_age_ms: timing::MAX_REQUEST_AGE_MS, ..Default::default() };
+    let mut bridge = bridge_config(scenario);
+    let mut gateway_config = GatewayConfig {
         api_keys: [("scenario_key".to_string(), "merchant_s".to_string())].into(),
         recovery: gateway::config::RecoveryConfig {
             interval_ms: timing::RECOVERY_INTERVAL_MS,
@@ -200,6 +202,22 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
         },
         ..Default::default()
     };
+    if let Some(defect) = options.defect {
+        println!("defect: {} ({})", defect.name, defect.description);
+        crate::defects::apply(defect, &mut bridge, &mut gateway_config, &mut worker);
+    }
+    let crash_defects = worker.defects;
+    let env = Environment::start(EnvironmentConfig {
+        nats: if t.nodes == 3 { EnvConfig::cluster() } else { EnvConfig::single() },
+        bridge,
+        worker,
+        workers: t.workers,
+        processor: ProcessorConfig { idempotency: t.processor_idempotency, ..Default::default() },
+    })
+    .await?;
+    let dir = options.report_dir.join(format!("{}-{seed}-{}", scenario.name, unix_time()));
+    std::fs::create_dir_all(&dir)?;
+    gateway_config.database = dir.join("gateway.db");
     let gateway = env.start_gateway(gateway_config).await?;
     let nats = format!("{} x{}", env.nats().backend(), env.nats().node_count());
     let env = Arc::new(Mutex::new(env));
@@ -210,8 +228,17 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     let crashers: Arc<Mutex<Option<WorkerPool>>> = Arc::default();
     // The fault timeline, on the same clock as the history.
     let timeline = {
-        let (faults, env, recorder, workers, client) = (scenario.faults.clone(), env.clone(), recorder.clone(), t.workers, client.clone());
-        let crashers = crashers.clone();
+        let faults = scenario.faults.clone();
+        let recorder = recorder.clone();
+        let cx = FaultContext {
+            env: env.clone(),
+            recorder: recorder.clone(),
+            client: client.clone(),
+            workers: t.workers,
+            crashers: crashers.clone(),
+            defects: crash_defects,
+            ack_wait_ms: t.worker_ack_wait_ms,
+        };
         tokio::spawn(async move {
             let start = tokio::time::Instant::from_std(recorder.start());
             let mut steps: Vec<(f64, usize, bool)> = Vec::new();
@@ -228,7 +255,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
                 let verb = &faults[i].verb;
                 let phase = if undo { "stop" } else { "start" };
                 recorder.fault(verb.name(), phase, serde_json::to_value(faults[i].at_s).unwrap_or_default());
-                if let Err(e) = apply(verb, undo, &env, &recorder, &client, workers, &crashers).await {
+                if let Err(e) = apply(verb, undo, &cx).await {
                     warn!(verb = verb.name(), error = %e, "fault failed");
                     errors.push(format!("{} ({phase}): {e}", verb.name()));
                 }

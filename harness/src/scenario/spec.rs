@@ -104,11 +104,22 @@ pub struct Topology {
     pub sync_interval: SyncInterval,
     /// Whether the processor honours Idempotency-Key.
     pub processor_idempotency: bool,
+    /// How long JetStream waits for a worker's ack before redelivering (ms). Longer than the
+    /// gateway's recovery threshold (8 s in scenario runs) makes recovery, not redelivery,
+    /// resolve an operation whose reply was lost.
+    pub worker_ack_wait_ms: u64,
 }
 
 impl Default for Topology {
     fn default() -> Self {
-        Topology { nodes: 1, workers: 2, subject_scheme: Scheme::Shared, sync_interval: SyncInterval::Default, processor_idempotency: true }
+        Topology {
+            nodes: 1,
+            workers: 2,
+            subject_scheme: Scheme::Shared,
+            sync_interval: SyncInterval::Default,
+            processor_idempotency: true,
+            worker_ack_wait_ms: 2_000,
+        }
     }
 }
 

@@ -1,0 +1,103 @@
+//! The defect catalogue: deliberately broken variants of the bridge, gateway and worker, each
+//! with the scenario and invariant expected to catch it. A harness is only as good as the bugs
+//! it finds; `harness run --defect NAME` runs any scenario against one of them.
+
+use gateway::config::GatewayConfig;
+use mock_worker::WorkerConfig;
+use nats_bridge::BridgeConfig;
+use serde::Serialize;
+
+/// One deliberate defect.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Defect {
+    /// Name used on the command line.
+    pub name: &'static str,
+    /// Which part is broken.
+    pub component: &'static str,
+    /// What is wrong.
+    pub description: &'static str,
+    /// A scenario that catches it.
+    pub caught_by: &'static str,
+    /// The invariant that fails there.
+    pub invariant: &'static str,
+}
+
+/// Every defect.
+pub const DEFECTS: [Defect; 8] = [
+    Defect {
+        name: "reuse-authorize-message-id",
+        component: "bridge",
+        description: "capture, void and refund reuse the authorization's message id: JetStream drops them as duplicates",
+        caught_by: "happy-path",
+        invariant: "liveness",
+    },
+    Defect {
+        name: "reserved-reply-header",
+        component: "bridge",
+        description: "the reply inbox travels in a custom Nats-Reply-To header (reserved prefix); workers find no reply address",
+        caught_by: "happy-path",
+        invariant: "integrity",
+    },
+    Defect {
+        name: "stream-captures-queries",
+        component: "bridge",
+        description: "streams take whole families (hyperswitch.payments.>): a sync request gets JetStream's publish ack as its reply",
+        caught_by: "happy-path",
+        invariant: "integrity",
+    },
+    Defect {
+        name: "card-data-in-headers",
+        component: "bridge",
+        description: "the card number is copied into a message header",
+        caught_by: "happy-path",
+        invariant: "no_card_data",
+    },
+    Defect {
+        name: "manual-capture-as-charged",
+        component: "gateway",
+        description: "a manual-capture authorization is reported as charged",
+        caught_by: "happy-path",
+        invariant: "agreement",
+    },
+    Defect {
+        name: "late-reply-overwrites-terminal",
+        component: "gateway",
+        description: "a late or duplicate reply is applied to an operation already final",
+        caught_by: "worker-crash-after-reply",
+        invariant: "agreement",
+    },
+    Defect {
+        name: "recovery-without-asking",
+        component: "gateway",
+        description: "the recovery job fails stuck operations without asking the workers or the processor",
+        caught_by: "recovery-lost-reply",
+        invariant: "agreement",
+    },
+    Defect {
+        name: "ack-before-processor",
+        component: "worker",
+        description: "the worker acks a message when it arrives, before the processor call and the reply",
+        caught_by: "worker-crash-before-processor",
+        invariant: "liveness",
+    },
+];
+
+/// The defect with this name.
+pub fn find(name: &str) -> Option<&'static Defect> {
+    DEFECTS.iter().find(|d| d.name == name)
+}
+
+/// Switches the defect on in the configurations of a run.
+pub fn apply(defect: &Defect, bridge: &mut BridgeConfig, gateway: &mut GatewayConfig, worker: &mut WorkerConfig) {
+    match defect.name {
+        "reuse-authorize-message-id" => bridge.defects.reuse_authorize_message_id = true,
+        "reserved-reply-header" => bridge.defects.reserved_reply_header = true,
+        "stream-captures-queries" => bridge.defects.stream_captures_queries = true,
+        "card-data-in-headers" => bridge.defects.card_data_in_headers = true,
+        "manual-capture-as-charged" => gateway.defects.manual_capture_as_charged = true,
+        "late-reply-overwrites-terminal" => gateway.defects.late_reply_overwrites_terminal = true,
+        "recovery-without-asking" => gateway.defects.recovery_without_asking = true,
+        "ack-before-processor" => worker.defects.ack_before_processor = true,
+        other => unreachable!("defect {other} has no switch"),
+    }
+}
