@@ -16,9 +16,8 @@ use super::checkers;
 use super::history::{Kind, Recorder};
 use super::observe;
 use super::report::{self, RunReport};
-use super::spec::{CrashPoint, LatencySpec, Scenario, Scheme, Verb};
+use super::spec::{CrashPoint, Scenario, Scheme, Verb};
 use crate::workers::{WorkerPool, WorkerSpec};
-use mock_worker::Latency;
 use super::workload::{self, Client};
 use crate::cli::CliError;
 use crate::env::{Environment, EnvironmentConfig};
@@ -137,11 +136,7 @@ async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String>
             Ok(())
         }
         (Verb::WorkerLatency { latency }, undo) => {
-            let value = (!undo).then_some(match latency {
-                LatencySpec::Fixed { ms } => Latency::Fixed { ms: *ms },
-                LatencySpec::Normal { mean_ms, std_dev_ms } => Latency::Normal { mean_ms: *mean_ms, std_dev_ms: *std_dev_ms },
-                LatencySpec::LongTail { median_ms, p99_ms } => Latency::LongTail { median_ms: *median_ms, p99_ms: *p99_ms },
-            });
+            let value = (!undo).then(|| latency.clone());
             for w in env.workers() {
                 *w.faults().latency.lock().unwrap_or_else(|p| p.into_inner()) = value.clone();
             }

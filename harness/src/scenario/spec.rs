@@ -171,30 +171,9 @@ pub struct FaultSpec {
     pub verb: Verb,
 }
 
-/// Worker latency distribution for `worker_latency`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum LatencySpec {
-    /// Always `ms`.
-    Fixed {
-        /// ms.
-        ms: u64,
-    },
-    /// Normal.
-    Normal {
-        /// Mean ms.
-        mean_ms: f64,
-        /// Standard deviation ms.
-        std_dev_ms: f64,
-    },
-    /// Log-normal long tail.
-    LongTail {
-        /// Median ms.
-        median_ms: f64,
-        /// p99 ms.
-        p99_ms: f64,
-    },
-}
+/// Worker latency distribution for `worker_latency`: the worker profile's own type
+/// (`kind = "fixed" | "normal" | "long_tail"`).
+pub use mock_worker::Latency as LatencySpec;
 
 /// Where a worker dies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
