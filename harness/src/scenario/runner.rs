@@ -186,6 +186,10 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     println!("seed: {seed}");
     info!(scenario = %scenario.name, seed, "scenario starting");
     let t = &scenario.topology;
+    if t.sync_interval == super::spec::SyncInterval::Always {
+        // Never ignore a setting the scenario asked for.
+        return Err("topology.sync_interval = \"always\" is not supported by this runner yet".into());
+    }
     let mut worker = WorkerConfig { ack_wait_ms: t.worker_ack_wait_ms, max_request_age_ms: timing::MAX_REQUEST_AGE_MS, ..Default::default() };
     let mut bridge = bridge_config(scenario);
     let mut gateway_config = GatewayConfig {
