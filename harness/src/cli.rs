@@ -247,20 +247,10 @@ pub fn catalogue_text(config: &BridgeConfig, json: bool) -> String {
     out
 }
 
-/// The `mock-worker` binary: beside this executable (cargo puts both in one target dir).
-fn worker_binary() -> Result<PathBuf, CliError> {
-    let exe = std::env::current_exe()?;
-    let candidate = exe.with_file_name("mock-worker");
-    if candidate.exists() {
-        return Ok(candidate);
-    }
-    Err(format!("mock-worker binary not found at {} (build it with `cargo build -p mock-worker`)", candidate.display()).into())
-}
-
 async fn up(cluster: bool, workers: usize, config: Option<&Path>, gateway_addr: &str) -> Result<(), CliError> {
     let (worker_config, bridge_config) = mock_worker::WorkerConfig::load(config)?;
     let (mut gateway_config, _) = gateway::config::GatewayConfig::load(config)?;
-    let binary = if workers > 0 { Some(worker_binary()?) } else { None };
+    let binary = if workers > 0 { Some(crate::workers::worker_binary()?) } else { None };
     let env = Environment::start(EnvironmentConfig {
         nats: if cluster { EnvConfig::cluster() } else { EnvConfig::single() },
         bridge: bridge_config,
