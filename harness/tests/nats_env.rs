@@ -4,37 +4,14 @@
 //! The Docker tests force the Docker backend: they fail (never skip) when no
 //! engine answers or the image cannot be built.
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use harness::nats::{Backend, BackendChoice, EnvConfig, NatsEnv, ENV_LABEL};
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "harness=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-async fn start(config: EnvConfig) -> NatsEnv {
-    init_tracing();
-    let nodes = config.nodes;
-    let started = Instant::now();
-    let env = NatsEnv::start(config)
-        .await
-        .unwrap_or_else(|e| panic!("starting {nodes} node(s) failed: {e}"));
-    eprintln!(
-        "{} backend: {} node(s) ready in {:.2?}",
-        env.backend(),
-        env.node_count(),
-        started.elapsed()
-    );
-    env
-}
 
 /// Creates a stream with the environment's replica count, publishes one
 /// message, reads it back by sequence and returns the stream info.
@@ -158,7 +135,7 @@ fn assert_process_teardown(env: NatsEnv) {
 
 #[tokio::test]
 async fn docker_single_node() {
-    let env = start(
+    let env = common::start_nats(
         EnvConfig::single()
             .with_backend(BackendChoice::Docker)
             .with_server_name("solo"),
@@ -190,7 +167,7 @@ async fn docker_single_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_cluster() {
-    let env = start(EnvConfig::cluster().with_backend(BackendChoice::Docker)).await;
+    let env = common::start_nats(EnvConfig::cluster().with_backend(BackendChoice::Docker)).await;
     assert_eq!(env.backend(), Backend::Docker);
     assert_eq!((env.node_count(), env.replicas()), (3, 3));
     assert_eq!(env.client_urls().len(), 3);
@@ -209,7 +186,7 @@ async fn docker_cluster() {
 
 #[tokio::test]
 async fn process_single_node() {
-    let env = start(EnvConfig::single().with_backend(BackendChoice::Process)).await;
+    let env = common::start_nats(EnvConfig::single().with_backend(BackendChoice::Process)).await;
     assert_eq!(env.backend(), Backend::Process);
     assert_eq!((env.node_count(), env.replicas()), (1, 1));
     assert_eq!(env.nodes()[0].name(), "n1");
@@ -222,7 +199,7 @@ async fn process_single_node() {
 
 #[tokio::test]
 async fn process_cluster() {
-    let env = start(EnvConfig::cluster().with_backend(BackendChoice::Process)).await;
+    let env = common::start_nats(EnvConfig::cluster().with_backend(BackendChoice::Process)).await;
     assert_eq!(env.backend(), Backend::Process);
     assert_eq!((env.node_count(), env.replicas()), (3, 3));
     assert!(env.cluster_name().is_some());
@@ -264,7 +241,7 @@ async fn fallback_child() {
     if std::env::var_os(FALLBACK_CHILD).is_none() {
         return;
     }
-    init_tracing();
+    common::init_tracing();
     let error = NatsEnv::start(EnvConfig::single().with_backend(BackendChoice::Docker))
         .await
         .expect_err("docker must be reported unavailable");
@@ -273,7 +250,7 @@ async fn fallback_child() {
         "{error}"
     );
 
-    let env = start(EnvConfig::single()).await;
+    let env = common::start_nats(EnvConfig::single()).await;
     assert_eq!(env.backend(), Backend::Process);
     stream_round_trip(&env, "FALLBACK_R1").await;
 }
@@ -286,7 +263,7 @@ fn docker_drop_outside_runtime() {
         .enable_all()
         .build()
         .unwrap();
-    let env = runtime.block_on(start(
+    let env = runtime.block_on(common::start_nats(
         EnvConfig::single().with_backend(BackendChoice::Docker),
     ));
     drop(runtime);

@@ -6,6 +6,8 @@
 //! The Docker tests force the Docker backend: they fail (never skip) when no
 //! engine answers.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,30 +18,6 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use harness::nats::{BackendChoice, EnvConfig, NatsEnv, NatsError, NatsNode, NodeState};
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "harness=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-async fn start(config: EnvConfig) -> NatsEnv {
-    init_tracing();
-    let started = Instant::now();
-    let env = NatsEnv::start(config)
-        .await
-        .unwrap_or_else(|e| panic!("starting nats failed: {e}"));
-    eprintln!(
-        "{} backend: {} node(s) ready in {:.2?}",
-        env.backend(),
-        env.node_count(),
-        started.elapsed()
-    );
-    env
-}
 
 /// A client that retries reconnecting every 100ms (the default backs off
 /// up to 4s, which only makes the tests slower).
@@ -263,13 +241,13 @@ async fn restart_keeps_store(env: &NatsEnv) {
 
 #[tokio::test]
 async fn docker_single_restart_keeps_store() {
-    let env = start(EnvConfig::single().with_backend(BackendChoice::Docker)).await;
+    let env = common::start_nats(EnvConfig::single().with_backend(BackendChoice::Docker)).await;
     restart_keeps_store(&env).await;
 }
 
 #[tokio::test]
 async fn process_single_restart_keeps_store() {
-    let env = start(EnvConfig::single().with_backend(BackendChoice::Process)).await;
+    let env = common::start_nats(EnvConfig::single().with_backend(BackendChoice::Process)).await;
     let pid = env.nodes()[0].pid().expect("pid");
     restart_keeps_store(&env).await;
     assert_ne!(env.nodes()[0].pid(), Some(pid), "a new process");
@@ -326,7 +304,7 @@ async fn process_single_restart_keeps_store() {
 /// on its store; the R3 stream keeps its messages and accepts publishes.
 #[tokio::test]
 async fn process_cluster_restart_all() {
-    let env = start(EnvConfig::cluster().with_backend(BackendChoice::Process)).await;
+    let env = common::start_nats(EnvConfig::cluster().with_backend(BackendChoice::Process)).await;
     let js = jetstream::new(fast_client(&env).await);
     create_stream(&js, "ORDERS", 3).await;
     publish_each_acked(&js, "before", 50).await;
@@ -346,7 +324,7 @@ async fn process_cluster_restart_all() {
 
 #[tokio::test]
 async fn docker_single_kill_then_start() {
-    let env = start(EnvConfig::single().with_backend(BackendChoice::Docker)).await;
+    let env = common::start_nats(EnvConfig::single().with_backend(BackendChoice::Docker)).await;
     let js = jetstream::new(env.connect().await.expect("connect"));
     create_stream(&js, "KILLED", 1).await;
     publish_batch(&js, "killed.before", 100).await;
@@ -389,7 +367,7 @@ async fn docker_single_kill_then_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_cluster_faults() {
     let test_started = Instant::now();
-    let env = Arc::new(start(EnvConfig::cluster().with_backend(BackendChoice::Docker)).await);
+    let env = Arc::new(common::start_nats(EnvConfig::cluster().with_backend(BackendChoice::Docker)).await);
     let client = fast_client(&env).await;
     let js = jetstream::new(client.clone());
     let mut orders = create_stream(&js, "ORDERS", 3).await;

@@ -35,6 +35,18 @@ pub async fn start(nats: EnvConfig, workers: usize, worker: WorkerConfig) -> Env
     .expect("environment starts")
 }
 
+/// Starts NATS alone (no processor, workers or gateway), logging how long it took.
+pub async fn start_nats(config: EnvConfig) -> harness::nats::NatsEnv {
+    init_tracing();
+    let nodes = config.nodes;
+    let started = Instant::now();
+    let env = harness::nats::NatsEnv::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("starting {nodes} nats node(s) failed: {e}"));
+    eprintln!("{} backend: {} node(s) ready in {:.2?}", env.backend(), env.node_count(), started.elapsed());
+    env
+}
+
 /// Router data with an amount, a currency and a test card (body only).
 pub fn money(amount: i64) -> Value {
     json!({
