@@ -114,6 +114,47 @@ pub fn plan(config: &BridgeConfig) -> Vec<StreamPlan> {
 /// How long a new replicated stream may take to elect its leader.
 const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long stream creation is retried while the cluster is still settling.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Whether a stream creation error is the cluster settling (a peer not yet known or
+/// briefly seen as offline, no meta leader, a request lost to an election) rather than a
+/// refusal of the configuration: worth another try.
+fn transient(error: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind as Kind;
+    use jetstream::ErrorCode;
+    match error.kind() {
+        Kind::TimedOut | Kind::JetStreamUnavailable => true,
+        Kind::JetStream(e) => matches!(
+            e.error_code(),
+            ErrorCode::CLUSTER_NO_PEERS | ErrorCode::CLUSTER_NOT_AVAILABLE | ErrorCode::INSUFFICIENT_RESOURCES
+        ),
+        _ => false,
+    }
+}
+
+/// Creates or updates one stream, retrying with backoff while the cluster settles (a freshly
+/// started or just-healed cluster refuses replicated streams with "no suitable peers for
+/// placement" for a moment); a refusal of the configuration fails at once.
+async fn create_or_update(
+    js: &jetstream::Context,
+    p: &StreamPlan,
+) -> Result<stream::Info, jetstream::context::CreateStreamError> {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match js.create_or_update_stream(p.to_config()).await {
+            Ok(info) => return Ok(info),
+            Err(e) if transient(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::debug!(stream = %p.name, error = %e, "stream not placed yet, retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Creates or updates every planned stream, and returns once each has a leader (a replicated
 /// stream answers publishes with "no responders" until then).
 pub async fn ensure(js: &jetstream::Context, config: &BridgeConfig) -> Result<Vec<StreamPlan>, StreamError> {
@@ -123,10 +164,7 @@ pub async fn ensure(js: &jetstream::Context, config: &BridgeConfig) -> Result<Ve
             name: p.name.clone(),
             reason,
         };
-        let mut info = js
-            .create_or_update_stream(p.to_config())
-            .await
-            .map_err(|e| provision(e.to_string()))?;
+        let mut info = create_or_update(js, p).await.map_err(|e| provision(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + LEADER_TIMEOUT;
         while p.replicas > 1 && info.cluster.as_ref().and_then(|c| c.leader.as_ref()).is_none() {
             if tokio::time::Instant::now() >= deadline {
