@@ -3,6 +3,7 @@
 //! Map of the crate:
 //! - [`nats`]: NATS servers in containers (image built locally) or local processes; one node
 //!   or a 3-node JetStream cluster; readiness by the monitoring endpoint; cleanup on drop.
+//! - [`netfault`]: a TCP proxy between a client and NATS injecting latency, jitter and cuts.
 //! - [`env`]: a whole environment (NATS + processor + streams + workers + bridge).
 //! - [`cli`]: the `harness` command (`catalogue`, `up`, `demo`, `bench`).
 //! - [`defects`]: deliberately broken variants, and the scenario that catches each.
@@ -19,6 +20,7 @@ pub mod defects;
 pub mod demo;
 pub mod env;
 pub mod nats;
+pub mod netfault;
 pub mod scenario;
 pub mod stats;
 pub mod store_bench;
