@@ -1,18 +1,21 @@
 //! The Docker backend: one container per node, through testcontainers.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::join_all;
-use testcontainers::bollard::models::{NetworkConnectRequest, NetworkDisconnectRequest};
+use testcontainers::bollard::models::{
+    NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
+};
 use testcontainers::bollard::query_parameters::{
     KillContainerOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use testcontainers::core::IntoContainerPort;
 use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use testcontainers::{ContainerAsync, CopyTargetOptions, GenericImage, ImageExt};
 
 use super::image::ImageRef;
-use super::{ports, NatsError, NodeSpec};
+use super::{ports, reaper, server_config, NatsError, NodeSpec};
 
 /// Client port inside the container.
 pub const CLIENT_PORT: u16 = 4222;
@@ -23,8 +26,11 @@ pub const MONITORING_PORT: u16 = 8222;
 /// JetStream store directory inside the container.
 pub const STORE_DIR: &str = "/data";
 
-/// Label put on every container (value: the environment id), so leftovers of
-/// killed runs can be found with `docker ps -a --filter label=hs.nats.env`.
+/// Label put on every container and network (value: the environment id),
+/// so leftovers of killed runs can be found with
+/// `docker ps -a --filter label=hs.nats.env`. Next to it, the owner labels
+/// of [`reaper`](super::reaper) let later runs remove leftovers whose
+/// process is gone.
 pub const ENV_LABEL: &str = "hs.nats.env";
 
 /// Whether a Docker engine is usable: the `docker` cli is installed (it
@@ -201,7 +207,7 @@ pub(crate) struct ContainerFacts {
 }
 
 /// The Docker engine client testcontainers uses.
-async fn engine() -> Result<testcontainers::bollard::Docker, NatsError> {
+pub(crate) async fn engine() -> Result<testcontainers::bollard::Docker, NatsError> {
     testcontainers::core::client::docker_client_instance()
         .await
         .map_err(|e| NatsError::DockerUnavailable(format!("cannot create a docker client: {e}")))
@@ -216,17 +222,24 @@ fn container_name(env_id: &str, server_name: &str) -> String {
     format!("hs-nats-{env_id}-{server_name}")
 }
 
-/// Starts one container per node on the environment's own network, with
-/// the client and monitoring ports published on 127.0.0.1 at the host ports
-/// in `specs`. Readiness is not awaited here.
+/// Starts one container per node on the environment's own network (created
+/// here, labelled like the containers; the caller removes it, see
+/// [`remove_network_blocking`]), with the client and monitoring ports
+/// published on 127.0.0.1 at the host ports in `specs`. With
+/// `server_config`, that text is copied into every container at
+/// [`server_config::CONTAINER_PATH`] before it starts and passed with `-c`;
+/// it stays there across stop and start. Readiness is not awaited here.
 pub(crate) async fn start(
     env_id: &str,
     image: &ImageRef,
     specs: &[NodeSpec],
     cluster_name: Option<&str>,
+    server_config: Option<&str>,
     startup_timeout: Duration,
 ) -> Result<Vec<DockerNode>, NatsError> {
     let network = network_name(env_id);
+    let owner_labels = reaper::owner_labels();
+    create_network(&network, env_id, &owner_labels).await?;
 
     let starts = specs.iter().map(|spec| {
         let name = container_name(env_id, &spec.name);
@@ -257,6 +270,9 @@ pub(crate) async fn start(
         ]
         .map(String::from)
         .to_vec();
+        if server_config.is_some() {
+            cmd.extend(["-c", server_config::CONTAINER_PATH].map(String::from));
+        }
         if let Some(cluster_name) = cluster_name {
             cmd.extend(
                 [
@@ -271,11 +287,12 @@ pub(crate) async fn start(
                 .map(String::from),
             );
         }
-        let request = GenericImage::new(image.name.as_str(), image.tag.as_str())
+        let mut request = GenericImage::new(image.name.as_str(), image.tag.as_str())
             .with_cmd(cmd)
             .with_container_name(name.clone())
             .with_network(network.clone())
             .with_label(ENV_LABEL, env_id)
+            .with_labels(owner_labels.iter().cloned())
             .with_label("hs.nats.server", spec.name.clone())
             .with_mapped_port(spec.client_port, CLIENT_PORT.tcp())
             .with_mapped_port(spec.monitoring_port, MONITORING_PORT.tcp())
@@ -288,6 +305,12 @@ pub(crate) async fn start(
                 }
             })
             .with_startup_timeout(startup_timeout);
+        if let Some(text) = server_config {
+            request = request.with_copy_to(
+                CopyTargetOptions::new(server_config::CONTAINER_PATH).with_mode(0o644),
+                text.as_bytes().to_vec(),
+            );
+        }
         async move {
             match request.start().await {
                 Ok(container) => Ok(DockerNode {
@@ -319,9 +342,8 @@ pub(crate) async fn start(
     }
     match first_error {
         Some(e) => {
-            // Dropping the started containers removes them and, with the
-            // last one, the network; the explicit removal covers the case
-            // where no container got far enough to own the network.
+            // Dropping the started containers removes them; then the
+            // network can go.
             drop(nodes);
             remove_network(&network).await;
             Err(e)
@@ -330,12 +352,60 @@ pub(crate) async fn start(
     }
 }
 
+/// Creates the environment's network with the environment and owner
+/// labels. testcontainers then finds it existing and leaves its removal to
+/// us (it would create an unlabelled one otherwise).
+async fn create_network(
+    name: &str,
+    env_id: &str,
+    owner_labels: &[(&'static str, String)],
+) -> Result<(), NatsError> {
+    let mut labels: HashMap<String, String> = owner_labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    labels.insert(ENV_LABEL.to_owned(), env_id.to_owned());
+    let request = NetworkCreateRequest {
+        name: name.to_owned(),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    engine()
+        .await?
+        .create_network(request)
+        .await
+        .map_err(|source| NatsError::DockerApi {
+            context: format!("failed to create network {name}"),
+            source,
+        })?;
+    Ok(())
+}
+
 async fn remove_network(name: &str) {
     let Ok(client) = testcontainers::core::client::docker_client_instance().await else {
         return;
     };
     if let Err(e) = client.remove_network(name).await {
-        tracing::debug!(network = name, error = %e, "network not removed after failed start");
+        tracing::warn!(network = name, error = %e, "network not removed after failed start");
+    }
+}
+
+/// Removes the network `name` from a `Drop` (no async available there) with
+/// `docker network rm`, once its containers are gone. Failures are logged;
+/// a network left behind is removed by a later run's reaper.
+pub(crate) fn remove_network_blocking(name: &str) {
+    let output = std::process::Command::new("docker")
+        .args(["network", "rm", name])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match output {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => tracing::warn!(
+            network = name,
+            "failed to remove nats network: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => tracing::warn!(network = name, error = %e, "failed to run docker network rm"),
     }
 }
 

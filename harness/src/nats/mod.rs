@@ -20,7 +20,14 @@
 //!
 //! Everything is torn down when the [`NatsEnv`] is dropped: containers and
 //! the network are removed, processes are killed, temporary directories are
-//! deleted.
+//! deleted. Containers and networks of a test process that was killed
+//! before it could do so are removed by the next Docker-backed start (see
+//! [`reaper`]).
+//!
+//! With [`EnvConfig::sync_always`] every node runs with JetStream
+//! `sync_interval: always` (fsync on every write) instead of nats-server's
+//! default of a sync every two minutes; [`NatsEnv::sync_always`] tells which
+//! profile an environment runs.
 //!
 //! Faults are injected with a small set of verbs (see [`faults`]):
 //! [`NatsEnv::stop`], [`NatsEnv::start_node`], [`NatsEnv::restart`],
@@ -50,6 +57,8 @@ pub mod image;
 mod ports;
 mod process;
 mod ready;
+pub mod reaper;
+mod server_config;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -63,6 +72,7 @@ pub use container::{CLIENT_PORT, CLUSTER_PORT, ENV_LABEL, MONITORING_PORT, STORE
 pub use error::NatsError;
 pub use faults::NodeState;
 pub use image::{ensure_image, ImageRef};
+pub use reaper::{reap_leftovers, Reaped, OWNER_PID_LABEL, OWNER_SCOPE_LABEL, OWNER_START_LABEL};
 
 /// Environment variable selecting the backend: `auto` (default), `docker`
 /// or `process`.
@@ -156,6 +166,14 @@ pub struct EnvConfig {
     /// How long the servers may take to become ready once started (image
     /// building is not included).
     pub startup_timeout: Duration,
+    /// Run JetStream with `sync_interval: always`: every node fsyncs its
+    /// store on every write, so an acknowledged message survives a node
+    /// losing power, at a cost in latency. `false` (the default) keeps
+    /// nats-server's default of a sync every two minutes. nats-server has no
+    /// flag for this, so the nodes get a small configuration file with `-c`
+    /// (kept across the fault verbs); the servers' `/varz` then reports
+    /// `jetstream.config.sync_always: true`.
+    pub sync_always: bool,
 }
 
 impl Default for EnvConfig {
@@ -166,6 +184,7 @@ impl Default for EnvConfig {
             server_names: Vec::new(),
             cluster_name: None,
             startup_timeout: Duration::from_secs(60),
+            sync_always: false,
         }
     }
 }
@@ -215,6 +234,12 @@ impl EnvConfig {
     /// Sets the readiness deadline.
     pub fn with_startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
+        self
+    }
+
+    /// Sets [`EnvConfig::sync_always`] (JetStream fsync on every write).
+    pub fn with_sync_always(mut self, sync_always: bool) -> Self {
+        self.sync_always = sync_always;
         self
     }
 
@@ -441,6 +466,8 @@ pub struct NatsEnv {
     /// [`EnvConfig::startup_timeout`], also the deadline of the fault verbs'
     /// readiness waits.
     ready_timeout: Duration,
+    /// [`EnvConfig::sync_always`].
+    sync_always: bool,
 }
 
 impl NatsEnv {
@@ -466,7 +493,13 @@ impl NatsEnv {
         let names = config.resolved_names()?;
         let backend = resolve_backend(config.backend).await?;
         let prepared = match backend {
-            Backend::Docker => Prepared::Image(ensure_image().await?),
+            Backend::Docker => {
+                let (image, reaped) = tokio::join!(ensure_image(), reap_leftovers());
+                if let Err(e) = reaped {
+                    tracing::warn!(error = %e, "could not check for leftover nats containers");
+                }
+                Prepared::Image(image?)
+            }
             Backend::Process => {
                 Prepared::Binary(tokio::task::spawn_blocking(binary::locate).await.map_err(
                     |e| NatsError::io("binary lookup task failed", std::io::Error::other(e)),
@@ -483,12 +516,14 @@ impl NatsEnv {
             };
             match result {
                 Ok(env) => {
+                    let sync = if env.sync_always { "always" } else { "default" };
                     tracing::info!(
                         backend = %env.backend,
                         nodes = env.nodes.len(),
                         id = %env.id,
+                        sync_interval = sync,
                         elapsed_ms = started.elapsed().as_millis() as u64,
-                        "nats environment ready in {:.2?}",
+                        "nats environment ready in {:.2?} (jetstream sync_interval: {sync})",
                         started.elapsed()
                     );
                     return Ok(env);
@@ -526,6 +561,7 @@ impl NatsEnv {
             image,
             &specs,
             cluster_name.as_deref(),
+            server_config::render(config).as_deref(),
             config.startup_timeout,
         )
         .await?;
@@ -549,6 +585,7 @@ impl NatsEnv {
             cluster_name,
             workdir: None,
             ready_timeout: config.startup_timeout,
+            sync_always: config.sync_always,
         };
         env.wait_ready(config.startup_timeout).await?;
         Ok(env)
@@ -574,7 +611,13 @@ impl NatsEnv {
                 cluster_port: p.get(2).copied(),
             })
             .collect();
-        let started = process::start(&binary.path, &workdir.0, &specs, cluster_name.as_deref())?;
+        let started = process::start(
+            &binary.path,
+            &workdir.0,
+            &specs,
+            cluster_name.as_deref(),
+            server_config::render(config).as_deref(),
+        )?;
         let nodes = specs
             .into_iter()
             .zip(started)
@@ -590,6 +633,7 @@ impl NatsEnv {
             cluster_name,
             workdir: Some(workdir),
             ready_timeout: config.startup_timeout,
+            sync_always: config.sync_always,
         };
         env.wait_ready(config.startup_timeout).await?;
         Ok(env)
@@ -681,6 +725,13 @@ impl NatsEnv {
     /// The backend the servers run on.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Whether the nodes run JetStream with `sync_interval: always` (fsync
+    /// on every write; see [`EnvConfig::sync_always`]) rather than
+    /// nats-server's default.
+    pub fn sync_always(&self) -> bool {
+        self.sync_always
     }
 
     /// The nodes, in server-name order (`n1`, `n2`, ...).
@@ -777,11 +828,18 @@ impl Drop for NatsEnv {
             {
                 let _guard = runtime.enter();
                 drop(nodes);
-                return;
+            } else {
+                drop(nodes);
             }
+        } else {
+            drop(nodes);
         }
-        drop(nodes);
-        // `workdir` is removed after this, once the processes are gone.
+        // The containers are gone (their drop waits for the engine), so the
+        // network can go. `workdir` is removed after this, once the
+        // processes are gone.
+        if let Some(network) = self.network.take() {
+            container::remove_network_blocking(&network);
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{NatsError, NodeSpec, NodeState};
+use super::{server_config, NatsError, NodeSpec, NodeState};
 
 /// How often a stopping process is checked for having exited.
 const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -211,9 +211,19 @@ impl Drop for ProcessNode {
     }
 }
 
-/// Builds the command line of one node.
-fn args_for(spec: &NodeSpec, store_dir: &Path, cluster: Option<(&str, &str)>) -> Vec<String> {
-    let mut args: Vec<String> = vec![
+/// Builds the command line of one node; `config_file` goes first, as `-c`
+/// (the flags after it override whatever it also sets).
+fn args_for(
+    spec: &NodeSpec,
+    store_dir: &Path,
+    cluster: Option<(&str, &str)>,
+    config_file: Option<&Path>,
+) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    if let Some(file) = config_file {
+        args.extend(["-c".into(), file.display().to_string()]);
+    }
+    args.extend([
         "--addr".into(),
         "127.0.0.1".into(),
         "--port".into(),
@@ -225,7 +235,7 @@ fn args_for(spec: &NodeSpec, store_dir: &Path, cluster: Option<(&str, &str)>) ->
         store_dir.display().to_string(),
         "--server_name".into(),
         spec.name.clone(),
-    ];
+    ]);
     if let (Some((cluster_name, routes)), Some(cluster_port)) = (cluster, spec.cluster_port) {
         args.extend([
             "--cluster".into(),
@@ -240,14 +250,26 @@ fn args_for(spec: &NodeSpec, store_dir: &Path, cluster: Option<(&str, &str)>) ->
     args
 }
 
-/// Spawns one process per node below `workdir`. Readiness is not awaited
-/// here.
+/// Spawns one process per node below `workdir`. With `server_config`, that
+/// text is written to [`server_config::FILE_NAME`] in `workdir` and every
+/// node is started with `-c` on it (also when started again). Readiness is
+/// not awaited here.
 pub(crate) fn start(
     binary: &Path,
     workdir: &Path,
     specs: &[NodeSpec],
     cluster_name: Option<&str>,
+    server_config: Option<&str>,
 ) -> Result<Vec<ProcessNode>, NatsError> {
+    let config_file = match server_config {
+        Some(text) => {
+            let path = workdir.join(server_config::FILE_NAME);
+            std::fs::write(&path, text)
+                .map_err(|e| NatsError::io(format!("failed to write {}", path.display()), e))?;
+            Some(path)
+        }
+        None => None,
+    };
     let mut nodes = Vec::with_capacity(specs.len());
     for spec in specs {
         // Routes to the other nodes only (see the Docker backend).
@@ -262,7 +284,12 @@ pub(crate) fn start(
         std::fs::create_dir_all(&store_dir)
             .map_err(|e| NatsError::io(format!("failed to create {}", store_dir.display()), e))?;
         let log_path = workdir.join(format!("{}.log", spec.name));
-        let args = args_for(spec, &store_dir, cluster_name.map(|c| (c, routes.as_str())));
+        let args = args_for(
+            spec,
+            &store_dir,
+            cluster_name.map(|c| (c, routes.as_str())),
+            config_file.as_deref(),
+        );
         let child = spawn(binary, &args, &log_path, false)?;
         nodes.push(ProcessNode {
             pid: AtomicU32::new(child.id()),
