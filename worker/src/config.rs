@@ -117,6 +117,14 @@ pub struct WorkerConfig {
     pub results_bucket: String,
     /// Queue group for queries and reply lookups (load-balanced across workers).
     pub queue_group: String,
+    /// Prefix of the durable consumer names (`<prefix>_<family>_<action>`). Workers sharing a
+    /// prefix share the work; a new prefix is a fresh consumer that receives the streams'
+    /// messages again (a replay).
+    pub consumer_prefix: String,
+    /// Stream sequence a fresh consumer starts from (replays of a range); unset: the start of
+    /// the stream. Ignored by consumers that already exist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliver_from_seq: Option<u64>,
     /// Operations to serve (catalogue names); empty means all.
     pub operations: Vec<String>,
     /// A durable request older than this (by its envelope timestamp) is refused with
@@ -147,6 +155,8 @@ impl Default for WorkerConfig {
             max_in_flight: 256,
             results_bucket: "hs_results".into(),
             queue_group: "hs-workers".into(),
+            consumer_prefix: "worker".into(),
+            deliver_from_seq: None,
             operations: Vec::new(),
             max_request_age_ms: 240_000,
             profile: Profile::default(),
@@ -182,6 +192,12 @@ impl WorkerConfig {
         }
         if self.max_in_flight == 0 {
             return bad("max_in_flight must be positive".into());
+        }
+        if self.consumer_prefix.is_empty() || !self.consumer_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return bad(format!("consumer_prefix {:?} must be non-empty ASCII letters, digits, '_' or '-'", self.consumer_prefix));
+        }
+        if self.deliver_from_seq == Some(0) {
+            return bad("deliver_from_seq must be at least 1 (stream sequences start at 1)".into());
         }
         if self.crash_after == 0 {
             return bad("crash_after must be at least 1 (the first operation reaching crash_at is number 1)".into());
@@ -258,6 +274,8 @@ impl WorkerConfig {
                     }
                 }
                 "CRASH_AFTER" => self.crash_after = num(&name, &value)?,
+                "CONSUMER_PREFIX" => self.consumer_prefix = value,
+                "DELIVER_FROM_SEQ" => self.deliver_from_seq = Some(num(&name, &value)?),
                 // Read by the binary's `--config` flag.
                 "CONFIG" => {}
                 _ => return Err(ConfigError::Invalid(format!("unknown variable {name}"))),

@@ -27,6 +27,12 @@ pub struct Faults {
     /// Behave as if the processor could not be reached: durable operations are nak'ed and
     /// redelivered (until `max_deliver` sends them to the dead-letter stream).
     pub processor_unavailable: std::sync::atomic::AtomicBool,
+    /// Replaces the profile's error rate while set (chaos: worker errors). An error is a
+    /// definite failure reply; the processor is not asked.
+    pub error_rate: std::sync::Mutex<Option<f64>>,
+    /// Every reply is published twice (chaos: duplicate worker replies); callers must apply
+    /// one and ignore the other.
+    pub duplicate_replies: std::sync::atomic::AtomicBool,
 }
 
 impl Faults {
@@ -68,6 +74,51 @@ pub struct Handler {
     max_request_age_ms: u64,
     /// Where this process kills itself, if anywhere.
     crash: Option<CrashPlan>,
+    /// How long a claim on a key holds without renewal: a dead holder's claim expires this long
+    /// after its last renewal (the ack wait, so it has expired by the time JetStream redelivers).
+    lease_ms: u64,
+    /// Numbers claims, so every delivery's claim has its own owner id.
+    claims: AtomicU64,
+}
+
+/// How long a delivery waits for another delivery's live claim on the same key before giving
+/// the message back (nak) — a live holder normally finishes long before.
+const CLAIM_WAIT: Duration = Duration::from_secs(300);
+
+/// What claiming a key gave.
+enum Claim {
+    /// No work to do: answer with this (a stored result, a refusal).
+    Reply(ResponseEnvelope),
+    /// This delivery holds the key and may call the processor.
+    Held(Lease),
+}
+
+/// A held claim, renewed in the background until dropped.
+struct Lease {
+    /// Set when a renewal found the key changed by someone else: the claim was taken over and
+    /// this delivery must not call the processor.
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    /// The key's revision after our last write.
+    revision: Arc<AtomicU64>,
+    /// The claim record, for releasing it.
+    record: Record,
+    /// Whether an earlier delivery's expired claim was taken over (it may have reached the
+    /// processor).
+    took_over: bool,
+    /// The renewal task.
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
 }
 
 fn amount(env: &RequestEnvelope) -> Option<i64> {
@@ -104,7 +155,105 @@ impl Handler {
             name,
             max_request_age_ms: 0,
             crash: None,
+            lease_ms: 30_000,
+            claims: AtomicU64::new(0),
         }
+    }
+
+    /// How long a claim on a key holds without renewal (set it to the consumers' ack wait).
+    pub fn with_lease(mut self, ms: u64) -> Self {
+        self.lease_ms = ms.max(1);
+        self
+    }
+
+    /// Claims `key` for this delivery: the stored result or a refusal if there is nothing to
+    /// do, else a lease. Another delivery's live claim is waited out (the message is kept in
+    /// progress meanwhile); an expired one is taken over by compare-and-set.
+    async fn claim(&self, env: &RequestEnvelope, key: &str, fp: &str) -> Result<Claim, Transient> {
+        let store_err = |e: crate::store::StoreError| Transient(e.to_string());
+        let owner = format!("{}:{}:{}", self.name, std::process::id(), self.claims.fetch_add(1, Ordering::Relaxed));
+        let mine = |lease_until_ms| Record::Started { fingerprint: fp.to_string(), owner: owner.clone(), lease_until_ms };
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        let mut waited = false;
+        loop {
+            let entry = self.store.entry(key).await.map_err(store_err)?;
+            if let Some((record, _)) = &entry {
+                if record.fingerprint() != fp {
+                    return Ok(Claim::Reply(ResponseEnvelope::failure(
+                        env,
+                        "IDEMPOTENCY_KEY_REUSED",
+                        format!("idempotency key {key} was used for a different request"),
+                    )));
+                }
+            }
+            let now = crate::store::now_ms();
+            let (written, took_over) = match entry {
+                Some((Record::Done { mut response, .. }, _)) => {
+                    // Same request: the first result, whoever asks.
+                    response.correlation_id = env.correlation_id.clone();
+                    info!(worker = %self.name, key, "re-sending stored result");
+                    return Ok(Claim::Reply(response));
+                }
+                Some((Record::Started { owner: holder, lease_until_ms, .. }, _)) if lease_until_ms > now => {
+                    // Another delivery is working on it (a replay, a second consumer): wait
+                    // for its result rather than race it to the processor.
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Transient(format!("key {key} still held by {holder}")));
+                    }
+                    if !waited {
+                        info!(worker = %self.name, key, %holder, "key held by another delivery; waiting for its result");
+                        waited = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Some((Record::Started { .. }, revision)) => {
+                    (self.store.update(key, &mine(now + self.lease_ms), revision).await.map_err(store_err)?, true)
+                }
+                None if self.expired(env) => {
+                    // Too old to act on: the caller has given up and may have failed it already.
+                    let response = ResponseEnvelope::failure(env, "REQUEST_EXPIRED", "the request is older than the worker's max_request_age_ms; nothing was done");
+                    let done = Record::Done { fingerprint: fp.to_string(), response: response.clone() };
+                    if self.store.create(key, &done).await.map_err(store_err)?.is_none() {
+                        continue;
+                    }
+                    warn!(worker = %self.name, key, "refusing an expired request");
+                    return Ok(Claim::Reply(response));
+                }
+                None => (self.store.create(key, &mine(now + self.lease_ms)).await.map_err(store_err)?, false),
+            };
+            // `None`: someone else wrote the key meanwhile; look again.
+            let Some(revision) = written else { continue };
+            let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let revision = Arc::new(AtomicU64::new(revision));
+            let renewer = {
+                let (store, key, lost, revision, lease_ms) = (self.store.clone(), key.to_string(), lost.clone(), revision.clone(), self.lease_ms);
+                let (fp, owner) = (fp.to_string(), owner.clone());
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis((lease_ms / 3).max(1))).await;
+                        let renewed = Record::Started { fingerprint: fp.clone(), owner: owner.clone(), lease_until_ms: crate::store::now_ms() + lease_ms };
+                        match store.update(&key, &renewed, revision.load(Ordering::SeqCst)).await {
+                            Ok(Some(r)) => revision.store(r, Ordering::SeqCst),
+                            Ok(None) => {
+                                lost.store(true, Ordering::SeqCst);
+                                return;
+                            }
+                            // Try again next round; the lease has margin.
+                            Err(e) => warn!(key, error = %e, "lease renewal failed"),
+                        }
+                    }
+                })
+            };
+            return Ok(Claim::Held(Lease { lost, revision, record: mine(0), took_over, renewer }));
+        }
+    }
+
+    /// Gives a claim up at once (expired), so the redelivery of a failed attempt need not wait
+    /// for the lease to run out. Best effort: an unreleased claim expires by itself.
+    async fn release(&self, key: &str, lease: Lease) {
+        lease.renewer.abort();
+        let _ = self.store.update(key, &lease.record, lease.revision.load(Ordering::SeqCst)).await;
     }
 
     /// Kills the process when a durable operation reaches this crash point (see [`CrashPlan`]).
@@ -148,46 +297,30 @@ impl Handler {
     pub async fn durable(&self, op: Operation, env: &RequestEnvelope) -> Result<Handled, Transient> {
         let fp = fingerprint(env);
         let key = env.idempotency_key.as_str();
-        let previous = self.store.get(key).await.map_err(|e| Transient(e.to_string()))?;
-        if let Some(record) = &previous {
-            if record.fingerprint() != fp {
-                return Ok(Handled::Reply(ResponseEnvelope::failure(
-                    env,
-                    "IDEMPOTENCY_KEY_REUSED",
-                    format!("idempotency key {key} was used for a different request"),
-                )));
+        let lease = match self.claim(env, key, &fp).await? {
+            Claim::Reply(response) => return Ok(Handled::Reply(response)),
+            Claim::Held(lease) => lease,
+        };
+        match self.work(op, env, key, &fp, &lease).await {
+            Err(e) => {
+                self.release(key, lease).await;
+                Err(e)
             }
+            done => done,
         }
-        match previous {
-            Some(Record::Done { mut response, .. }) => {
-                // Same request: the first result, whoever asks.
-                response.correlation_id = env.correlation_id.clone();
-                info!(worker = %self.name, key, "re-sending stored result");
+    }
+
+    /// The work under a held claim.
+    async fn work(&self, op: Operation, env: &RequestEnvelope, key: &str, fp: &str, lease: &Lease) -> Result<Handled, Transient> {
+        if lease.took_over {
+            // An earlier delivery died holding the key: it may have reached the processor.
+            // Ask before calling again.
+            let found = self.processor.effects_by_key(key).await.map_err(|e| Transient(e.to_string()))?;
+            if let Some(effect) = found.first() {
+                warn!(worker = %self.name, key, "earlier delivery reached the processor; using its effect");
+                let response = success(env, effect);
+                self.finish(key, fp, &response).await?;
                 return Ok(Handled::Reply(response));
-            }
-            Some(Record::Started { .. }) => {
-                // An earlier delivery died after marking the key: it may have reached the
-                // processor. Ask before calling again.
-                let found = self.processor.effects_by_key(key).await.map_err(|e| Transient(e.to_string()))?;
-                if let Some(effect) = found.first() {
-                    warn!(worker = %self.name, key, "earlier delivery reached the processor; using its effect");
-                    let response = success(env, effect);
-                    self.finish(key, &fp, &response).await?;
-                    return Ok(Handled::Reply(response));
-                }
-            }
-            None if self.expired(env) => {
-                // Too old to act on: the caller has given up and may have failed it already.
-                let response = ResponseEnvelope::failure(env, "REQUEST_EXPIRED", "the request is older than the worker's max_request_age_ms; nothing was done");
-                warn!(worker = %self.name, key, "refusing an expired request");
-                self.finish(key, &fp, &response).await?;
-                return Ok(Handled::Reply(response));
-            }
-            None => {
-                self.store
-                    .put(key, &Record::Started { fingerprint: fp.clone() })
-                    .await
-                    .map_err(|e| Transient(e.to_string()))?;
             }
         }
         let draw = self.draw(key);
@@ -196,6 +329,18 @@ impl Handler {
         }
         if self.faults.processor_unavailable.load(Ordering::SeqCst) {
             return Err(Transient("processor unavailable (fault)".into()));
+        }
+        if self.expired(env) {
+            // Checked again after the work before the call: a slow worker must not charge after
+            // the gateway's recovery may have concluded that nothing happened.
+            let response = ResponseEnvelope::failure(env, "REQUEST_EXPIRED", "the request grew older than the worker's max_request_age_ms before the processor call; nothing was done");
+            warn!(worker = %self.name, key, "request expired before the processor call");
+            self.finish(key, fp, &response).await?;
+            return Ok(Handled::Reply(response));
+        }
+        if lease.lost() {
+            // Our claim expired while we worked and another delivery took the key over.
+            return Err(Transient(format!("claim on {key} lost before the processor call")));
         }
         // The key is marked started; the processor has not been asked yet.
         self.crash_point(CrashPoint::BeforeProcessor, key);
@@ -225,7 +370,7 @@ impl Handler {
             warn!(worker = %self.name, key, "fault: stalling after the processor call");
             return Ok(Handled::Stalled);
         }
-        self.finish(key, &fp, &response).await?;
+        self.finish(key, fp, &response).await?;
         Ok(Handled::Reply(response))
     }
 
@@ -309,10 +454,21 @@ impl Handler {
     /// The profile's draw, with the latency fault applied if one is set.
     fn draw(&self, key: &str) -> crate::profile::Draw {
         let latency = self.faults.latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match latency {
-            Some(latency) => crate::profile::Profile { latency, ..self.profile.clone() }.draw(key),
-            None => self.profile.draw(key),
+        let error_rate = *self.faults.error_rate.lock().unwrap_or_else(|p| p.into_inner());
+        if latency.is_none() && error_rate.is_none() {
+            return self.profile.draw(key);
         }
+        crate::profile::Profile {
+            latency: latency.unwrap_or_else(|| self.profile.latency.clone()),
+            error_rate: error_rate.unwrap_or(self.profile.error_rate),
+            ..self.profile.clone()
+        }
+        .draw(key)
+    }
+
+    /// Whether replies go out twice (the duplicate replies fault).
+    pub(crate) fn duplicate_replies(&self) -> bool {
+        self.faults.duplicate_replies.load(Ordering::Relaxed)
     }
 
     /// The ack delay fault.

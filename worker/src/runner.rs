@@ -89,9 +89,10 @@ fn served(config: &WorkerConfig) -> Vec<Operation> {
         .collect()
 }
 
-/// The durable consumer name of an operation (shared by every worker instance).
-pub fn consumer_name(op: Operation) -> String {
-    format!("worker_{}_{}", op.family, op.action)
+/// The durable consumer name of an operation for a consumer prefix (shared by every worker
+/// instance with that prefix; the default prefix is `worker`).
+pub fn consumer_name(prefix: &str, op: Operation) -> String {
+    format!("{prefix}_{}_{}", op.family, op.action)
 }
 
 /// Connects and starts serving. Streams must exist (the bridge provisions them).
@@ -119,6 +120,7 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
     let handler = Arc::new(
         Handler::new(processor, store, config.profile.clone(), faults.clone(), config.name.clone())
             .with_max_request_age(config.max_request_age_ms)
+            .with_lease(config.ack_wait_ms)
             .with_crash(CrashPlan::new(config.crash_at, config.crash_after, &config.name)),
     );
     if let Some(point) = config.crash_at {
@@ -134,11 +136,17 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
             Pattern::Durable => {
                 let stream_name = bridge.stream_name(op.family);
                 let stream = js.get_stream(&stream_name).await.map_err(|e| setup(format!("stream {stream_name}"))(e.to_string()))?;
+                let name = consumer_name(&config.consumer_prefix, op);
+                let deliver_policy = match config.deliver_from_seq {
+                    Some(start_sequence) => jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence },
+                    None => jetstream::consumer::DeliverPolicy::All,
+                };
                 let consumer: jetstream::consumer::PullConsumer = stream
                     .get_or_create_consumer(
-                        &consumer_name(op),
+                        &name,
                         pull::Config {
-                            durable_name: Some(consumer_name(op)),
+                            durable_name: Some(name.clone()),
+                            deliver_policy,
                             filter_subject: filter.clone(),
                             ack_policy: jetstream::consumer::AckPolicy::Explicit,
                             ack_wait: Duration::from_millis(config.ack_wait_ms),
@@ -148,13 +156,15 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
                         },
                     )
                     .await
-                    .map_err(|e| setup(format!("consumer {}", consumer_name(op)))(e.to_string()))?;
+                    .map_err(|e| setup(format!("consumer {name}"))(e.to_string()))?;
                 let mut messages = consumer
                     .messages()
                     .await
                     .map_err(|e| setup(format!("pull of {}", op.name))(e.to_string()))?;
                 let (client, handler, limit, bridge) = (client.clone(), handler.clone(), limit.clone(), bridge.clone());
                 let ack_first = config.defects.ack_before_processor;
+                // Well inside the ack wait, so a live worker's message is never redelivered.
+                let progress_every = Duration::from_millis((config.ack_wait_ms / 3).max(50));
                 tasks.spawn(async move {
                     let mut inner = JoinSet::new();
                     while let Some(next) = messages.next().await {
@@ -168,7 +178,7 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
                         let Ok(permit) = limit.clone().acquire_owned().await else { break };
                         let (client, handler, bridge) = (client.clone(), handler.clone(), bridge.clone());
                         inner.spawn(async move {
-                            on_durable(&client, &handler, &bridge, op, msg, ack_first).await;
+                            on_durable(&client, &handler, &bridge, op, msg, ack_first, progress_every).await;
                             drop(permit);
                         });
                         while inner.try_join_next().is_some() {}
@@ -238,7 +248,12 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
     Ok(WorkerHandle { client, tasks, faults })
 }
 
-async fn on_durable(client: &Client, handler: &Handler, bridge: &BridgeConfig, op: Operation, msg: jetstream::Message, ack_first: bool) {
+/// Handles one delivery. While the handler works, the message is kept in progress (`+WPI`)
+/// every `progress_every`: JetStream redelivers only when this worker stops answering (it died
+/// or lost its link), never because an operation is slow. A slow operation redelivered to a
+/// second worker would otherwise run twice at the processor whenever the processor ignores
+/// idempotency keys.
+async fn on_durable(client: &Client, handler: &Handler, bridge: &BridgeConfig, op: Operation, msg: jetstream::Message, ack_first: bool, progress_every: Duration) {
     if ack_first {
         // The defect: the message is gone from JetStream's view before anything was done.
         let _ = msg.ack().await;
@@ -253,10 +268,26 @@ async fn on_durable(client: &Client, handler: &Handler, bridge: &BridgeConfig, o
         .as_ref()
         .and_then(|h| h.get(headers::REPLY_TO))
         .map(|v| v.as_str().to_string());
-    match handler.durable(op, &env).await {
+    let work = handler.durable(op, &env);
+    tokio::pin!(work);
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
+    let handled = loop {
+        tokio::select! {
+            handled = &mut work => break handled,
+            _ = progress.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    warn!(operation = op.name, error = %e, "in-progress ack failed");
+                }
+            }
+        }
+    };
+    match handled {
         Ok(Handled::Reply(response)) => {
             if let Some(reply_to) = reply_to {
                 send_reply(client, &reply_to, &env, &response).await;
+                if handler.duplicate_replies() {
+                    send_reply(client, &reply_to, &env, &response).await;
+                }
             }
             if handler.crash_armed(CrashPoint::AfterReply) {
                 // The reply must really have left: flush it to the server before dying.
@@ -342,14 +373,24 @@ struct MaxDeliveries {
     deliveries: u64,
 }
 
+/// The operation a consumer named `<prefix>_<family>_<action>` serves, whatever its prefix
+/// (the advisory may come from a replay consumer of another worker).
+fn operation_of_consumer(consumer: &str) -> Option<Operation> {
+    catalogue::all()
+        .filter(|op| {
+            let suffix = consumer_name("", *op);
+            consumer.len() > suffix.len() && consumer.ends_with(&suffix)
+        })
+        // The longest suffix wins (`..._complete_authorize` over `..._authorize`).
+        .max_by_key(|op| op.family.to_string().len() + op.action.len())
+}
+
 async fn dead_letter_from_advisory(js: &jetstream::Context, bridge: &BridgeConfig, payload: &[u8]) -> Result<(), String> {
     let adv: MaxDeliveries = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
     if !adv.stream.starts_with(&format!("{}_", bridge.jetstream.stream_prefix)) || adv.stream == bridge.dlq_stream_name() {
         return Ok(());
     }
-    let op = catalogue::all()
-        .find(|op| consumer_name(op) == adv.consumer)
-        .ok_or_else(|| format!("advisory for unknown consumer {}", adv.consumer))?;
+    let op = operation_of_consumer(&adv.consumer).ok_or_else(|| format!("advisory for unknown consumer {}", adv.consumer))?;
     let stream = js.get_stream(&adv.stream).await.map_err(|e| e.to_string())?;
     let original = stream.get_raw_message(adv.stream_seq).await.map_err(|e| e.to_string())?;
     let mut h = original.headers.clone();
@@ -363,4 +404,21 @@ async fn dead_letter_from_advisory(js: &jetstream::Context, bridge: &BridgeConfi
         .map_err(|e| e.to_string())?;
     warn!(stream = %adv.stream, seq = adv.stream_seq, "message dead-lettered");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumers_of_any_prefix_map_back_to_their_operation() {
+        for op in catalogue::all().filter(|op| op.pattern == Pattern::Durable) {
+            for prefix in ["worker", "replay_7", "a"] {
+                let name = consumer_name(prefix, op);
+                assert_eq!(operation_of_consumer(&name).map(|o| o.name), Some(op.name), "{name}");
+            }
+        }
+        assert!(operation_of_consumer("_payments_authorize").is_none());
+        assert!(operation_of_consumer("worker_nothing_here").is_none());
+    }
 }

@@ -1,8 +1,11 @@
 //! Results by idempotency key, in a JetStream key-value bucket shared by all workers.
 //!
-//! A key is first marked `started` (just before the processor call), then `done` with the
-//! reply. A redelivery finding `done` re-sends the stored reply; one finding `started` knows an
-//! earlier delivery may have reached the processor and asks it before calling again.
+//! A key is first claimed `started` (just before the processor call), then `done` with the
+//! reply. A redelivery finding `done` re-sends the stored reply. A claim is a lease: it is
+//! created or taken over only by compare-and-set on the key's revision, renewed while its
+//! holder works, and respected by every other delivery of the same key (a replay consumer, a
+//! second consumer) until it expires. A delivery that takes over an expired claim knows an
+//! earlier one may have reached the processor, and asks it before calling again.
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -17,6 +20,13 @@ pub enum Record {
     Started {
         /// Fingerprint of the request that holds the key.
         fingerprint: String,
+        /// Which delivery holds the claim (worker name and a per-process counter).
+        #[serde(default)]
+        owner: String,
+        /// Unix ms until which the claim holds unless renewed; 0 (records written before
+        /// leases existed) counts as expired.
+        #[serde(default)]
+        lease_until_ms: u64,
     },
     /// The first result, re-sent to any retry with the same fingerprint.
     Done {
@@ -31,9 +41,17 @@ impl Record {
     /// The fingerprint of the request holding the key.
     pub fn fingerprint(&self) -> &str {
         match self {
-            Record::Started { fingerprint } | Record::Done { fingerprint, .. } => fingerprint,
+            Record::Started { fingerprint, .. } | Record::Done { fingerprint, .. } => fingerprint,
         }
     }
+}
+
+/// Now, in Unix milliseconds (the clock leases are written in).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Errors of the result store.
@@ -90,6 +108,40 @@ impl ResultStore {
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| StoreError(format!("corrupt record for {idempotency_key}: {e}")))
+    }
+
+    /// The record of a key with its revision (for compare-and-set).
+    pub async fn entry(&self, idempotency_key: &str) -> Result<Option<(Record, u64)>, StoreError> {
+        let Some(entry) = self.kv.entry(key(idempotency_key)).await.map_err(|e| StoreError(e.to_string()))? else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let record = serde_json::from_slice(&entry.value).map_err(|e| StoreError(format!("corrupt record for {idempotency_key}: {e}")))?;
+        Ok(Some((record, entry.revision)))
+    }
+
+    /// Writes `record` only if the key has no value; `None` when another writer got there
+    /// first.
+    pub async fn create(&self, idempotency_key: &str, record: &Record) -> Result<Option<u64>, StoreError> {
+        let bytes = Bytes::from(serde_json::to_vec(record).map_err(|e| StoreError(e.to_string()))?);
+        match self.kv.create(key(idempotency_key), bytes).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(StoreError(e.to_string())),
+        }
+    }
+
+    /// Writes `record` only if the key is still at `revision`; `None` when another writer
+    /// changed it since.
+    pub async fn update(&self, idempotency_key: &str, record: &Record, revision: u64) -> Result<Option<u64>, StoreError> {
+        let bytes = Bytes::from(serde_json::to_vec(record).map_err(|e| StoreError(e.to_string()))?);
+        match self.kv.update(key(idempotency_key), bytes, revision).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(StoreError(e.to_string())),
+        }
     }
 
     /// Writes a record.
