@@ -49,6 +49,10 @@ pub struct Observations {
     pub texts: Vec<(String, String)>,
     /// What the server said when asked whether a stream captures a query subject (`None`: none does).
     pub stream_capture: Option<String>,
+    /// Poison messages the faults published.
+    pub poisoned: usize,
+    /// Messages in the dead-letter stream.
+    pub dead_letters: usize,
 }
 
 /// A broken invariant.
@@ -436,6 +440,46 @@ pub fn liveness(operations: &[OperationRecord]) -> Vec<Violation> {
         .collect()
 }
 
+/// The error code of a call refused by an open circuit breaker.
+pub const CIRCUIT_OPEN: &str = "CIRCUIT_OPEN";
+
+/// Circuit breaker: the faults opened it (some call was refused with `CIRCUIT_OPEN`), and for
+/// every call refused, a later call of the same kind succeeded (a half-open probe closed it).
+pub fn circuit_breaker(history: &[Event]) -> Vec<Violation> {
+    let code = |e: &Event| e.value["error_code"].as_str().map(str::to_string);
+    // By call: (index of the last refusal, its time, the payments refused).
+    let mut last_refusal: BTreeMap<&str, (u64, u64, Vec<String>)> = BTreeMap::new();
+    for e in history.iter().filter(|e| e.is_completion() && code(e).as_deref() == Some(CIRCUIT_OPEN)) {
+        let entry = last_refusal.entry(e.f.as_str()).or_default();
+        (entry.0, entry.1) = (e.index, e.time_us);
+        entry.2.extend(e.payment_id.clone());
+    }
+    if last_refusal.is_empty() {
+        return vec![v("circuit_breaker", Vec::new(), "no call was refused by an open circuit breaker: the faults never opened it".into())];
+    }
+    last_refusal
+        .into_iter()
+        .filter(|(f, (i, _, _))| !history.iter().any(|e| e.kind == Kind::Ok && e.f == *f && e.index > *i && code(e).is_none()))
+        .map(|(f, (_, t, mut payments))| {
+            payments.sort();
+            payments.dedup();
+            payments.truncate(10);
+            v("circuit_breaker", payments, format!("no `{f}` call succeeded after the last refusal at {:.3} s: the breaker never closed", t as f64 / 1e6))
+        })
+        .collect()
+}
+
+/// Dead letters: every poison message published reached the dead-letter stream.
+pub fn dead_letter(o: &Observations) -> Vec<Violation> {
+    if o.poisoned == 0 {
+        return vec![v("dead_letter", Vec::new(), "no poison message was published: the scenario tests nothing".into())];
+    }
+    if o.dead_letters < o.poisoned {
+        return vec![v("dead_letter", Vec::new(), format!("{} poison message(s) published, {} in the dead-letter stream", o.poisoned, o.dead_letters))];
+    }
+    Vec::new()
+}
+
 /// Runs the named invariants.
 pub fn check(o: &Observations, invariants: &[String], targets: &BTreeMap<String, f64>, call_of: impl Fn(&str) -> Option<&'static str>) -> Verdict {
     let mut verdict = Verdict::default();
@@ -459,6 +503,8 @@ pub fn check(o: &Observations, invariants: &[String], targets: &BTreeMap<String,
     run("latency", lat);
     run("no_card_data", no_card_data(o));
     run("liveness", liveness(&o.operations));
+    run("circuit_breaker", circuit_breaker(&o.history));
+    run("dead_letter", dead_letter(o));
     verdict
 }
 
@@ -552,5 +598,33 @@ mod tests {
         assert!(card_numbers("_INBOX.hsb.ab4242424242424242cd").is_empty(), "digits inside a hex token");
         let o = Observations { texts: vec![("log".into(), "card 4111111111111111".into())], ..Default::default() };
         assert_eq!(no_card_data(&o).len(), 1);
+    }
+
+    #[test]
+    fn the_breaker_must_open_and_close_again() {
+        let r = Recorder::new();
+        let done = |r: &Recorder, f: &str, kind: Kind, code: Option<&str>, p: &str| {
+            r.record(kind, Entry { f: f.into(), payment_id: Some(p.into()), value: serde_json::json!({ "error_code": code }), ..Default::default() })
+        };
+        done(&r, "create", Kind::Ok, None, "p1");
+        let never_opened = circuit_breaker(&r.events());
+        assert_eq!(never_opened.len(), 1);
+        assert!(never_opened[0].message.contains("never opened"), "{never_opened:?}");
+        done(&r, "create", Kind::Failed, Some(CIRCUIT_OPEN), "p2");
+        let stuck_open = circuit_breaker(&r.events());
+        assert_eq!(stuck_open.len(), 1);
+        assert_eq!(stuck_open[0].payments, vec!["p2".to_string()]);
+        assert!(stuck_open[0].message.contains("never closed"), "{stuck_open:?}");
+        done(&r, "create", Kind::Ok, Some("card_declined"), "p3");
+        assert_eq!(circuit_breaker(&r.events()).len(), 1, "a failed reply does not show the breaker closed");
+        done(&r, "create", Kind::Ok, None, "p4");
+        assert!(circuit_breaker(&r.events()).is_empty());
+    }
+
+    #[test]
+    fn every_poison_message_must_be_dead_lettered() {
+        assert_eq!(dead_letter(&Observations::default()).len(), 1, "no poison: nothing tested");
+        assert_eq!(dead_letter(&Observations { poisoned: 3, dead_letters: 2, ..Default::default() }).len(), 1);
+        assert!(dead_letter(&Observations { poisoned: 3, dead_letters: 3, ..Default::default() }).is_empty());
     }
 }

@@ -45,8 +45,15 @@ async fn stream_messages(js: &jetstream::Context, name: &str) -> Vec<AuditMessag
     out
 }
 
-/// Everything the checkers need.
-pub async fn collect(env: &Environment, gateway: &GatewayHandle, history: Vec<Event>, texts: Vec<(String, String)>) -> Observations {
+/// Messages in the dead-letter stream (0 when it cannot be read).
+pub async fn dead_letters(env: &Environment) -> usize {
+    let js = env.bridge().jetstream();
+    let Ok(mut stream) = js.get_stream(env.bridge_config().dlq_stream_name()).await else { return 0 };
+    stream.info().await.map(|i| i.state.messages as usize).unwrap_or(0)
+}
+
+/// Everything the checkers need; `poisoned` is how many poison messages the faults published.
+pub async fn collect(env: &Environment, gateway: &GatewayHandle, history: Vec<Event>, texts: Vec<(String, String)>, poisoned: usize) -> Observations {
     let store = &gateway.running.state.gateway.store;
     let ledger = env.processor().ledger();
     let payments: BTreeSet<(String, String)> = ledger.iter().map(|e| (e.merchant_id.clone(), e.payment_id.clone())).collect();
@@ -63,5 +70,7 @@ pub async fn collect(env: &Environment, gateway: &GatewayHandle, history: Vec<Ev
         rejected_replies: rejected,
         texts,
         stream_capture: env.bridge().verify_streams().await.err().map(|e| e.to_string()),
+        poisoned,
+        dead_letters: dead_letters(env).await,
     }
 }

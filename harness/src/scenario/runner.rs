@@ -16,7 +16,7 @@ use super::checkers;
 use super::history::{Kind, Recorder};
 use super::observe;
 use super::report::{self, RunReport};
-use super::spec::{CrashPoint, Scenario, Scheme, Verb};
+use super::spec::{CrashPoint, DuplicateKind, Scenario, Scheme, Verb};
 use crate::workers::{WorkerPool, WorkerSpec};
 use super::workload::{self, Client};
 use crate::cli::CliError;
@@ -41,6 +41,8 @@ pub mod timing {
     pub const MAX_REQUEST_AGE_MS: u64 = 6_000;
     /// HTTP clients give up after this (longer than a call, so a timeout is rare).
     pub const CLIENT_TIMEOUT_MS: u64 = 12_000;
+    /// Bridge: how long an open circuit breaker refuses calls before a half-open probe.
+    pub const BREAKER_OPEN_MS: u64 = 3_000;
 }
 
 /// Options of a run.
@@ -63,7 +65,42 @@ fn bridge_config(s: &Scenario) -> BridgeConfig {
     b.ack_timeout_ms = timing::ACK_MS;
     b.request_timeout_ms = timing::REQUEST_MS;
     b.query_timeout_ms = timing::QUERY_MS;
+    b.circuit_breaker.open_ms = timing::BREAKER_OPEN_MS;
     b
+}
+
+/// Republishes the latest `count` messages of the durable streams with their original headers
+/// (`Nats-Msg-Id` included), as a bridge retrying a publish would. Returns how many were sent
+/// and how many JetStream reported as duplicates.
+async fn republish(env: &Environment, count: usize) -> Result<(usize, usize), String> {
+    let js = env.bridge().jetstream();
+    let config = env.bridge_config();
+    let mut latest = Vec::new();
+    for family in nats_bridge::catalogue::durable_families() {
+        let name = config.stream_name(family);
+        let mut stream = js.get_stream(&name).await.map_err(|e| format!("stream {name}: {e}"))?;
+        let info = stream.info().await.map_err(|e| format!("stream {name}: {e}"))?;
+        let (first, last) = (info.state.first_sequence.max(1), info.state.last_sequence);
+        for seq in (first..=last).rev().take(count) {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                latest.push(m);
+            }
+        }
+    }
+    latest.sort_by_key(|m| std::cmp::Reverse(m.time));
+    latest.truncate(count);
+    let (mut sent, mut duplicates) = (0, 0);
+    for m in latest {
+        let ack = js
+            .publish_with_headers(m.subject.to_string(), m.headers.clone(), m.payload.clone())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        sent += 1;
+        duplicates += usize::from(ack.duplicate);
+    }
+    Ok((sent, duplicates))
 }
 
 /// What the fault verbs act on.
@@ -82,6 +119,10 @@ struct FaultContext {
     defects: mock_worker::config::WorkerDefects,
     /// Ack wait of the crash workers.
     ack_wait_ms: u64,
+    /// The in-process workers' configuration, for replay workers.
+    worker: WorkerConfig,
+    /// Replay workers started so far (each gets a fresh consumer prefix).
+    replays: std::sync::atomic::AtomicUsize,
 }
 
 /// Applies one fault verb (`undo` = false) or undoes it (`undo` = true).
@@ -115,7 +156,13 @@ async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String>
             }
             Ok(())
         }
-        (Verb::Duplicates { count }, false) => {
+        (Verb::Duplicates { count, kind: DuplicateKind::Publish }, false) => {
+            let (sent, duplicates) = republish(&env, *count).await?;
+            info!(sent, duplicates, "republished stream messages with their message ids");
+            recorder.fault(verb.name(), "result", serde_json::json!({ "republished": sent, "reported_duplicate": duplicates }));
+            Ok(())
+        }
+        (Verb::Duplicates { count, kind: DuplicateKind::ClientRetry }, false) => {
             // Clients retry earlier creates with the same payment id (and key, if they had one):
             // the gateway must answer with the existing payment and the processor see nothing new.
             drop(env);
@@ -166,6 +213,31 @@ async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String>
             pool.as_mut().expect("pool").spawn(spec).await.map_err(|e| e.to_string())?;
             Ok(())
         }
+        (Verb::WorkerErrors { rate }, undo) => {
+            for w in env.workers() {
+                *w.faults().error_rate.lock().unwrap_or_else(|p| p.into_inner()) = (!undo).then_some(*rate);
+            }
+            Ok(())
+        }
+        (Verb::DuplicateReplies, undo) => {
+            for w in env.workers() {
+                w.faults().duplicate_replies.store(!undo, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(())
+        }
+        (Verb::Replay { from_seq }, false) => {
+            // A fresh consumer per durable operation, from `from_seq`: every message in range is
+            // delivered again, to a worker that must answer from its stored results.
+            let n = cx.replays.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let config = WorkerConfig {
+                name: format!("replay-{n}"),
+                consumer_prefix: format!("replay_{n}"),
+                deliver_from_seq: Some(*from_seq),
+                ..cx.worker.clone()
+            };
+            env.start_worker_with(config).await.map_err(|e| e.to_string())?;
+            Ok(())
+        }
         (Verb::NatsRestart { node: Some(node) }, false) => env.nats().restart(node).await.map_err(|e| e.to_string()),
         (Verb::NatsRestart { node: None }, false) => env.nats().restart_all().await.map_err(|e| e.to_string()),
         (Verb::NodeKill { node }, false) => env.nats().kill(node).await.map_err(|e| e.to_string()),
@@ -186,10 +258,6 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     println!("seed: {seed}");
     info!(scenario = %scenario.name, seed, "scenario starting");
     let t = &scenario.topology;
-    if t.sync_interval == super::spec::SyncInterval::Always {
-        // Never ignore a setting the scenario asked for.
-        return Err("topology.sync_interval = \"always\" is not supported by this runner yet".into());
-    }
     let mut worker = WorkerConfig { ack_wait_ms: t.worker_ack_wait_ms, max_request_age_ms: timing::MAX_REQUEST_AGE_MS, ..Default::default() };
     let mut bridge = bridge_config(scenario);
     let mut gateway_config = GatewayConfig {
@@ -206,8 +274,9 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
         crate::defects::apply(defect, &mut bridge, &mut gateway_config, &mut worker);
     }
     let crash_defects = worker.defects;
+    let worker_base = worker.clone();
     let env = Environment::start(EnvironmentConfig {
-        nats: if t.nodes == 3 { EnvConfig::cluster() } else { EnvConfig::single() },
+        nats: if t.nodes == 3 { EnvConfig::cluster() } else { EnvConfig::single() }.with_sync_always(t.sync_interval == super::spec::SyncInterval::Always),
         bridge,
         worker,
         workers: t.workers,
@@ -218,7 +287,12 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     std::fs::create_dir_all(&dir)?;
     gateway_config.database = dir.join("gateway.db");
     let gateway = env.start_gateway(gateway_config).await?;
-    let nats = format!("{} x{}", env.nats().backend(), env.nats().node_count());
+    let nats = format!(
+        "{} x{}, jetstream sync_interval {}",
+        env.nats().backend(),
+        env.nats().node_count(),
+        if env.nats().sync_always() { "always (fsync every write)" } else { "default" }
+    );
     let env = Arc::new(Mutex::new(env));
     let recorder = Recorder::new();
     let client = Client::new(&gateway.url, "scenario_key", "merchant_s", Duration::from_millis(timing::CLIENT_TIMEOUT_MS), recorder.clone());
@@ -237,6 +311,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
             crashers: crashers.clone(),
             defects: crash_defects,
             ack_wait_ms: t.worker_ack_wait_ms,
+            worker: worker_base,
+            replays: Default::default(),
         };
         tokio::spawn(async move {
             let start = tokio::time::Instant::from_std(recorder.start());
@@ -305,7 +381,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     let texts = vec![("history.jsonl".to_string(), super::history::to_jsonl(&history))];
     let observations = {
         let env = env.lock().await;
-        observe::collect(&env, &gateway, history.clone(), texts).await
+        let poisoned = scenario.faults.iter().map(|f| if let Verb::Poison { count } = f.verb { count } else { 0 }).sum();
+        observe::collect(&env, &gateway, history.clone(), texts, poisoned).await
     };
     let call_of = |f: &str| -> Option<&'static str> {
         Some(match f {

@@ -187,6 +187,31 @@ pub enum CrashPoint {
     AfterReply,
 }
 
+fn first_sequence() -> u64 {
+    1
+}
+
+/// Which duplicates the `duplicates` verb sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicateKind {
+    /// Client retries through the gateway (same payment id and key).
+    #[default]
+    ClientRetry,
+    /// Stream messages republished with their original headers.
+    Publish,
+}
+
+/// A client's network link to NATS, for network faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Link {
+    /// The gateway's bridge connection.
+    Gateway,
+    /// Every worker's connection.
+    Workers,
+}
+
 /// The fault verbs.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "verb", rename_all = "snake_case", deny_unknown_fields)]
@@ -226,15 +251,51 @@ pub enum Verb {
     },
     /// Every node restarts, one at a time.
     RollingRestart,
-    /// The clients send a burst of duplicates (same Idempotency-Key) of requests already sent.
+    /// Duplicates of requests already sent: `client_retry` (default) resends earlier payment
+    /// creations with the same payment id and Idempotency-Key through the gateway; `publish`
+    /// republishes the streams' latest messages with their headers (same `Nats-Msg-Id`), as a
+    /// bridge retrying a publish would.
     Duplicates {
         /// How many.
         count: usize,
+        /// Which duplicates.
+        #[serde(default)]
+        kind: DuplicateKind,
     },
-    /// A range of a stream is delivered again to a fresh consumer.
+    /// The durable streams are delivered again, from stream sequence `from_seq`, to a fresh
+    /// worker consumer (as after a consumer reset or a stream restore).
     Replay {
-        /// Stream name suffix (`PAYMENTS`).
-        stream: String,
+        /// First stream sequence replayed (default 1: everything).
+        #[serde(default = "first_sequence")]
+        from_seq: u64,
+    },
+    /// Workers answer a fraction of durable operations with a worker error (a definite
+    /// failure, the processor untouched) until `until_s`.
+    WorkerErrors {
+        /// Fraction of operations, 0..=1.
+        rate: f64,
+    },
+    /// Workers publish every reply twice until `until_s`.
+    DuplicateReplies,
+    /// Latency (and jitter) on a client's network link to NATS until `until_s`.
+    NetLatency {
+        /// Whose link.
+        link: Link,
+        /// Added to every chunk forwarded, each direction (ms).
+        base_ms: u64,
+        /// Uniform extra delay in [0, jitter_ms], drawn from the run's seed.
+        #[serde(default)]
+        jitter_ms: u64,
+    },
+    /// A client's connections to NATS are cut, and new ones refused, until `until_s`.
+    NetCut {
+        /// Whose link.
+        link: Link,
+    },
+    /// A client's link to NATS silently stops forwarding (a black hole) until `until_s`.
+    NetHold {
+        /// Whose link.
+        link: Link,
     },
     /// Malformed messages are published to durable subjects (they must be dead-lettered).
     Poison {
@@ -248,7 +309,20 @@ pub enum Verb {
 impl Verb {
     /// Verbs that hold until `until_s`.
     pub fn needs_until(&self) -> bool {
-        matches!(self, Verb::WorkerLatency { .. } | Verb::WorkerKill | Verb::NodeKill { .. } | Verb::Partition { .. } | Verb::Pause { .. } | Verb::ProcessorDown)
+        matches!(
+            self,
+            Verb::WorkerLatency { .. }
+                | Verb::WorkerKill
+                | Verb::NodeKill { .. }
+                | Verb::Partition { .. }
+                | Verb::Pause { .. }
+                | Verb::ProcessorDown
+                | Verb::WorkerErrors { .. }
+                | Verb::DuplicateReplies
+                | Verb::NetLatency { .. }
+                | Verb::NetCut { .. }
+                | Verb::NetHold { .. }
+        )
     }
 
     /// Verbs that need the 3-node cluster.
@@ -271,13 +345,33 @@ impl Verb {
             Verb::Replay { .. } => "replay",
             Verb::Poison { .. } => "poison",
             Verb::ProcessorDown => "processor_down",
+            Verb::WorkerErrors { .. } => "worker_errors",
+            Verb::DuplicateReplies => "duplicate_replies",
+            Verb::NetLatency { .. } => "net_latency",
+            Verb::NetCut { .. } => "net_cut",
+            Verb::NetHold { .. } => "net_hold",
         }
     }
 }
 
 /// Invariants a scenario can check. `liveness` (no operation failed because of the system) is
 /// for faults a correct system masks completely.
-pub const INVARIANTS: [&str; 9] = ["no_double_effect", "amounts", "zero_stuck", "agreement", "accounting", "integrity", "latency", "no_card_data", "liveness"];
+/// `circuit_breaker` (the breaker opened, refused calls, and a probe closed it) and
+/// `dead_letter` (every poison message reached the dead-letter stream) are for scenarios whose
+/// faults must provoke them.
+pub const INVARIANTS: [&str; 11] = [
+    "no_double_effect",
+    "amounts",
+    "zero_stuck",
+    "agreement",
+    "accounting",
+    "integrity",
+    "latency",
+    "no_card_data",
+    "liveness",
+    "circuit_breaker",
+    "dead_letter",
+];
 
 /// What must hold.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -414,6 +508,16 @@ impl Scenario {
                 if !["n1", "n2", "n3"].contains(&node.as_str()) {
                     return Err(invalid(line, format!("{}: node must be n1, n2 or n3, got {node:?}", f.verb.name())));
                 }
+            }
+            match &f.verb {
+                Verb::WorkerErrors { rate } if !(0.0..=1.0).contains(rate) => {
+                    return Err(invalid(line, format!("worker_errors: rate must be within 0..=1, got {rate}")));
+                }
+                Verb::Replay { from_seq: 0 } => return Err(invalid(line, "replay: from_seq must be at least 1 (stream sequences start at 1)".into())),
+                Verb::Duplicates { count: 0, .. } | Verb::Poison { count: 0 } => {
+                    return Err(invalid(line, format!("{}: count must be at least 1", f.verb.name())));
+                }
+                _ => {}
             }
             faults.push(f);
         }
