@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tracing::info;
 
 use crate::nats::{EnvConfig, NatsEnv, NatsError};
+use crate::netfault::ProxiedLink;
 
 /// Why an environment could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,9 @@ pub enum EnvError {
     /// The gateway could not start.
     #[error("gateway: {0}")]
     Gateway(String),
+    /// A fault proxy could not start or connect.
+    #[error("fault proxy: {0}")]
+    Proxy(String),
 }
 
 /// What to start.
@@ -46,6 +50,20 @@ pub struct EnvironmentConfig {
     pub workers: usize,
     /// Processor settings.
     pub processor: ProcessorConfig,
+    /// Which clients reach NATS through fault proxies (network latency and cuts).
+    pub proxied: ProxiedLinks,
+}
+
+/// Which clients' links to NATS go through fault proxies ([`ProxiedLink`]). Off by default: a
+/// proxy adds a hop, so only runs with network faults pay for it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProxiedLinks {
+    /// Gateways started by [`Environment::start_gateway`] and friends.
+    pub gateway: bool,
+    /// In-process workers.
+    pub workers: bool,
+    /// Seeds the proxies' jitter.
+    pub seed: u64,
 }
 
 impl Default for EnvironmentConfig {
@@ -56,6 +74,7 @@ impl Default for EnvironmentConfig {
             worker: WorkerConfig::default(),
             workers: 1,
             processor: ProcessorConfig::default(),
+            proxied: ProxiedLinks::default(),
         }
     }
 }
@@ -76,6 +95,10 @@ pub struct Environment {
     worker_config: WorkerConfig,
     /// Bridge settings as used.
     bridge_config: BridgeConfig,
+    /// The gateways' fault proxies, when asked for.
+    gateway_link: Option<ProxiedLink>,
+    /// The in-process workers' fault proxies, when asked for.
+    workers_link: Option<ProxiedLink>,
     /// NATS.
     nats: NatsEnv,
 }
@@ -104,6 +127,18 @@ impl Environment {
 
         config.worker.nats_url = nats.client_url();
         config.worker.processor_url = format!("http://{processor_addr}");
+        let link = |name: &'static str, wanted: bool| {
+            let urls = nats.client_urls();
+            let seed = config.proxied.seed ^ u64::from(name == "workers");
+            async move {
+                match wanted {
+                    true => ProxiedLink::start_for_urls(name, &urls, seed).await.map(Some).map_err(|e| EnvError::Proxy(e.to_string())),
+                    false => Ok(None),
+                }
+            }
+        };
+        let gateway_link = link("gateway", config.proxied.gateway).await?;
+        let workers_link = link("workers", config.proxied.workers).await?;
         let mut env = Environment {
             workers: Vec::new(),
             bridge,
@@ -112,6 +147,8 @@ impl Environment {
             processor_stop: Some(stop),
             worker_config: config.worker,
             bridge_config: config.bridge,
+            gateway_link,
+            workers_link,
             nats,
         };
         for _ in 0..config.workers {
@@ -131,7 +168,10 @@ impl Environment {
         config.nats_url = self.nats.client_url();
         config.processor_url = self.processor_url();
         config.name = format!("{}-{}", config.name, self.workers.len() + 1);
-        let client = self.nats.connect().await?;
+        let client = match &self.workers_link {
+            Some(link) => link.connect().await.map_err(|e| EnvError::Proxy(e.to_string()))?,
+            None => self.nats.connect().await?,
+        };
         let handle = mock_worker::start_with_client(client, config, self.bridge_config.clone())
             .await
             .map_err(|e| EnvError::Worker(e.to_string()))?;
@@ -175,6 +215,11 @@ impl Environment {
     /// The running in-process workers.
     pub fn workers(&self) -> &[WorkerHandle] {
         &self.workers
+    }
+
+    /// The fault proxies of a link, if this environment has them.
+    pub fn link(&self, gateway: bool) -> Option<&ProxiedLink> {
+        if gateway { self.gateway_link.as_ref() } else { self.workers_link.as_ref() }
     }
 
     /// Removes a worker (to kill or shut it down).
@@ -230,7 +275,10 @@ impl Environment {
         config: gateway::config::GatewayConfig,
         bridge_config: BridgeConfig,
     ) -> Result<GatewayHandle, EnvError> {
-        let client = self.nats.connect().await?;
+        let client = match &self.gateway_link {
+            Some(link) => link.connect().await.map_err(|e| EnvError::Proxy(e.to_string()))?,
+            None => self.nats.connect().await?,
+        };
         let bridge = Bridge::with_client(client, bridge_config).await.map_err(|e| EnvError::Bridge(e.to_string()))?;
         let running = gateway::start_with(config, bridge).map_err(|e| EnvError::Gateway(e.to_string()))?;
         let listener = tokio::net::TcpListener::bind(addr)

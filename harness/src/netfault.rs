@@ -664,3 +664,108 @@ mod tests {
         assert!(config.chunk_size > 0 && config.queue_chunks > 0);
     }
 }
+
+/// A client's whole link to NATS: one [`Proxy`] per server, faulted together. A client
+/// connects through [`ProxiedLink::connect`], which never follows servers the cluster
+/// advertises (that would go around the proxies) and reconnects quickly once a cut is over.
+pub struct ProxiedLink {
+    /// What the link is (`gateway`, `workers`), for logs.
+    name: String,
+    /// One proxy per server, in the servers' order.
+    proxies: Vec<Proxy>,
+}
+
+impl ProxiedLink {
+    /// Starts one proxy per upstream server; each proxy's jitter is seeded from `seed` and its
+    /// position, so a run with the same seed draws the same delays.
+    pub async fn start(name: &str, upstreams: &[SocketAddr], seed: u64) -> io::Result<ProxiedLink> {
+        let mut proxies = Vec::with_capacity(upstreams.len());
+        for (i, upstream) in upstreams.iter().enumerate() {
+            proxies.push(Proxy::start(*upstream, seed.wrapping_add(i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).await?);
+        }
+        tracing::info!(link = name, proxies = proxies.len(), "net fault link ready");
+        Ok(ProxiedLink { name: name.to_string(), proxies })
+    }
+
+    /// Starts a link in front of servers given by URL (`nats://host:port`).
+    pub async fn start_for_urls(name: &str, urls: &[String], seed: u64) -> io::Result<ProxiedLink> {
+        let upstreams = urls
+            .iter()
+            .map(|u| {
+                let hostport = u.rsplit("://").next().unwrap_or(u);
+                tokio::net::lookup_host(hostport.to_string())
+            })
+            .collect::<Vec<_>>();
+        let mut addrs = Vec::new();
+        for lookup in upstreams {
+            let addr = lookup.await?.next().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "server url resolves to nothing"))?;
+            addrs.push(addr);
+        }
+        ProxiedLink::start(name, &addrs, seed).await
+    }
+
+    /// The link's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The proxies' URLs, to connect to instead of the servers.
+    pub fn urls(&self) -> Vec<String> {
+        self.proxies.iter().map(Proxy::url).collect()
+    }
+
+    /// Connect options for a client on this link: discovered servers ignored (they would
+    /// bypass the proxies), unlimited reconnects, at most 250 ms between attempts.
+    pub fn connect_options(&self) -> async_nats::ConnectOptions {
+        async_nats::ConnectOptions::new()
+            .ignore_discovered_servers()
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| Duration::from_millis((50 * attempts as u64).min(250)))
+    }
+
+    /// Connects a client through the link.
+    pub async fn connect(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
+        self.connect_options().connect(self.urls()).await
+    }
+
+    /// Latency and jitter on every proxy (see [`Proxy::set_latency`]).
+    pub fn set_latency(&self, base: Duration, jitter: Duration) {
+        self.proxies.iter().for_each(|p| p.set_latency(base, jitter));
+    }
+
+    /// No added latency.
+    pub fn clear_latency(&self) {
+        self.proxies.iter().for_each(Proxy::clear_latency);
+    }
+
+    /// Cuts every connection and refuses new ones (see [`Proxy::cut`]).
+    pub fn cut(&self) {
+        self.proxies.iter().for_each(Proxy::cut);
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.proxies.iter().for_each(Proxy::restore);
+    }
+
+    /// Stops forwarding, connections kept (see [`Proxy::hold`]).
+    pub fn hold(&self) {
+        self.proxies.iter().for_each(Proxy::hold);
+    }
+
+    /// Forwards again.
+    pub fn release(&self) {
+        self.proxies.iter().for_each(Proxy::release);
+    }
+
+    /// Each proxy's counters.
+    pub fn stats(&self) -> Vec<ProxyStats> {
+        self.proxies.iter().map(Proxy::stats).collect()
+    }
+}
+
+impl fmt::Debug for ProxiedLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxiedLink").field("name", &self.name).field("proxies", &self.proxies).finish()
+    }
+}

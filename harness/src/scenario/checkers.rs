@@ -321,10 +321,9 @@ pub fn integrity(o: &Observations) -> Vec<Violation> {
 /// Invariant 7: p99 per call from the intended send time, against targets (ms).
 pub fn latency(history: &[Event], targets: &BTreeMap<String, f64>, call_of: impl Fn(&str) -> Option<&'static str>) -> (BTreeMap<String, u64>, Vec<Violation>) {
     let mut samples: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    // Every completion counts, unknown ones too: a call that timed out kept its caller waiting
+    // that long, and leaving it out would flatter the tail.
     for (inv, done) in pairs(history) {
-        if done.kind == Kind::Unknown {
-            continue;
-        }
         let start = inv.intended_us.unwrap_or(inv.time_us);
         let op = call_of(&inv.f).map(str::to_string).unwrap_or_else(|| inv.f.clone());
         samples.entry(op).or_default().push(done.time_us.saturating_sub(start));

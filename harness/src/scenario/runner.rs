@@ -16,11 +16,11 @@ use super::checkers;
 use super::history::{Kind, Recorder};
 use super::observe;
 use super::report::{self, RunReport};
-use super::spec::{CrashPoint, DuplicateKind, Scenario, Scheme, Verb};
+use super::spec::{CrashPoint, DuplicateKind, Link, Scenario, Scheme, Verb};
 use crate::workers::{WorkerPool, WorkerSpec};
 use super::workload::{self, Client};
 use crate::cli::CliError;
-use crate::env::{Environment, EnvironmentConfig};
+use crate::env::{Environment, EnvironmentConfig, ProxiedLinks};
 use crate::nats::EnvConfig;
 use crate::stats::unix_time;
 
@@ -123,6 +123,11 @@ struct FaultContext {
     worker: WorkerConfig,
     /// Replay workers started so far (each gets a fresh consumer prefix).
     replays: std::sync::atomic::AtomicUsize,
+}
+
+/// The fault proxies of `link` (the runner asks for them whenever a fault names the link).
+fn proxied(env: &Environment, link: Link) -> Result<&crate::netfault::ProxiedLink, String> {
+    env.link(link == Link::Gateway).ok_or_else(|| format!("the {link:?} link has no fault proxies"))
 }
 
 /// Applies one fault verb (`undo` = false) or undoes it (`undo` = true).
@@ -238,6 +243,24 @@ async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String>
             env.start_worker_with(config).await.map_err(|e| e.to_string())?;
             Ok(())
         }
+        (Verb::NetLatency { link, base_ms, jitter_ms }, undo) => {
+            let link = proxied(&env, *link)?;
+            match undo {
+                false => link.set_latency(Duration::from_millis(*base_ms), Duration::from_millis(*jitter_ms)),
+                true => link.clear_latency(),
+            }
+            Ok(())
+        }
+        (Verb::NetCut { link }, undo) => {
+            let link = proxied(&env, *link)?;
+            if undo { link.restore() } else { link.cut() }
+            Ok(())
+        }
+        (Verb::NetHold { link }, undo) => {
+            let link = proxied(&env, *link)?;
+            if undo { link.release() } else { link.hold() }
+            Ok(())
+        }
         (Verb::NatsRestart { node: Some(node) }, false) => env.nats().restart(node).await.map_err(|e| e.to_string()),
         (Verb::NatsRestart { node: None }, false) => env.nats().restart_all().await.map_err(|e| e.to_string()),
         (Verb::NodeKill { node }, false) => env.nats().kill(node).await.map_err(|e| e.to_string()),
@@ -281,6 +304,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
         worker,
         workers: t.workers,
         processor: ProcessorConfig { idempotency: t.processor_idempotency, ..Default::default() },
+        proxied: ProxiedLinks { gateway: scenario.uses_link(Link::Gateway), workers: scenario.uses_link(Link::Workers), seed },
     })
     .await?;
     let dir = options.report_dir.join(format!("{}-{seed}-{}", scenario.name, unix_time()));

@@ -437,6 +437,12 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 impl Scenario {
+    /// Whether a network fault of the timeline acts on `link` (its client then reaches NATS
+    /// through fault proxies).
+    pub fn uses_link(&self, link: Link) -> bool {
+        self.faults.iter().any(|f| matches!(f.verb, Verb::NetLatency { link: l, .. } | Verb::NetCut { link: l } | Verb::NetHold { link: l } if l == link))
+    }
+
     /// A shorter variant for the test suite: the workload and the fault timeline scaled by
     /// `factor` (0 < factor <= 1), the rate kept.
     pub fn scaled(&self, factor: f64) -> Scenario {
