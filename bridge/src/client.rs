@@ -267,6 +267,14 @@ impl Bridge {
             self.inner.metrics.op(op).duplicates.inc();
             debug!(message_id = request.message_id(), seq = ack.sequence, "duplicate publish");
         }
+        if ack.duplicate && self.inner.config.defects.duplicate_waits_for_reply {
+            // The defect: no lookup, no deadline.
+            while let Some(msg) = waiter.recv().await {
+                if let Some(reply) = self.accept(request, &msg.payload)? {
+                    return Ok(reply);
+                }
+            }
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
             let wake = next_lookup.map_or(deadline, |l| l.min(deadline));

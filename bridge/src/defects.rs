@@ -14,4 +14,8 @@ pub struct Defects {
     pub stream_captures_queries: bool,
     /// The card number is copied into a header.
     pub card_data_in_headers: bool,
+    /// A publish that JetStream reports as a duplicate waits for the worker's reply with no
+    /// deadline and no reply lookup: when the first reply went to a caller that gave up, the
+    /// call waits forever for a reply that will never come.
+    pub duplicate_waits_for_reply: bool,
 }

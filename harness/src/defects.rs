@@ -23,7 +23,7 @@ pub struct Defect {
 }
 
 /// Every defect.
-pub const DEFECTS: [Defect; 8] = [
+pub const DEFECTS: [Defect; 9] = [
     Defect {
         name: "reuse-authorize-message-id",
         component: "bridge",
@@ -51,6 +51,13 @@ pub const DEFECTS: [Defect; 8] = [
         description: "the card number is copied into a message header",
         caught_by: "happy-path",
         invariant: "no_card_data",
+    },
+    Defect {
+        name: "duplicate-waits-for-reply",
+        component: "bridge",
+        description: "a re-sent operation that JetStream reports as a duplicate waits for a reply with no deadline and no lookup; when the first reply was lost it waits forever",
+        caught_by: "lost-reply",
+        invariant: "zero_stuck",
     },
     Defect {
         name: "manual-capture-as-charged",
@@ -94,6 +101,7 @@ pub fn apply(defect: &Defect, bridge: &mut BridgeConfig, gateway: &mut GatewayCo
         "reserved-reply-header" => bridge.defects.reserved_reply_header = true,
         "stream-captures-queries" => bridge.defects.stream_captures_queries = true,
         "card-data-in-headers" => bridge.defects.card_data_in_headers = true,
+        "duplicate-waits-for-reply" => bridge.defects.duplicate_waits_for_reply = true,
         "manual-capture-as-charged" => gateway.defects.manual_capture_as_charged = true,
         "late-reply-overwrites-terminal" => gateway.defects.late_reply_overwrites_terminal = true,
         "recovery-without-asking" => gateway.defects.recovery_without_asking = true,

@@ -55,6 +55,11 @@ async fn the_correct_system_passes_the_catching_scenarios() {
 }
 
 #[tokio::test]
+async fn duplicate_waits_for_reply() {
+    caught("duplicate-waits-for-reply").await;
+}
+
+#[tokio::test]
 async fn reuse_authorize_message_id() {
     caught("reuse-authorize-message-id").await;
 }

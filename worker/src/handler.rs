@@ -33,6 +33,9 @@ pub struct Faults {
     /// Every reply is published twice (chaos: duplicate worker replies); callers must apply
     /// one and ignore the other.
     pub duplicate_replies: std::sync::atomic::AtomicBool,
+    /// Replies are not published (lost in transit, as core NATS may lose them); the result is
+    /// still stored and the message acked (chaos: lost replies).
+    pub drop_replies: std::sync::atomic::AtomicBool,
 }
 
 impl Faults {
@@ -464,6 +467,11 @@ impl Handler {
             ..self.profile.clone()
         }
         .draw(key)
+    }
+
+    /// Whether replies are dropped (the lost replies fault).
+    pub(crate) fn drop_replies(&self) -> bool {
+        self.faults.drop_replies.load(Ordering::Relaxed)
     }
 
     /// Whether replies go out twice (the duplicate replies fault).

@@ -283,7 +283,7 @@ async fn on_durable(client: &Client, handler: &Handler, bridge: &BridgeConfig, o
     };
     match handled {
         Ok(Handled::Reply(response)) => {
-            if let Some(reply_to) = reply_to {
+            if let Some(reply_to) = reply_to.filter(|_| !handler.drop_replies()) {
                 send_reply(client, &reply_to, &env, &response).await;
                 if handler.duplicate_replies() {
                     send_reply(client, &reply_to, &env, &response).await;

@@ -230,6 +230,12 @@ async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String>
             }
             Ok(())
         }
+        (Verb::DropReplies, undo) => {
+            for w in env.workers() {
+                w.faults().drop_replies.store(!undo, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(())
+        }
         (Verb::Replay { from_seq }, false) => {
             // A fresh consumer per durable operation, from `from_seq`: every message in range is
             // delivered again, to a worker that must answer from its stored results.

@@ -277,6 +277,9 @@ pub enum Verb {
     },
     /// Workers publish every reply twice until `until_s`.
     DuplicateReplies,
+    /// Workers store their results and ack, but their replies are lost in transit, until
+    /// `until_s`: callers time out and must learn the outcome by asking.
+    DropReplies,
     /// Latency (and jitter) on a client's network link to NATS until `until_s`.
     NetLatency {
         /// Whose link.
@@ -319,6 +322,7 @@ impl Verb {
                 | Verb::ProcessorDown
                 | Verb::WorkerErrors { .. }
                 | Verb::DuplicateReplies
+                | Verb::DropReplies
                 | Verb::NetLatency { .. }
                 | Verb::NetCut { .. }
                 | Verb::NetHold { .. }
@@ -347,6 +351,7 @@ impl Verb {
             Verb::ProcessorDown => "processor_down",
             Verb::WorkerErrors { .. } => "worker_errors",
             Verb::DuplicateReplies => "duplicate_replies",
+            Verb::DropReplies => "drop_replies",
             Verb::NetLatency { .. } => "net_latency",
             Verb::NetCut { .. } => "net_cut",
             Verb::NetHold { .. } => "net_hold",
