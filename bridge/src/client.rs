@@ -93,8 +93,10 @@ impl Bridge {
         let metrics = BridgeMetrics::new(Arc::new(Registry::new()), breakers.clone());
         let (late, late_rx) = LateSink::new(
             config.late_reply_buffer,
+            config.max_reply_bytes,
             metrics.late_replies.clone(),
             metrics.late_replies_dropped.clone(),
+            metrics.late_replies_rejected.clone(),
         );
         let inbox = ReplyInbox::start(&client, stats.clone(), late)
             .await
@@ -270,7 +272,7 @@ impl Bridge {
         if ack.duplicate && self.inner.config.defects.duplicate_waits_for_reply {
             // The defect: no lookup, no deadline.
             while let Some(msg) = waiter.recv().await {
-                if let Some(reply) = self.accept(request, &msg.payload)? {
+                if let Ok(reply) = self.accept(request, &msg.payload) {
                     return Ok(reply);
                 }
             }
@@ -282,16 +284,15 @@ impl Bridge {
                 msg = waiter.recv() => {
                     let Some(msg) = msg else { break };
                     match self.accept(request, &msg.payload) {
-                        Ok(Some(reply)) => return Ok(reply),
-                        Ok(None) => continue,
-                        Err(e) => return Err(e),
+                        Ok(reply) => return Ok(reply),
+                        Err(_) => continue,
                     }
                 }
                 _ = sleep_until(wake) => {
                     if Instant::now() >= deadline {
                         // A reply routed at the last instant is still ours.
                         while let Some(msg) = waiter.try_recv() {
-                            if let Some(reply) = self.accept(request, &msg.payload)? {
+                            if let Ok(reply) = self.accept(request, &msg.payload) {
                                 return Ok(reply);
                             }
                         }
@@ -385,22 +386,29 @@ impl Bridge {
         })
     }
 
-    /// Decodes a reply; `Ok(None)` for a reply that is not ours (counted, ignored).
-    fn accept(&self, request: &OperationRequest, payload: &[u8]) -> Result<Option<ResponseEnvelope>, CallError> {
+    /// Decodes and checks a reply; `Err(why)` for one that is oversized, undecodable or not
+    /// ours (counted in `nats_rejected_replies`, never applied).
+    fn accept(&self, request: &OperationRequest, payload: &[u8]) -> Result<ResponseEnvelope, String> {
         let rejected = || {
             self.inner.stats.rejected_replies.fetch_add(1, Ordering::Relaxed);
             self.inner.metrics.op(request.operation()).rejected.inc();
         };
-        let reply: ResponseEnvelope = serde_json::from_slice(payload).map_err(|e| {
-            rejected();
-            CallError::InvalidReply(e.to_string())
-        })?;
-        if let Some(why) = reply.mismatch(request.envelope()) {
-            rejected();
-            warn!(message_id = request.message_id(), %why, "reply refused");
-            return Ok(None);
-        }
-        Ok(Some(reply))
+        // A bad message on our inbox must not end the wait: the real reply may still come.
+        // Refused and counted; the call keeps waiting (and times out unknown if nothing else).
+        let why = if payload.len() > self.inner.config.max_reply_bytes {
+            format!("reply of {} bytes exceeds max_reply_bytes ({})", payload.len(), self.inner.config.max_reply_bytes)
+        } else {
+            match serde_json::from_slice::<ResponseEnvelope>(payload) {
+                Err(e) => format!("undecodable reply: {e}"),
+                Ok(reply) => match reply.mismatch(request.envelope()) {
+                    None => return Ok(reply),
+                    Some(why) => why,
+                },
+            }
+        };
+        rejected();
+        warn!(message_id = request.message_id(), %why, "reply refused");
+        Err(why)
     }
 
     /// Asks the workers for the stored reply of a message; `None` if not (yet) known.
@@ -422,7 +430,7 @@ impl Bridge {
         if !hit {
             return None;
         }
-        self.accept(request, &msg.payload).ok().flatten()
+        self.accept(request, &msg.payload).ok()
     }
 
     /// Core request/reply with the operation's timeout; no responders is reported at once.
@@ -434,10 +442,7 @@ impl Bridge {
             .payload(Self::payload(request)?)
             .timeout(Some(timeout));
         match self.inner.client.send_request(subject.clone(), req).await {
-            Ok(msg) => match self.accept(request, &msg.payload)? {
-                Some(reply) => Ok(reply),
-                None => Err(CallError::InvalidReply("reply belongs to another request".into())),
-            },
+            Ok(msg) => self.accept(request, &msg.payload).map_err(CallError::InvalidReply),
             Err(e) => Err(match e.kind() {
                 RequestErrorKind::NoResponders => CallError::NoResponders { subject },
                 RequestErrorKind::TimedOut => CallError::QueryTimeout { subject, timeout },

@@ -11,6 +11,7 @@
 //! late_reply_buffer = 1024     # replies that came after their call gave up, kept until the
 //!                              # application reads them (Bridge::late_replies); more are dropped
 //!                              # and counted
+//! max_reply_bytes = 262144     # larger replies are refused unread (counted)
 //!
 //! [nats_bridge.subjects]
 //! prefix = "hyperswitch"
@@ -186,6 +187,8 @@ impl Default for CircuitBreakerConfig {
 
 /// Longest `circuit_breaker.open_ms` accepted: one day.
 pub const MAX_OPEN_MS: u64 = 86_400_000;
+/// Largest `max_reply_bytes` accepted: NATS's own largest payload (64 MiB).
+pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// Largest `late_reply_buffer` accepted.
 pub const MAX_LATE_REPLY_BUFFER: usize = 1_000_000;
 
@@ -207,6 +210,9 @@ pub struct BridgeConfig {
     pub max_retries: u32,
     /// Late replies kept for the application until it reads them; more are dropped (counted).
     pub late_reply_buffer: usize,
+    /// Replies larger than this (bytes) are refused unread and counted: a reply is an envelope,
+    /// never a bulk payload, and decoding a huge one only costs memory.
+    pub max_reply_bytes: usize,
     /// Subjects.
     pub subjects: SubjectConfig,
     /// Streams.
@@ -230,6 +236,7 @@ impl Default for BridgeConfig {
             query_timeout_ms: 5_000,
             max_retries: 3,
             late_reply_buffer: 1024,
+            max_reply_bytes: 256 * 1024,
             subjects: SubjectConfig::default(),
             jetstream: JetStreamConfig::default(),
             operations: BTreeMap::new(),
@@ -318,6 +325,7 @@ impl BridgeConfig {
                 "QUERY_TIMEOUT_MS" => self.query_timeout_ms = num(&name, &value)?,
                 "MAX_RETRIES" => self.max_retries = num(&name, &value)?,
                 "LATE_REPLY_BUFFER" => self.late_reply_buffer = num(&name, &value)?,
+                "MAX_REPLY_BYTES" => self.max_reply_bytes = num(&name, &value)?,
                 "CIRCUIT_BREAKER_ENABLED" => {
                     self.circuit_breaker.enabled = match value.as_str() {
                         "true" | "1" => true,
@@ -387,6 +395,9 @@ impl BridgeConfig {
                 "late_reply_buffer must be 1..={MAX_LATE_REPLY_BUFFER}, got {}",
                 self.late_reply_buffer
             ));
+        }
+        if !(1024..=MAX_REPLY_BYTES).contains(&self.max_reply_bytes) {
+            return invalid(format!("max_reply_bytes must be 1024..={MAX_REPLY_BYTES}, got {}", self.max_reply_bytes));
         }
         let cb = &self.circuit_breaker;
         if cb.failure_threshold == 0 {

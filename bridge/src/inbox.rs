@@ -14,7 +14,7 @@ use async_nats::{Client, Message};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::late::LateSink;
+use crate::late::{LateSink, Offered};
 use crate::stats::Stats;
 
 type Waiters = HashMap<String, Vec<(u64, mpsc::Sender<Message>)>>;
@@ -76,8 +76,14 @@ impl ReplyInbox {
                 } else {
                     // A reply nobody waits for (late, or for a call that gave up).
                     stats.orphan_replies.fetch_add(1, Ordering::Relaxed);
-                    if !late.offer(msg.headers.as_ref(), &msg.payload) {
-                        stats.late_replies_dropped.fetch_add(1, Ordering::Relaxed);
+                    match late.offer(token, msg.headers.as_ref(), &msg.payload) {
+                        Offered::Handed => {}
+                        Offered::Dropped => {
+                            stats.late_replies_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Offered::Rejected(_) => {
+                            stats.rejected_replies.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }

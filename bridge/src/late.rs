@@ -6,6 +6,10 @@
 //! [`Bridge::late_replies`](crate::Bridge::late_replies), so the attempt whose outcome was
 //! unknown can be settled.
 //!
+//! Only plausible replies are handed over: one larger than `max_reply_bytes`, undecodable,
+//! without an `X-Message-Id`, or whose message id does not belong to the inbox address it was
+//! sent to is refused and counted (`nats_late_replies_rejected{reason}`), never applied.
+//!
 //! A late reply can also repeat a reply that was already returned (a worker re-sends its stored
 //! result when JetStream redelivers a message whose ack was late): apply late replies
 //! idempotently, and never let one overwrite a terminal state.
@@ -52,9 +56,24 @@ impl LateReply {
     }
 }
 
+/// What became of a reply nobody waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offered {
+    /// Handed to the application.
+    Handed,
+    /// Plausible, but the buffer was full or nobody reads.
+    Dropped,
+    /// Refused for this reason.
+    Rejected(&'static str),
+}
+
 /// Where the inbox puts late replies: a bounded channel, never blocking the inbox.
 pub(crate) struct LateSink {
     tx: mpsc::Sender<LateReply>,
+    /// Larger replies are refused unread.
+    max_bytes: usize,
+    /// `nats_late_replies_rejected`, by reason.
+    rejected: [(&'static str, Counter); 4],
     /// `nats_late_replies`.
     arrived: Counter,
     /// `nats_late_replies_dropped`.
@@ -63,27 +82,53 @@ pub(crate) struct LateSink {
 
 impl LateSink {
     /// A sink with room for `capacity` unread replies, and its receiver.
-    pub(crate) fn new(capacity: usize, arrived: Counter, dropped: Counter) -> (Self, mpsc::Receiver<LateReply>) {
+    pub(crate) fn new(
+        capacity: usize,
+        max_bytes: usize,
+        arrived: Counter,
+        dropped: Counter,
+        rejected: [(&'static str, Counter); 4],
+    ) -> (Self, mpsc::Receiver<LateReply>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        (LateSink { tx, arrived, dropped }, rx)
+        (LateSink { tx, max_bytes, rejected, arrived, dropped }, rx)
     }
 
-    /// Hands a late reply over; drops it (counted) when the buffer is full or nobody reads.
-    /// Returns whether it was handed over.
-    pub(crate) fn offer(&self, headers: Option<&HeaderMap>, payload: &[u8]) -> bool {
+    /// Checks a reply that reached inbox address `token` with no waiter, and hands it over;
+    /// drops it (counted) when the buffer is full or nobody reads.
+    pub(crate) fn offer(&self, token: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Offered {
         self.arrived.inc();
+        let reject = |reason: &'static str| {
+            if let Some((_, c)) = self.rejected.iter().find(|(r, _)| *r == reason) {
+                c.inc();
+            }
+            warn!(reason, bytes = payload.len(), "late reply refused");
+            Offered::Rejected(reason)
+        };
+        if payload.len() > self.max_bytes {
+            return reject("oversized");
+        }
         let reply = LateReply::decode(headers, payload);
+        if reply.response.is_err() {
+            return reject("undecodable");
+        }
+        let Some(message_id) = reply.message_id.as_deref() else {
+            return reject("no_message_id");
+        };
+        if crate::inbox::token(message_id) != token {
+            // Sent to the address of another message: misrouted, or forged.
+            return reject("wrong_inbox");
+        }
         debug!(key = ?reply.idempotency_key, correlation_id = ?reply.correlation_id, "late reply");
         match self.tx.try_send(reply) {
-            Ok(()) => true,
+            Ok(()) => Offered::Handed,
             Err(TrySendError::Full(reply)) => {
                 self.dropped.inc();
                 warn!(key = ?reply.idempotency_key, "late reply dropped: buffer full");
-                false
+                Offered::Dropped
             }
             Err(TrySendError::Closed(_)) => {
                 self.dropped.inc();
-                false
+                Offered::Dropped
             }
         }
     }
@@ -114,16 +159,44 @@ mod tests {
         assert_eq!(r.correlation_id.as_deref(), Some("c1"));
     }
 
+    fn rejections() -> [(&'static str, Counter); 4] {
+        ["oversized", "undecodable", "no_message_id", "wrong_inbox"].map(|r| (r, Counter::default()))
+    }
+
+    fn with_id(id: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(headers::MESSAGE_ID, id);
+        h
+    }
+
+    const OK: &[u8] = br#"{"status":"success","correlation_id":"c1"}"#;
+
     #[test]
     fn a_full_buffer_or_a_dropped_receiver_drops_and_counts() {
         let (arrived, dropped) = (Counter::default(), Counter::default());
-        let (sink, mut rx) = LateSink::new(1, arrived.clone(), dropped.clone());
-        assert!(sink.offer(None, b"{}"));
-        assert!(!sink.offer(None, b"{}"));
+        let (sink, mut rx) = LateSink::new(1, 1024, arrived.clone(), dropped.clone(), rejections());
+        let (h, token) = (with_id("m:p:payments.capture:c1"), crate::inbox::token("m:p:payments.capture:c1"));
+        assert_eq!(sink.offer(&token, Some(&h), OK), Offered::Handed);
+        assert_eq!(sink.offer(&token, Some(&h), OK), Offered::Dropped);
         assert_eq!((arrived.get(), dropped.get()), (2, 1));
         assert!(rx.try_recv().is_ok());
         drop(rx);
-        assert!(!sink.offer(None, b"{}"));
+        assert_eq!(sink.offer(&token, Some(&h), OK), Offered::Dropped);
         assert_eq!((arrived.get(), dropped.get()), (3, 2));
+    }
+
+    #[test]
+    fn implausible_replies_are_refused_by_reason_and_never_handed_over() {
+        let rejected = rejections();
+        let (sink, mut rx) = LateSink::new(8, 64, Counter::default(), Counter::default(), rejected.clone());
+        let id = "m:p:payments.capture:c1";
+        let (h, token) = (with_id(id), crate::inbox::token(id));
+        assert_eq!(sink.offer(&token, Some(&h), &[b' '; 65]), Offered::Rejected("oversized"));
+        assert_eq!(sink.offer(&token, Some(&h), b"{\"status\":\"succ"), Offered::Rejected("undecodable"));
+        assert_eq!(sink.offer(&token, None, OK), Offered::Rejected("no_message_id"));
+        let other = crate::inbox::token("m:p:payments.capture:c2");
+        assert_eq!(sink.offer(&other, Some(&h), OK), Offered::Rejected("wrong_inbox"));
+        assert!(rx.try_recv().is_err(), "nothing refused reaches the application");
+        assert!(rejected.iter().all(|(_, c)| c.get() == 1), "each reason counted once");
     }
 }

@@ -57,6 +57,9 @@ pub mod names {
     pub const LATE_REPLIES: &str = "nats_late_replies";
     /// Counter, no label: late replies not handed to the application (buffer full or receiver gone).
     pub const LATE_REPLIES_DROPPED: &str = "nats_late_replies_dropped";
+    /// Counter, label `reason`: replies nobody waited for that were refused (oversized,
+    /// undecodable, without a message id, or sent to another message's inbox address).
+    pub const LATE_REPLIES_REJECTED: &str = "nats_late_replies_rejected";
     /// Gauge, label `operation`: 0 closed, 1 open, 2 half-open.
     pub const BREAKER_STATE: &str = "nats_circuit_breaker_state";
     /// Counter, label `operation`: calls refused because the breaker was open.
@@ -554,6 +557,8 @@ pub(crate) struct BridgeMetrics {
     per_op: HashMap<&'static str, OnceLock<OpMetrics>>,
     pub(crate) late_replies: Counter,
     pub(crate) late_replies_dropped: Counter,
+    /// By reason: `oversized`, `undecodable`, `no_message_id`, `wrong_inbox`.
+    pub(crate) late_replies_rejected: [(&'static str, Counter); 4],
 }
 
 impl BridgeMetrics {
@@ -576,6 +581,16 @@ impl BridgeMetrics {
                 "late replies not handed to the application: buffer full or receiver dropped",
                 &[],
             ),
+            late_replies_rejected: ["oversized", "undecodable", "no_message_id", "wrong_inbox"].map(|reason| {
+                (
+                    reason,
+                    registry.counter(
+                        names::LATE_REPLIES_REJECTED,
+                        "replies nobody waited for, refused: oversized, undecodable, without a message id, or sent to another message's inbox",
+                        &[("reason", reason)],
+                    ),
+                )
+            }),
             per_op: catalogue::all().map(|op| (op.name, OnceLock::new())).collect(),
             registry,
         }

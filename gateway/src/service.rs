@@ -357,12 +357,33 @@ impl Gateway {
 
 /// Applies replies that arrived after the bridge stopped waiting (the call returned a
 /// timeout). A reply for an operation already final changes nothing.
+/// A late reply must answer the operation it names: one whose correlation id, merchant or
+/// payment differs from the stored request, or that names no operation we sent, is refused
+/// (counted in `gateway_late_replies_refused`) and never applied.
 pub async fn apply_late_replies(gateway: Arc<Gateway>, mut replies: tokio::sync::mpsc::Receiver<nats_bridge::late::LateReply>) {
+    let refused = gateway.bridge.metrics().counter(
+        "gateway_late_replies_refused",
+        "late replies not applied: no such operation, or not matching its request (correlation id, merchant, payment)",
+        &[],
+    );
     while let Some(late) = replies.recv().await {
         let Some(message_id) = late.message_id.clone().or_else(|| late.idempotency_key.clone()) else {
             warn!("late reply without message id or idempotency key, ignored");
+            refused.inc();
             continue;
         };
+        let stored = gateway.store.operation(&message_id).ok().flatten();
+        let request = stored.as_ref().and_then(|op| serde_json::from_str::<nats_bridge::RequestEnvelope>(&op.request).ok());
+        let why = match (&request, &late.response) {
+            (None, _) => Some("no operation with this message id was sent".to_string()),
+            (Some(request), Ok(reply)) => reply.mismatch(request),
+            (Some(_), Err(_)) => None,
+        };
+        if let Some(why) = why {
+            warn!(%message_id, %why, "late reply refused");
+            refused.inc();
+            continue;
+        }
         let res = resolution(&late.response.clone().map_err(CallError::InvalidReply));
         if matches!(res, Resolution::Unknown { .. }) {
             warn!(%message_id, "late reply is not a valid response envelope, ignored");

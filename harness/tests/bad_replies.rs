@@ -1,0 +1,234 @@
+//! Bad input at the bus: replies that are malformed, truncated, oversized, for another request
+//! or merchant, or sent to an inbox nobody waits on are refused, counted in metrics, and never
+//! applied; the call they tried to disturb still gets its real reply.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use harness::nats::EnvConfig;
+use mock_worker::WorkerConfig;
+use nats_bridge::{catalogue, headers, OperationRequest, RequestEnvelope, ResponseEnvelope, ResponseStatus};
+
+/// The value of a metric series in Prometheus text, 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// A hand-driven worker: the next authorize message, its reply address and envelope.
+async fn take_request(js: &jetstream::Context, stream: &str, subject: &str) -> (jetstream::Message, String, RequestEnvelope) {
+    let consumer: pull::Stream = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .create_consumer(pull::Config { durable_name: Some("bad_replies".into()), filter_subject: subject.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .messages()
+        .await
+        .unwrap();
+    let mut consumer = consumer;
+    let msg = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.expect("the request arrives").unwrap().unwrap();
+    let reply_to = msg.headers.as_ref().and_then(|h| h.get(headers::REPLY_TO)).expect("a reply address").to_string();
+    let env: RequestEnvelope = serde_json::from_slice(&msg.payload).unwrap();
+    (msg, reply_to, env)
+}
+
+fn reply_headers(message_id: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(headers::MESSAGE_ID, message_id);
+    h
+}
+
+#[tokio::test]
+async fn bad_replies_are_refused_counted_and_never_applied() {
+    let env = common::start(EnvConfig::single(), 0, WorkerConfig::default()).await;
+    let bridge = env.bridge().clone();
+    let mut late = bridge.late_replies().expect("late replies not taken yet");
+    let client = env.nats().connect().await.unwrap();
+    let op = catalogue::ops::authorize();
+    let request = OperationRequest::new(op, "merchant_a", "pay_bad_1", "att_1").router_data(common::money(1000));
+    let call = {
+        let (bridge, request) = (bridge.clone(), request.clone());
+        tokio::spawn(async move { bridge.call(&request).await })
+    };
+    let config = env.bridge_config();
+    let (msg, reply_to, request_env) = take_request(bridge.jetstream(), &config.stream_name(op.family), &config.subject_template(op)).await;
+    let good = ResponseEnvelope::reply_to(&request_env, ResponseStatus::Success);
+    let good_json = serde_json::to_vec(&good).unwrap();
+    let mut wrong_correlation = good.clone();
+    wrong_correlation.correlation_id = "someone-else".into();
+    let mut other_merchant = good.clone();
+    other_merchant.merchant_id = Some("merchant_b".into());
+    let mut oversized = serde_json::to_value(&good).unwrap();
+    oversized["connector_response"] = serde_json::json!({ "blob": "x".repeat(300 * 1024) });
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"\x00\x01not json at all".to_vec()),
+        ("truncated", good_json[..good_json.len() / 2].to_vec()),
+        ("oversized", serde_json::to_vec(&oversized).unwrap()),
+        ("wrong correlation id", serde_json::to_vec(&wrong_correlation).unwrap()),
+        ("another merchant", serde_json::to_vec(&other_merchant).unwrap()),
+    ];
+    for (_, body) in &bad {
+        client.publish_with_headers(reply_to.clone(), reply_headers(request.message_id()), body.clone().into()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    // Only once all five are refused does the real reply go out.
+    let expected = bad.len() as u64;
+    common::eventually("the bad replies are refused", Duration::from_secs(10), || {
+        let n = bridge.stats().rejected_replies;
+        async move { (n >= expected).then_some(()) }
+    })
+    .await;
+    assert!(!call.is_finished(), "a bad reply must not end the call");
+    client.publish_with_headers(reply_to.clone(), reply_headers(request.message_id()), good_json.clone().into()).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), call).await.expect("the call completes").unwrap().expect("the real reply is accepted");
+    assert_eq!(reply.correlation_id, request.envelope().correlation_id);
+    assert_eq!(reply.status, ResponseStatus::Success);
+    msg.ack().await.unwrap();
+    let text = bridge.metrics().render();
+    assert_eq!(metric(&text, "nats_rejected_replies{operation=\"payments.authorize\"}"), bad.len() as f64, "{text}");
+
+    // Replies to an inbox nobody waits on any more.
+    let other_id = nats_bridge::request::message_id("merchant_a", "pay_bad_2", op, "att_1");
+    let late_bad: Vec<(&str, Option<HeaderMap>, Vec<u8>)> = vec![
+        ("undecodable", Some(reply_headers(request.message_id())), b"{\"status\":".to_vec()),
+        ("no_message_id", None, good_json.clone()),
+        ("wrong_inbox", Some(reply_headers(&other_id)), good_json.clone()),
+        ("oversized", Some(reply_headers(request.message_id())), serde_json::to_vec(&oversized).unwrap()),
+    ];
+    for (_, h, body) in &late_bad {
+        match h {
+            Some(h) => client.publish_with_headers(reply_to.clone(), h.clone(), body.clone().into()).await.unwrap(),
+            None => client.publish(reply_to.clone(), body.clone().into()).await.unwrap(),
+        }
+    }
+    // And one plausible late reply (a duplicate of the real one), which is handed over.
+    client.publish_with_headers(reply_to.clone(), reply_headers(request.message_id()), good_json.clone().into()).await.unwrap();
+    client.flush().await.unwrap();
+    let handed = tokio::time::timeout(Duration::from_secs(10), late.recv()).await.expect("the plausible late reply arrives").unwrap();
+    assert_eq!(handed.message_id.as_deref(), Some(request.message_id()));
+    let text = bridge.metrics().render();
+    for (reason, _, _) in &late_bad {
+        assert_eq!(metric(&text, &format!("nats_late_replies_rejected{{reason=\"{reason}\"}}")), 1.0, "{reason}:\n{text}");
+    }
+    assert!(late.try_recv().is_err(), "nothing refused reaches the application");
+}
+
+#[tokio::test]
+async fn the_gateway_applies_no_late_reply_that_does_not_match_its_request() {
+    let env = common::single(1).await;
+    let dir = common::TempDir::new("bad-late-replies");
+    let gateway = env
+        .start_gateway(gateway::config::GatewayConfig {
+            api_keys: [("key_a".to_string(), "merchant_a".to_string())].into(),
+            database: dir.path().join("gateway.db"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("{}/payments", gateway.url))
+        .header("api-key", "key_a")
+        .json(&serde_json::json!({ "payment_id": "pay_late_1", "amount": 1000, "currency": "USD", "capture_method": "manual", "confirm": true }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["status"], "requires_capture", "{created}");
+    let store = gateway.running.state.gateway.store.clone();
+    let ops = store.operations_of("merchant_a", "pay_late_1").unwrap();
+    let authorize = ops.iter().find(|o| o.operation == "payments.authorize").expect("the authorize operation");
+    let request: RequestEnvelope = serde_json::from_str(&authorize.request).unwrap();
+
+    // Feed forged late replies straight to the gateway's applier.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let applier = tokio::spawn(gateway::service::apply_late_replies(gateway.running.state.gateway.clone(), rx));
+    let mut forged = ResponseEnvelope::failure(&request, "card_declined", "forged");
+    forged.correlation_id = "not-the-request".into();
+    let late = |message_id: &str, response: ResponseEnvelope| nats_bridge::late::LateReply {
+        message_id: Some(message_id.to_string()),
+        idempotency_key: None,
+        correlation_id: Some(response.correlation_id.clone()),
+        response: Ok(response),
+    };
+    tx.send(late(&authorize.message_id, forged)).await.unwrap();
+    let mut other_merchant = ResponseEnvelope::failure(&request, "card_declined", "forged");
+    other_merchant.merchant_id = Some("merchant_b".into());
+    tx.send(late(&authorize.message_id, other_merchant)).await.unwrap();
+    tx.send(late("merchant_a:pay_late_1:payments.capture:never_sent", ResponseEnvelope::reply_to(&request, ResponseStatus::Success))).await.unwrap();
+    drop(tx);
+    applier.await.unwrap();
+    let text = gateway.running.state.gateway.bridge.metrics().render();
+    assert_eq!(metric(&text, "gateway_late_replies_refused"), 3.0, "{text}");
+    let payment: serde_json::Value = http
+        .get(format!("{}/payments/pay_late_1", gateway.url))
+        .header("api-key", "key_a")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(payment["status"], "requires_capture", "forged replies changed nothing: {payment}");
+}
+
+mod decoding {
+    //! Reply decoding never panics on any bytes, refuses every truncation of a valid reply, and
+    //! tells a reply for another request, merchant or payment from the real one.
+
+    use nats_bridge::late::LateReply;
+    use nats_bridge::{catalogue, OperationRequest, ResponseEnvelope, ResponseStatus};
+    use proptest::prelude::*;
+
+    fn request() -> OperationRequest {
+        OperationRequest::new(catalogue::ops::capture(), "merchant_a", "pay_1", "cap_1").router_data(serde_json::json!({ "amount": 500, "currency": "USD" }))
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let decoded = LateReply::decode(None, &bytes);
+            if let Ok(env) = decoded.response {
+                // Whatever decodes re-encodes: nothing half-built is handed over.
+                prop_assert!(serde_json::to_vec(&env).is_ok());
+            }
+        }
+
+        #[test]
+        fn every_truncation_of_a_valid_reply_is_refused(cut in 0usize..10_000) {
+            let req = request();
+            let body = serde_json::to_vec(&ResponseEnvelope::reply_to(req.envelope(), ResponseStatus::Success)).unwrap();
+            let cut = cut % body.len();
+            prop_assert!(LateReply::decode(None, &body[..cut]).response.is_err());
+            prop_assert!(LateReply::decode(None, &body).response.is_ok());
+        }
+
+        #[test]
+        fn replies_for_someone_else_are_told_apart(
+            correlation in "[a-z0-9-]{1,36}",
+            merchant in "[a-z_]{1,12}",
+            payment in "[a-z0-9_]{1,12}",
+        ) {
+            let req = request();
+            let env = req.envelope();
+            let good = ResponseEnvelope::reply_to(env, ResponseStatus::Success);
+            prop_assert!(good.mismatch(env).is_none());
+            let mut r = good.clone();
+            r.correlation_id = correlation.clone();
+            prop_assert_eq!(r.mismatch(env).is_some(), correlation != env.correlation_id);
+            let mut r = good.clone();
+            r.merchant_id = Some(merchant.clone());
+            prop_assert_eq!(r.mismatch(env).is_some(), merchant != env.merchant_id);
+            let mut r = good;
+            r.payment_id = Some(payment.clone());
+            prop_assert_eq!(r.mismatch(env).is_some(), payment != env.payment_id);
+        }
+    }
+}
