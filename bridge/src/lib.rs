@@ -6,6 +6,7 @@
 //!
 //! Map of the crate:
 //! - [`catalogue`]: the 35 operations, one row each; everything else derives from it.
+//! - [`asyncapi`]: the worker protocol as an AsyncAPI 3.0 document, generated from the catalogue.
 //! - [`config`]: `[nats_bridge]` TOML + `NATS_BRIDGE_*` env, seed defaults, validation.
 //! - [`subjects`]: subject templates and wildcard matching.
 //! - [`envelope`]: request and response bodies.
@@ -22,6 +23,7 @@
 //! - `inbox` (private): the one multiplexed reply subscription and its routing table.
 //! - `stats` (private): counters behind [`StatsSnapshot`].
 
+pub mod asyncapi;
 pub mod breaker;
 pub mod catalogue;
 pub mod client;
