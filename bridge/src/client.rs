@@ -64,9 +64,10 @@ impl Bridge {
     /// Connects to NATS with the configuration's settings and starts the reply inbox.
     pub async fn connect(config: BridgeConfig) -> Result<Bridge, ConnectError> {
         config.validate()?;
-        let client = async_nats::ConnectOptions::new()
+        let timeout = Duration::from_millis(config.connection_timeout_ms);
+        let options = async_nats::ConnectOptions::new()
             .name(&config.connection_name)
-            .connection_timeout(Duration::from_secs(5))
+            .connection_timeout(timeout)
             .ping_interval(Duration::from_secs(10))
             .max_reconnects(None)
             .event_callback(|event| async move {
@@ -75,13 +76,29 @@ impl Bridge {
                     async_nats::Event::Connected => debug!("nats connected"),
                     other => debug!(event = %other, "nats event"),
                 }
-            })
-            .connect(config.server_urls())
-            .await
-            .map_err(|e| ConnectError::Connect {
-                url: config.base_url.clone(),
-                reason: e.to_string(),
-            })?;
+            });
+        let options = crate::config::apply_security("nats_bridge", options, &config.tls, &config.auth).await?;
+        // The first connection is tried once per server (no retry_on_initial_connect): a bad
+        // certificate or password is an error at start, not a reconnect loop. The outer timeout
+        // bounds DNS and every server of the list together.
+        let urls = config.server_urls();
+        let bound = timeout * urls.len().max(1) as u32 + Duration::from_secs(1);
+        let attempt = options.connect(urls);
+        let client = match tokio::time::timeout(bound, attempt).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                return Err(ConnectError::Connect {
+                    url: config.base_url.clone(),
+                    reason: crate::config::explain_connect_error(&e, &config.tls, &config.auth, timeout),
+                })
+            }
+            Err(_) => {
+                return Err(ConnectError::Connect {
+                    url: config.base_url.clone(),
+                    reason: format!("timed out after {}ms", timeout.as_millis()),
+                })
+            }
+        };
         Self::with_client(client, config).await
     }
 

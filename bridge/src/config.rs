@@ -29,20 +29,35 @@
 //! failure_threshold = 5        # consecutive transport / worker-health failures that open it
 //! open_ms = 30000              # how long it stays open before letting a probe through
 //! half_open_probes = 1         # probe calls allowed at once while half-open
+//!
+//! [nats_bridge.tls]              # all optional; see TlsConfig
+//! required = true               # refuse a connection that is not TLS
+//! ca_file = "/etc/hs/ca.pem"    # trust this CA for the server certificate
+//! cert_file = "/etc/hs/client.pem"  # client certificate (mutual TLS), with key_file
+//! key_file = "/etc/hs/client-key.pem"
+//!
+//! [nats_bridge.auth]             # at most one method; see AuthConfig
+//! user = "bridge"
+//! password = "secret"
+//! # token = "..." | nkey_seed_file = "/etc/hs/bridge.nk" | creds_file = "/etc/hs/bridge.creds"
 //! ```
 //!
 //! Every key can also come from the environment: `NATS_BRIDGE_<KEY>` for top-level keys
 //! (`NATS_BRIDGE_LATE_REPLY_BUFFER`), `NATS_BRIDGE_CIRCUIT_BREAKER_<KEY>` for the breaker
 //! (`NATS_BRIDGE_CIRCUIT_BREAKER_OPEN_MS`), plus `NATS_BRIDGE_SUBJECT_PREFIX`,
 //! `NATS_BRIDGE_SUBJECT_SCHEME`, `NATS_BRIDGE_STREAM_PREFIX`, `NATS_BRIDGE_REPLICAS` and
-//! `NATS_BRIDGE_DUPLICATE_WINDOW_MS`. Unknown keys and unknown `NATS_BRIDGE_` variables are
+//! `NATS_BRIDGE_DUPLICATE_WINDOW_MS`; `NATS_BRIDGE_TLS_<KEY>` for the TLS table
+//! (`NATS_BRIDGE_TLS_REQUIRED`, `NATS_BRIDGE_TLS_CA_FILE`, `NATS_BRIDGE_TLS_CERT_FILE`,
+//! `NATS_BRIDGE_TLS_KEY_FILE`) and `NATS_BRIDGE_AUTH_<KEY>` for credentials
+//! (`NATS_BRIDGE_AUTH_USER`, `NATS_BRIDGE_AUTH_PASSWORD`, `NATS_BRIDGE_AUTH_TOKEN`,
+//! `NATS_BRIDGE_AUTH_NKEY_SEED_FILE`, `NATS_BRIDGE_AUTH_CREDS_FILE`). Unknown keys and unknown `NATS_BRIDGE_` variables are
 //! errors.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{self, Family, Operation, Pattern};
 use crate::subjects;
@@ -74,6 +89,231 @@ pub enum ConfigError {
     /// The values are individually fine but do not make a working bridge.
     #[error("invalid config: {0}")]
     Invalid(String),
+    /// A file named by the configuration (a certificate, a key, a seed, a creds file) is
+    /// missing, unreadable or does not hold what the key says.
+    #[error("{key} {path}: {reason}")]
+    File {
+        /// The configuration key naming the file (`tls.ca_file`).
+        key: String,
+        /// The file.
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+}
+
+/// TLS settings of a NATS connection (`[nats_bridge.tls]`, `[worker.tls]`). All off by default:
+/// the connection then follows the server (TLS if the server requires it, trusting only the
+/// system's root certificates).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Refuse to talk to a server that does not do TLS.
+    pub required: bool,
+    /// PEM file of the CA(s) that signed the server certificate (added to the system roots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS; needs `key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether any TLS setting is made.
+    pub fn is_configured(&self) -> bool {
+        self.required || self.ca_file.is_some() || self.cert_file.is_some()
+    }
+}
+
+/// Credentials of a NATS connection (`[nats_bridge.auth]`, `[worker.auth]`): at most one of
+/// user + password, token, NKey seed file, `.creds` file. None by default.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// User name (with `password`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Password of `user`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Authentication token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// File holding an NKey user seed (`SU...`), as written by `nk -gen user`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A `.creds` file (user JWT + seed), as written by `nsc`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creds_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<hidden>");
+        f.debug_struct("AuthConfig")
+            .field("user", &self.user)
+            .field("password", &hidden(&self.password))
+            .field("token", &hidden(&self.token))
+            .field("nkey_seed_file", &self.nkey_seed_file)
+            .field("creds_file", &self.creds_file)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// The configured method's name, for error messages; `None` without credentials.
+    pub fn method(&self) -> Option<&'static str> {
+        if self.user.is_some() {
+            Some("user and password")
+        } else if self.token.is_some() {
+            Some("token")
+        } else if self.nkey_seed_file.is_some() {
+            Some("nkey")
+        } else if self.creds_file.is_some() {
+            Some("creds file")
+        } else {
+            None
+        }
+    }
+}
+
+/// Connection security: TLS and credentials, checked without touching the network.
+/// `table` is the configuration table the settings came from (`nats_bridge`, `worker`), used
+/// in messages.
+pub fn validate_security(table: &str, tls: &TlsConfig, auth: &AuthConfig) -> Result<(), ConfigError> {
+    let invalid = |m: String| Err(ConfigError::Invalid(m));
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(_), None) => return invalid(format!("{table}.tls.cert_file is set without {table}.tls.key_file")),
+        (None, Some(_)) => return invalid(format!("{table}.tls.key_file is set without {table}.tls.cert_file")),
+        _ => {}
+    }
+    for (key, path) in [("ca_file", &tls.ca_file), ("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+        if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return invalid(format!("{table}.tls.{key} is empty"));
+        }
+    }
+    let methods = [
+        auth.user.is_some() || auth.password.is_some(),
+        auth.token.is_some(),
+        auth.nkey_seed_file.is_some(),
+        auth.creds_file.is_some(),
+    ];
+    if methods.iter().filter(|m| **m).count() > 1 {
+        return invalid(format!(
+            "{table}.auth: set only one of user + password, token, nkey_seed_file, creds_file"
+        ));
+    }
+    match (&auth.user, &auth.password) {
+        (Some(u), _) if u.is_empty() => return invalid(format!("{table}.auth.user is empty")),
+        (Some(_), None) => return invalid(format!("{table}.auth.user is set without {table}.auth.password")),
+        (None, Some(_)) => return invalid(format!("{table}.auth.password is set without {table}.auth.user")),
+        _ => {}
+    }
+    if auth.token.as_deref() == Some("") {
+        return invalid(format!("{table}.auth.token is empty"));
+    }
+    Ok(())
+}
+
+/// Reads a file named by key `key`, with an error naming both.
+fn read_named(key: &str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        key: key.into(),
+        path: path.display().to_string(),
+        reason: format!("cannot read: {e}"),
+    })
+}
+
+/// Applies TLS and credential settings to connection options, after checking that every file
+/// they name exists and holds what it should (so a typo fails at start, naming the file).
+pub async fn apply_security(
+    table: &str,
+    mut options: async_nats::ConnectOptions,
+    tls: &TlsConfig,
+    auth: &AuthConfig,
+) -> Result<async_nats::ConnectOptions, ConfigError> {
+    validate_security(table, tls, auth)?;
+    let pem = |key: &str, path: &Path, marker: &str| -> Result<(), ConfigError> {
+        let text = read_named(key, path)?;
+        if !text.contains(marker) {
+            return Err(ConfigError::File {
+                key: key.into(),
+                path: path.display().to_string(),
+                reason: format!("not a pem file with a {}", marker.trim_start_matches("-----BEGIN ").to_lowercase()),
+            });
+        }
+        Ok(())
+    };
+    if let Some(ca) = &tls.ca_file {
+        pem(&format!("{table}.tls.ca_file"), ca, "-----BEGIN CERTIFICATE")?;
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        pem(&format!("{table}.tls.cert_file"), cert, "-----BEGIN CERTIFICATE")?;
+        pem(&format!("{table}.tls.key_file"), key, "PRIVATE KEY")?;
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if tls.required {
+        options = options.require_tls(true);
+    }
+    if let (Some(user), Some(password)) = (&auth.user, &auth.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &auth.token {
+        options = options.token(token.clone());
+    }
+    if let Some(path) = &auth.nkey_seed_file {
+        let key = format!("{table}.auth.nkey_seed_file");
+        let text = read_named(&key, path)?;
+        let seed = text.lines().map(str::trim).find(|l| l.starts_with("SU")).ok_or_else(|| ConfigError::File {
+            key: key.clone(),
+            path: path.display().to_string(),
+            reason: "no nkey user seed (a line starting with SU) in the file".into(),
+        })?;
+        options = options.nkey(seed.to_string());
+    }
+    if let Some(path) = &auth.creds_file {
+        let key = format!("{table}.auth.creds_file");
+        read_named(&key, path)?;
+        options = options.credentials_file(path).await.map_err(|e| ConfigError::File {
+            key,
+            path: path.display().to_string(),
+            reason: format!("not a usable creds file: {e}"),
+        })?;
+    }
+    Ok(options)
+}
+
+/// Explains why the first connection failed, naming the likely cause (TLS, credentials,
+/// timeout) so a misconfiguration reads as one.
+pub fn explain_connect_error(err: &async_nats::ConnectError, tls: &TlsConfig, auth: &AuthConfig, timeout: Duration) -> String {
+    use async_nats::ConnectErrorKind as K;
+    let text = err.to_string();
+    let lower = text.to_lowercase();
+    let tls_hint = if tls.ca_file.is_none() { " (is tls.ca_file set to the server's CA?)" } else { "" };
+    match err.kind() {
+        K::AuthorizationViolation => format!(
+            "authorization violation: the server refused the credentials ({})",
+            auth.method().unwrap_or("none configured")
+        ),
+        K::Authentication => format!("authentication failed: cannot sign the server's nonce ({text})"),
+        K::TimedOut => format!(
+            "timed out after {}ms (server unreachable, or a tls/plain-text mismatch between client and server)",
+            timeout.as_millis()
+        ),
+        K::Tls => format!("tls error: {}{tls_hint}", lower),
+        _ if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") => {
+            format!("tls handshake failed: {lower}{tls_hint}")
+        }
+        _ if lower.contains("authorization") => format!(
+            "authorization violation: the server refused the credentials ({})",
+            auth.method().unwrap_or("none configured")
+        ),
+        _ => lower,
+    }
 }
 
 /// How subjects carry the merchant.
@@ -221,6 +461,13 @@ pub struct BridgeConfig {
     pub operations: BTreeMap<String, OperationOverride>,
     /// Circuit breakers.
     pub circuit_breaker: CircuitBreakerConfig,
+    /// How long the first connection (TCP, TLS, authentication) may take before the bridge
+    /// gives up with an error; it is not retried.
+    pub connection_timeout_ms: u64,
+    /// TLS.
+    pub tls: TlsConfig,
+    /// Credentials.
+    pub auth: AuthConfig,
     /// Deliberate defects (harness only; not read from files or the environment).
     #[serde(skip)]
     pub defects: crate::defects::Defects,
@@ -241,9 +488,39 @@ impl Default for BridgeConfig {
             jetstream: JetStreamConfig::default(),
             operations: BTreeMap::new(),
             circuit_breaker: CircuitBreakerConfig::default(),
+            connection_timeout_ms: 5_000,
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
             defects: crate::defects::Defects::default(),
         }
     }
+}
+
+/// Applies one `<PREFIX>TLS_*` / `<PREFIX>AUTH_*` variable (`key` without the prefix);
+/// `Ok(false)` if the key is not one of them, `Err` with the reason for a bad value. An empty
+/// value clears an optional setting.
+pub fn apply_security_env(key: &str, value: &str, tls: &mut TlsConfig, auth: &mut AuthConfig) -> Result<bool, String> {
+    let path = || (!value.is_empty()).then(|| PathBuf::from(value));
+    let text = || (!value.is_empty()).then(|| value.to_string());
+    match key {
+        "TLS_REQUIRED" => {
+            tls.required = match value.trim() {
+                "true" | "1" => true,
+                "false" | "0" | "" => false,
+                _ => return Err("expected true or false".into()),
+            }
+        }
+        "TLS_CA_FILE" => tls.ca_file = path(),
+        "TLS_CERT_FILE" => tls.cert_file = path(),
+        "TLS_KEY_FILE" => tls.key_file = path(),
+        "AUTH_USER" => auth.user = text(),
+        "AUTH_PASSWORD" => auth.password = text(),
+        "AUTH_TOKEN" => auth.token = text(),
+        "AUTH_NKEY_SEED_FILE" => auth.nkey_seed_file = path(),
+        "AUTH_CREDS_FILE" => auth.creds_file = path(),
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// The two timeouts of one operation.
@@ -359,6 +636,16 @@ impl BridgeConfig {
                 "STREAM_PREFIX" => self.jetstream.stream_prefix = value,
                 "REPLICAS" => self.jetstream.replicas = num(&name, &value)?,
                 "DUPLICATE_WINDOW_MS" => self.jetstream.duplicate_window_ms = num(&name, &value)?,
+                "CONNECTION_TIMEOUT_MS" => self.connection_timeout_ms = num(&name, &value)?,
+                _ if key.starts_with("TLS_") || key.starts_with("AUTH_") => {
+                    match apply_security_env(key, &value, &mut self.tls, &mut self.auth) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            return Err(ConfigError::Env { name, value, reason: "unknown NATS_BRIDGE_ variable".into() })
+                        }
+                        Err(reason) => return Err(ConfigError::Env { name, value, reason }),
+                    }
+                }
                 _ => {
                     return Err(ConfigError::Env {
                         name,
@@ -381,6 +668,10 @@ impl BridgeConfig {
         if !subjects::is_valid_token(&self.subjects.prefix) {
             return invalid(format!("subjects.prefix {:?} is not a single subject token", self.subjects.prefix));
         }
+        if self.connection_timeout_ms == 0 {
+            return invalid("connection_timeout_ms must be positive".into());
+        }
+        validate_security("nats_bridge", &self.tls, &self.auth)?;
         if self.ack_timeout_ms == 0 || self.query_timeout_ms == 0 {
             return invalid("timeouts must be positive".into());
         }
@@ -670,5 +961,105 @@ mod tests {
         let mut c = BridgeConfig::default();
         c.circuit_breaker.enabled = false;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn tls_and_auth_from_toml_and_env() {
+        let c = BridgeConfig::from_toml(
+            "[nats_bridge]\nconnection_timeout_ms = 1500\n[nats_bridge.tls]\nrequired = true\nca_file = \"/x/ca.pem\"\ncert_file = \"/x/c.pem\"\nkey_file = \"/x/k.pem\"\n[nats_bridge.auth]\nuser = \"bridge\"\npassword = \"pw\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.connection_timeout_ms, 1500);
+        assert!(c.tls.required);
+        assert_eq!(c.tls.ca_file.as_deref(), Some(Path::new("/x/ca.pem")));
+        assert_eq!(c.tls.key_file.as_deref(), Some(Path::new("/x/k.pem")));
+        assert_eq!((c.auth.user.as_deref(), c.auth.password.as_deref()), (Some("bridge"), Some("pw")));
+        assert!(!format!("{c:?}").contains("\"pw\""), "the password must not be printed");
+        let err = BridgeConfig::from_toml("[nats_bridge.tls]\ncafile = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("cafile"), "{err}");
+
+        let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let mut c = BridgeConfig::default();
+        c.apply_env(env(&[
+            ("NATS_BRIDGE_TLS_REQUIRED", "true"),
+            ("NATS_BRIDGE_TLS_CA_FILE", "/y/ca.pem"),
+            ("NATS_BRIDGE_AUTH_NKEY_SEED_FILE", "/y/b.nk"),
+            ("NATS_BRIDGE_CONNECTION_TIMEOUT_MS", "900"),
+        ]))
+        .unwrap();
+        assert!(c.tls.required);
+        assert_eq!(c.tls.ca_file.as_deref(), Some(Path::new("/y/ca.pem")));
+        assert_eq!(c.auth.nkey_seed_file.as_deref(), Some(Path::new("/y/b.nk")));
+        assert_eq!(c.connection_timeout_ms, 900);
+        c.validate().unwrap();
+        let err = c.apply_env(env(&[("NATS_BRIDGE_TLS_REQUIRED", "yes")])).unwrap_err().to_string();
+        assert!(err.contains("NATS_BRIDGE_TLS_REQUIRED") && err.contains("true or false"), "{err}");
+        let err = c.apply_env(env(&[("NATS_BRIDGE_TLS_CAFILE", "x")])).unwrap_err().to_string();
+        assert!(err.contains("unknown NATS_BRIDGE_ variable"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_security_is_refused_with_the_key_named() {
+        type Mutation = fn(&mut BridgeConfig);
+        let cases: [(Mutation, &str); 6] = [
+            (|c| c.tls.cert_file = Some("c.pem".into()), "nats_bridge.tls.cert_file is set without nats_bridge.tls.key_file"),
+            (|c| c.tls.key_file = Some("k.pem".into()), "nats_bridge.tls.key_file is set without nats_bridge.tls.cert_file"),
+            (|c| c.auth.user = Some("u".into()), "nats_bridge.auth.user is set without nats_bridge.auth.password"),
+            (|c| c.auth.password = Some("p".into()), "nats_bridge.auth.password is set without nats_bridge.auth.user"),
+            (
+                |c| {
+                    c.auth.token = Some("t".into());
+                    c.auth.creds_file = Some("x.creds".into());
+                },
+                "set only one of",
+            ),
+            (|c| c.connection_timeout_ms = 0, "connection_timeout_ms must be positive"),
+        ];
+        for (mutate, expected) in cases {
+            let mut c = BridgeConfig::default();
+            mutate(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} does not say {expected:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_or_wrong_files_are_named_at_start() {
+        let dir = std::env::temp_dir().join(format!("hs-sec-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tls = TlsConfig { ca_file: Some(dir.join("nope.pem")), ..Default::default() };
+        let err = apply_security("nats_bridge", async_nats::ConnectOptions::new(), &tls, &AuthConfig::default())
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("nats_bridge.tls.ca_file") && err.contains("nope.pem") && err.contains("cannot read"), "{err}");
+
+        std::fs::write(dir.join("ca.pem"), "hello").unwrap();
+        let tls = TlsConfig { ca_file: Some(dir.join("ca.pem")), ..Default::default() };
+        let err = apply_security("worker", async_nats::ConnectOptions::new(), &tls, &AuthConfig::default())
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("worker.tls.ca_file") && err.contains("not a pem file with a certificate"), "{err}");
+
+        std::fs::write(dir.join("seed.nk"), "not a seed\n").unwrap();
+        let auth = AuthConfig { nkey_seed_file: Some(dir.join("seed.nk")), ..Default::default() };
+        let err = apply_security("nats_bridge", async_nats::ConnectOptions::new(), &TlsConfig::default(), &auth)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("nats_bridge.auth.nkey_seed_file") && err.contains("no nkey user seed"), "{err}");
+
+        let auth = AuthConfig { creds_file: Some(dir.join("missing.creds")), ..Default::default() };
+        let err = apply_security("nats_bridge", async_nats::ConnectOptions::new(), &TlsConfig::default(), &auth)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("nats_bridge.auth.creds_file") && err.contains("missing.creds"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,10 +1,17 @@
 //! Worker configuration: a `[worker]` table (and the `[nats_bridge]` table for subjects and
 //! streams) in a TOML file, overridden by `WORKER_*` environment variables.
+//!
+//! The worker's own connection takes TLS and credentials from `[worker.tls]` (`required`,
+//! `ca_file`, `cert_file`, `key_file`) and `[worker.auth]` (`user` + `password`, `token`,
+//! `nkey_seed_file`, `creds_file`), or from `WORKER_TLS_<KEY>` / `WORKER_AUTH_<KEY>`
+//! (`WORKER_TLS_CA_FILE`, `WORKER_AUTH_PASSWORD`, ...), plus `connection_timeout_ms`
+//! (`WORKER_CONNECTION_TIMEOUT_MS`).
 
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
+use nats_bridge::config::{AuthConfig, TlsConfig};
 use nats_bridge::BridgeConfig;
 use serde::{Deserialize, Serialize};
 
@@ -142,6 +149,15 @@ pub struct WorkerConfig {
     pub crash_after: u64,
     /// Deliberate defects (harness only).
     pub defects: WorkerDefects,
+    /// How long the first connection (TCP, TLS, authentication) may take before the start
+    /// fails; it is not retried.
+    pub connection_timeout_ms: u64,
+    /// TLS of the worker's connection (`[worker.tls]`: `required`, `ca_file`, `cert_file`,
+    /// `key_file`).
+    pub tls: TlsConfig,
+    /// Credentials of the worker's connection (`[worker.auth]`: `user` + `password`, `token`,
+    /// `nkey_seed_file` or `creds_file`).
+    pub auth: AuthConfig,
 }
 
 impl Default for WorkerConfig {
@@ -163,6 +179,9 @@ impl Default for WorkerConfig {
             crash_at: None,
             crash_after: 1,
             defects: WorkerDefects::default(),
+            connection_timeout_ms: 5_000,
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -199,6 +218,13 @@ impl WorkerConfig {
         if self.deliver_from_seq == Some(0) {
             return bad("deliver_from_seq must be at least 1 (stream sequences start at 1)".into());
         }
+        if self.connection_timeout_ms == 0 {
+            return bad("connection_timeout_ms must be positive".into());
+        }
+        nats_bridge::config::validate_security("worker", &self.tls, &self.auth).map_err(|e| match e {
+            nats_bridge::config::ConfigError::Invalid(m) => ConfigError::Invalid(m),
+            other => ConfigError::Bridge(other),
+        })?;
         if self.crash_after == 0 {
             return bad("crash_after must be at least 1 (the first operation reaching crash_at is number 1)".into());
         }
@@ -276,6 +302,14 @@ impl WorkerConfig {
                 "CRASH_AFTER" => self.crash_after = num(&name, &value)?,
                 "CONSUMER_PREFIX" => self.consumer_prefix = value,
                 "DELIVER_FROM_SEQ" => self.deliver_from_seq = Some(num(&name, &value)?),
+                "CONNECTION_TIMEOUT_MS" => self.connection_timeout_ms = num(&name, &value)?,
+                _ if key.starts_with("TLS_") || key.starts_with("AUTH_") => {
+                    match nats_bridge::config::apply_security_env(key, &value, &mut self.tls, &mut self.auth) {
+                        Ok(true) => {}
+                        Ok(false) => return Err(ConfigError::Invalid(format!("unknown variable {name}"))),
+                        Err(reason) => return Err(ConfigError::Invalid(format!("{name}={value}: {reason}"))),
+                    }
+                }
                 // Read by the binary's `--config` flag.
                 "CONFIG" => {}
                 _ => return Err(ConfigError::Invalid(format!("unknown variable {name}"))),
@@ -348,5 +382,37 @@ mod tests {
         let plain = WorkerConfig::default().to_toml().unwrap();
         assert!(!plain.contains("crash_at"), "{plain}");
         assert_eq!(WorkerConfig::from_toml(&plain).unwrap().0.crash_at, None);
+    }
+
+    #[test]
+    fn tls_and_auth_settings() {
+        let (w, _) = WorkerConfig::from_toml(
+            "[worker]\nconnection_timeout_ms = 800\n[worker.tls]\nca_file = \"/x/ca.pem\"\n[worker.auth]\ntoken = \"t\"\n",
+        )
+        .unwrap();
+        assert_eq!(w.connection_timeout_ms, 800);
+        assert_eq!(w.tls.ca_file.as_deref(), Some(Path::new("/x/ca.pem")));
+        assert_eq!(w.auth.token.as_deref(), Some("t"));
+        let (back, _) = WorkerConfig::from_toml(&w.to_toml().unwrap()).unwrap();
+        assert_eq!((back.tls, back.auth), (w.tls.clone(), w.auth.clone()));
+
+        let err = WorkerConfig::from_toml("[worker.auth]\nuser = \"u\"\n").unwrap_err().to_string();
+        assert!(err.contains("worker.auth.user is set without worker.auth.password"), "{err}");
+
+        let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let mut w = WorkerConfig::default();
+        w.apply_env(env(&[
+            ("WORKER_TLS_CERT_FILE", "/c.pem"),
+            ("WORKER_TLS_KEY_FILE", "/k.pem"),
+            ("WORKER_AUTH_USER", "w"),
+            ("WORKER_AUTH_PASSWORD", "p"),
+            ("WORKER_CONNECTION_TIMEOUT_MS", "300"),
+        ]))
+        .unwrap();
+        w.validate().unwrap();
+        assert_eq!(w.tls.cert_file.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!(w.connection_timeout_ms, 300);
+        let err = w.apply_env(env(&[("WORKER_TLS_REQUIRED", "maybe")])).unwrap_err().to_string();
+        assert!(err.contains("WORKER_TLS_REQUIRED"), "{err}");
     }
 }

@@ -97,15 +97,25 @@ pub fn consumer_name(prefix: &str, op: Operation) -> String {
 
 /// Connects and starts serving. Streams must exist (the bridge provisions them).
 pub async fn start(config: WorkerConfig, bridge: BridgeConfig) -> Result<WorkerHandle, StartError> {
-    let client = async_nats::ConnectOptions::new()
+    let fail = |reason: String| StartError::Connect { url: config.nats_url.clone(), reason };
+    let timeout = Duration::from_millis(config.connection_timeout_ms.max(1));
+    let options = async_nats::ConnectOptions::new()
         .name(&config.name)
-        .max_reconnects(None)
-        .connect(nats_bridge::config::split_urls(&config.nats_url))
+        .connection_timeout(timeout)
+        .max_reconnects(None);
+    let options = nats_bridge::config::apply_security("worker", options, &config.tls, &config.auth)
         .await
-        .map_err(|e| StartError::Connect {
-            url: config.nats_url.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| fail(e.to_string()))?;
+    // Tried once per server: a bad certificate or password fails the start instead of looping.
+    let urls = nats_bridge::config::split_urls(&config.nats_url);
+    let bound = timeout * urls.len().max(1) as u32 + Duration::from_secs(1);
+    let client = match tokio::time::timeout(bound, options.connect(urls)).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => {
+            return Err(fail(nats_bridge::config::explain_connect_error(&e, &config.tls, &config.auth, timeout)))
+        }
+        Err(_) => return Err(fail(format!("timed out after {}ms", timeout.as_millis()))),
+    };
     start_with_client(client, config, bridge).await
 }
 
