@@ -228,13 +228,16 @@ fn container_name(env_id: &str, server_name: &str) -> String {
 /// published on 127.0.0.1 at the host ports in `specs`. With
 /// `server_config`, that text is copied into every container at
 /// [`server_config::CONTAINER_PATH`] before it starts and passed with `-c`;
-/// it stays there across stop and start. Readiness is not awaited here.
+/// it stays there across stop and start; so do `files` (path in the
+/// container, contents: certificates and keys the configuration names).
+/// Readiness is not awaited here.
 pub(crate) async fn start(
     env_id: &str,
     image: &ImageRef,
     specs: &[NodeSpec],
     cluster_name: Option<&str>,
     server_config: Option<&str>,
+    files: &[(String, Vec<u8>)],
     startup_timeout: Duration,
 ) -> Result<Vec<DockerNode>, NatsError> {
     let network = network_name(env_id);
@@ -309,6 +312,12 @@ pub(crate) async fn start(
             request = request.with_copy_to(
                 CopyTargetOptions::new(server_config::CONTAINER_PATH).with_mode(0o644),
                 text.as_bytes().to_vec(),
+            );
+        }
+        for (path, bytes) in files {
+            request = request.with_copy_to(
+                CopyTargetOptions::new(path.as_str()).with_mode(0o644),
+                bytes.clone(),
             );
         }
         async move {

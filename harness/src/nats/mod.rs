@@ -58,6 +58,7 @@ mod ports;
 mod process;
 mod ready;
 pub mod reaper;
+pub mod security;
 mod server_config;
 
 use std::fmt;
@@ -72,6 +73,7 @@ pub use container::{CLIENT_PORT, CLUSTER_PORT, ENV_LABEL, MONITORING_PORT, STORE
 pub use error::NatsError;
 pub use faults::NodeState;
 pub use image::{ensure_image, ImageRef};
+pub use security::{Credential, NatsUser, Permissions, SecurityFiles, ServerTls};
 pub use reaper::{reap_leftovers, Reaped, OWNER_PID_LABEL, OWNER_SCOPE_LABEL, OWNER_START_LABEL};
 
 /// Environment variable selecting the backend: `auto` (default), `docker`
@@ -174,6 +176,15 @@ pub struct EnvConfig {
     /// (kept across the fault verbs); the servers' `/varz` then reports
     /// `jetstream.config.sync_always: true`.
     pub sync_always: bool,
+    /// TLS on the client port (`None`, the default: plain text). A CA, a
+    /// server certificate for `127.0.0.1`/`localhost` and a client
+    /// certificate are generated at start (see [`security`]); clients find
+    /// them through [`NatsEnv::security`]. Single-node environments only.
+    pub tls: Option<ServerTls>,
+    /// Users of an `authorization { users = [...] }` block, with passwords
+    /// or generated NKeys and optional per-user permissions; empty (the
+    /// default) means no authentication. Single-node environments only.
+    pub users: Vec<NatsUser>,
 }
 
 impl Default for EnvConfig {
@@ -185,6 +196,8 @@ impl Default for EnvConfig {
             cluster_name: None,
             startup_timeout: Duration::from_secs(60),
             sync_always: false,
+            tls: None,
+            users: Vec::new(),
         }
     }
 }
@@ -243,8 +256,30 @@ impl EnvConfig {
         self
     }
 
+    /// Sets [`EnvConfig::tls`].
+    pub fn with_tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets [`EnvConfig::users`].
+    pub fn with_users(mut self, users: impl IntoIterator<Item = NatsUser>) -> Self {
+        self.users = users.into_iter().collect();
+        self
+    }
+
+    /// Whether TLS or users are configured.
+    fn secured(&self) -> bool {
+        self.tls.is_some() || !self.users.is_empty()
+    }
+
     /// Checks the configuration and returns the server names to use.
     fn resolved_names(&self) -> Result<Vec<String>, NatsError> {
+        if self.secured() && self.nodes != 1 {
+            return Err(NatsError::InvalidConfig(
+                "tls and users are supported on single-node environments only".into(),
+            ));
+        }
         if self.nodes != 1 && self.nodes != CLUSTER_SIZE {
             return Err(NatsError::InvalidConfig(format!(
                 "unsupported node count {}: expected 1 or {CLUSTER_SIZE}",
@@ -468,6 +503,8 @@ pub struct NatsEnv {
     ready_timeout: Duration,
     /// [`EnvConfig::sync_always`].
     sync_always: bool,
+    /// Generated certificates and keys ([`EnvConfig::tls`], [`EnvConfig::users`]).
+    security: Option<SecurityFiles>,
 }
 
 impl NatsEnv {
@@ -546,6 +583,12 @@ impl NatsEnv {
         let id = new_env_id();
         let cluster_name = cluster_name_for(&id, names, config);
         let ports = container::allocate_ports(2 * names.len())?;
+        let security = generate_security(&id, config)?;
+        let security_text = security.as_ref().map(|s| s.render(true));
+        let files = match &security {
+            Some(s) => s.container_files()?,
+            None => Vec::new(),
+        };
         let specs: Vec<NodeSpec> = names
             .iter()
             .zip(ports.chunks(2))
@@ -561,7 +604,8 @@ impl NatsEnv {
             image,
             &specs,
             cluster_name.as_deref(),
-            server_config::render(config).as_deref(),
+            server_config::render(config, security_text.as_deref()).as_deref(),
+            &files,
             config.startup_timeout,
         )
         .await?;
@@ -586,6 +630,7 @@ impl NatsEnv {
             workdir: None,
             ready_timeout: config.startup_timeout,
             sync_always: config.sync_always,
+            security,
         };
         env.wait_ready(config.startup_timeout).await?;
         Ok(env)
@@ -599,6 +644,8 @@ impl NatsEnv {
         let id = new_env_id();
         let cluster_name = cluster_name_for(&id, names, config);
         let workdir = WorkDir::create(std::env::temp_dir().join(format!("hs-nats-{id}")))?;
+        let security = generate_security(&id, config)?;
+        let security_text = security.as_ref().map(|s| s.render(false));
         let per_node = if cluster_name.is_some() { 3 } else { 2 };
         let ports = container::allocate_ports(per_node * names.len())?;
         let specs: Vec<NodeSpec> = names
@@ -616,7 +663,7 @@ impl NatsEnv {
             &workdir.0,
             &specs,
             cluster_name.as_deref(),
-            server_config::render(config).as_deref(),
+            server_config::render(config, security_text.as_deref()).as_deref(),
         )?;
         let nodes = specs
             .into_iter()
@@ -634,6 +681,7 @@ impl NatsEnv {
             workdir: Some(workdir),
             ready_timeout: config.startup_timeout,
             sync_always: config.sync_always,
+            security,
         };
         env.wait_ready(config.startup_timeout).await?;
         Ok(env)
@@ -793,6 +841,33 @@ impl NatsEnv {
         self.workdir.as_ref().map(|w| w.0.as_path())
     }
 
+    /// The generated certificates and keys, when the environment runs with
+    /// [`EnvConfig::tls`] or [`EnvConfig::users`].
+    pub fn security(&self) -> Option<&SecurityFiles> {
+        self.security.as_ref()
+    }
+
+    /// Connects as `user` of [`EnvConfig::users`], over TLS with the
+    /// generated CA (and client certificate, when the servers verify
+    /// clients) if the environment runs with TLS.
+    pub async fn connect_as(&self, user: &str) -> Result<async_nats::Client, NatsError> {
+        let security = self.security.as_ref().ok_or_else(|| {
+            NatsError::InvalidConfig("connect_as: the environment has no tls or users".into())
+        })?;
+        let auth = security.client_auth(user).ok_or_else(|| {
+            NatsError::InvalidConfig(format!("connect_as: unknown user {user:?}"))
+        })?;
+        let options = nats_bridge::config::apply_security(
+            "harness",
+            async_nats::ConnectOptions::new(),
+            &security.client_tls(),
+            &auth,
+        )
+        .await
+        .map_err(|e| NatsError::InvalidConfig(e.to_string()))?;
+        self.connect_with(options).await
+    }
+
     /// Connects a client to all nodes, ignoring any servers the cluster
     /// might advertise (only the published loopback ports are reachable).
     pub async fn connect(&self) -> Result<async_nats::Client, NatsError> {
@@ -867,6 +942,16 @@ impl Drop for WorkDir {
             tracing::warn!(dir = %self.0.display(), error = %e, "failed to remove nats work directory");
         }
     }
+}
+
+/// Generates the security files of `config` in a new temporary directory,
+/// if it asks for TLS or users.
+fn generate_security(id: &str, config: &EnvConfig) -> Result<Option<SecurityFiles>, NatsError> {
+    if !config.secured() {
+        return Ok(None);
+    }
+    let dir = std::env::temp_dir().join(format!("hs-nats-sec-{id}"));
+    security::generate(dir, config.tls, &config.users).map(Some)
 }
 
 /// Turns a [`BackendChoice`] into the backend to use.

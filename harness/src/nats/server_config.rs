@@ -17,20 +17,29 @@ pub(crate) const FILE_NAME: &str = "hs-nats.conf";
 pub(crate) const CONTAINER_PATH: &str = "/hs-nats.conf";
 
 /// The configuration file `config` needs, or `None` when the command line
-/// says everything (the default profile).
-pub(crate) fn render(config: &EnvConfig) -> Option<String> {
-    if !config.sync_always {
+/// says everything (the default profile). `security` is the `tls { }` /
+/// `authorization { }` text of [`super::security::SecurityFiles::render`],
+/// when the environment has TLS or users.
+pub(crate) fn render(config: &EnvConfig, security: Option<&str>) -> Option<String> {
+    if !config.sync_always && security.is_none() {
         return None;
     }
-    Some(
-        "# Written by the harness (EnvConfig::sync_always); all other settings\n\
-         # are command-line flags, which override this file.\n\
-         jetstream {\n  \
-           # fsync the store on every write instead of every two minutes.\n  \
-           sync_interval: always\n\
-         }\n"
-        .to_owned(),
-    )
+    let mut text = String::from(
+        "# Written by the harness (EnvConfig); all other settings are\n\
+         # command-line flags, which override this file.\n",
+    );
+    if config.sync_always {
+        text.push_str(
+            "jetstream {\n  \
+               # fsync the store on every write instead of every two minutes.\n  \
+               sync_interval: always\n\
+             }\n",
+        );
+    }
+    if let Some(security) = security {
+        text.push_str(security);
+    }
+    Some(text)
 }
 
 #[cfg(test)]
@@ -39,12 +48,14 @@ mod tests {
 
     #[test]
     fn only_the_sync_profile_needs_a_file() {
-        assert_eq!(render(&EnvConfig::single()), None);
-        let text = render(&EnvConfig::cluster().with_sync_always(true)).expect("a file");
+        assert_eq!(render(&EnvConfig::single(), None), None);
+        let text = render(&EnvConfig::cluster().with_sync_always(true), None).expect("a file");
         assert!(
             text.contains("jetstream {\n  # fsync"),
             "unexpected layout:\n{text}"
         );
         assert!(text.contains("\n  sync_interval: always\n}\n"), "{text}");
+        let text = render(&EnvConfig::single(), Some("tls {\n}\n")).expect("a file");
+        assert!(text.ends_with("tls {\n}\n") && !text.contains("sync_interval"), "{text}");
     }
 }
