@@ -98,7 +98,9 @@ pub enum Action {
         #[arg(long, default_value = "reports")]
         dir: PathBuf,
     },
-    /// Measures the authorize round trip: raw async-nats versus the bridge, same run.
+    /// Measures the bridge against DESIGN.md section 7: authorize round trip beside raw
+    /// async-nats (same run), maximum sustainable authorize rate (open-model steps), memory with
+    /// many calls in flight, NATS connections per bridge; exits non-zero when a target fails.
     Bench {
         /// Measured round trips per path.
         #[arg(long, default_value_t = 2000)]
@@ -109,6 +111,35 @@ pub enum Action {
         /// Where `bench-<time>/` is written.
         #[arg(long, default_value = "reports")]
         report_dir: PathBuf,
+        /// Intended rates of the rate ladder, req/s, tried in order until one is not sustainable.
+        #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000,4000,8000,16000")]
+        rate_steps: Vec<u32>,
+        /// Seconds each rate step sends for.
+        #[arg(long, default_value_t = 3.0)]
+        rate_step_secs: f64,
+        /// A rate step whose p99 (from the intended send time) exceeds this is not sustainable.
+        #[arg(long, default_value_t = 20.0)]
+        rate_p99_ms: f64,
+        /// Which responders the rate ladder runs against (comma-separated): `echo` (the bridge
+        /// and NATS alone), `full` (mock worker + processor).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "echo,full")]
+        rate_path: Vec<crate::bench::RatePath>,
+        /// Tries of a rate step before the ladder stops at it (a stall elsewhere on a shared
+        /// machine can sink one try; every try is reported).
+        #[arg(long, default_value_t = 2)]
+        rate_attempts: u32,
+        /// Skips the rate ladders.
+        #[arg(long)]
+        no_rate: bool,
+        /// Durable calls held in flight by the memory probe (0 skips it).
+        #[arg(long, default_value_t = 10_000)]
+        in_flight: usize,
+        /// Memory target for the bridge with the calls in flight, MiB.
+        #[arg(long, default_value_t = 64)]
+        memory_limit_mib: u64,
+        /// Internal: run as the memory probe with this JSON configuration.
+        #[arg(long, hide = true)]
+        memory_probe: Option<String>,
     },
 }
 
@@ -192,18 +223,53 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Action::Bench { iterations, cluster, report_dir } => {
+        Action::Bench {
+            iterations,
+            cluster,
+            report_dir,
+            rate_steps,
+            rate_step_secs,
+            rate_p99_ms,
+            rate_path,
+            rate_attempts,
+            no_rate,
+            in_flight,
+            memory_limit_mib,
+            memory_probe,
+        } => {
+            if let Some(probe) = memory_probe {
+                return crate::bench::memory::probe_main(&probe).await;
+            }
+            let positive = |x: f64| x > 0.0 && x.is_finite();
+            if !positive(rate_step_secs) || !positive(rate_p99_ms) {
+                return Err("--rate-step-secs and --rate-p99-ms must be positive".into());
+            }
             let report = crate::bench::run(crate::bench::BenchConfig {
                 iterations,
                 warmup: (iterations / 10).max(10),
                 cluster,
                 report_dir,
+                rate: crate::bench::RateConfig {
+                    steps: rate_steps,
+                    step: std::time::Duration::from_secs_f64(rate_step_secs),
+                    p99_limit: std::time::Duration::from_secs_f64(rate_p99_ms / 1000.0),
+                    paths: if no_rate { Vec::new() } else { rate_path },
+                    attempts: rate_attempts.max(1),
+                    ..Default::default()
+                },
+                in_flight,
+                memory_limit_mib,
                 ..Default::default()
             })
             .await?;
             print!("{}", crate::bench::markdown(&report));
             println!("report: {}", report.report.display());
-            Ok(())
+            if report.passed {
+                Ok(())
+            } else {
+                let failed: Vec<_> = report.targets.iter().filter(|t| !t.pass).map(|t| t.name.as_str()).collect();
+                Err(format!("targets failed: {}", failed.join("; ")).into())
+            }
         }
     }
 }
