@@ -1,0 +1,326 @@
+//! Open-model load test of the gateway, built on goose.
+//!
+//! Goose alone measures from after its throttle and rounds to milliseconds. Here every request
+//! has an intended send time on a fixed-rate global schedule (request `i` at `t0 + i/rate`);
+//! goose users take the next slot, wait for its time and send, and latency is measured from the
+//! intended time into microsecond HdrHistograms, per operation and per status class, beside
+//! goose's own metrics. After the load the system settles and the harness's invariant checkers
+//! run over the processor ledger, the gateway store and the streams.
+//!
+//! Map of the crate:
+//! - [`cli`]: the options.
+//! - [`ops`]: the operations of the mix, their weights and targets, how an answer is judged.
+//! - [`data`]: seeded `fake` payment data per request slot.
+//! - [`schedule`]: the fixed-rate schedule.
+//! - [`flows`]: the goose scenario and per-user payment state.
+//! - [`record`]: the histograms.
+//! - [`faults`]: NATS restart and worker crash during the load; disruption windows.
+//! - [`invariants`]: settling, observations, checkers.
+//! - [`report`]: verdict and report files; [`html`]: `index.html`; [`hgrm`]: HdrHistogram text formats.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod data;
+pub mod faults;
+pub mod flows;
+pub mod hgrm;
+pub mod html;
+pub mod invariants;
+pub mod ops;
+pub mod record;
+pub mod report;
+pub mod schedule;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use gateway::config::{GatewayConfig, RecoveryConfig};
+use goose::config::GooseConfiguration;
+use goose::prelude::*;
+use harness::env::GatewayHandle;
+use harness::nats::EnvConfig;
+use harness::scenario::runner::timing;
+use harness::{Environment, EnvironmentConfig};
+use mock_worker::WorkerConfig;
+use nats_bridge::BridgeConfig;
+use tokio::sync::Mutex;
+
+pub use cli::Options;
+
+/// Why a run could not be carried out (a breach or violation is not an error: see [`RunOutcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Inconsistent options.
+    #[error("{0}")]
+    Options(String),
+    /// The environment did not start.
+    #[error("cannot start the environment: {0}")]
+    Environment(#[from] harness::env::EnvError),
+    /// Goose refused or failed.
+    #[error("goose: {0}")]
+    Goose(String),
+    /// Writing the report failed.
+    #[error("cannot write the report: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// `reports/<run-id>/`.
+    pub dir: PathBuf,
+    /// The verdict and every number.
+    pub summary: report::Summary,
+}
+
+impl RunOutcome {
+    /// 0 when the run passed, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        if self.summary.passed {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+/// The API key and merchant of the gateway started here.
+const API_KEY: (&str, &str) = ("loadtest_key", "merchant_load");
+
+/// How far ahead of the first slot taken the schedule starts, so goose can start every user.
+const LEAD: Duration = Duration::from_secs(1);
+
+/// A gateway under load: started here (with its environment), or given by URL.
+enum Target {
+    Own { env: Arc<Mutex<Environment>>, gateway: GatewayHandle, description: String },
+    External { url: String },
+}
+
+impl Target {
+    fn url(&self) -> String {
+        match self {
+            Target::Own { gateway, .. } => gateway.url.clone(),
+            Target::External { url } => url.clone(),
+        }
+    }
+}
+
+/// One NATS node, the processor, the workers in this process, and a gateway with an API key.
+/// Timeouts are the scenario runner's (short, ordered so recovery never races a waiting call),
+/// so that whatever a fault leaves open settles within the run.
+async fn start_environment(workers: usize, backend: harness::nats::BackendChoice, dir: &std::path::Path) -> Result<Target, LoadError> {
+    let mut bridge = BridgeConfig { ack_timeout_ms: timing::ACK_MS, request_timeout_ms: timing::REQUEST_MS, query_timeout_ms: timing::QUERY_MS, ..Default::default() };
+    bridge.circuit_breaker.open_ms = timing::BREAKER_OPEN_MS;
+    let worker = WorkerConfig { max_request_age_ms: timing::MAX_REQUEST_AGE_MS, ..Default::default() };
+    let env = Environment::start(EnvironmentConfig { nats: EnvConfig::single().with_backend(backend), bridge, worker, workers, ..Default::default() }).await?;
+    let gateway = env
+        .start_gateway(GatewayConfig {
+            database: dir.join("gateway.db"),
+            api_keys: HashMap::from([(API_KEY.0.to_string(), API_KEY.1.to_string())]),
+            recovery: RecoveryConfig {
+                interval_ms: timing::RECOVERY_INTERVAL_MS,
+                stuck_after_ms: timing::STUCK_AFTER_MS,
+                sync_stuck_after_ms: timing::STUCK_AFTER_MS / 2,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let description = format!("environment started here: NATS {} x{}, {workers} in-process worker(s), processor latency 0", env.nats().backend(), env.nats().node_count());
+    Ok(Target::Own { env: Arc::new(Mutex::new(env)), gateway, description })
+}
+
+fn unix_time() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Goose's configuration: `users` started at once, one shared HTTP client, no console tables
+/// (the summary is ours), its report files in `dir`, no controllers listening.
+fn goose_config(url: &str, users: u64, dir: &std::path::Path) -> GooseConfiguration {
+    let mut c = GooseConfiguration::default();
+    c.host = Some(url.to_string());
+    c.users = Some(users as usize);
+    // Every user within ~250 ms, well before the schedule's lead time is up.
+    c.increase_rate = Some((users * 4).to_string());
+    c.no_reset_metrics = true;
+    c.no_print_metrics = true;
+    c.no_telnet = true;
+    c.no_gzip = true;
+    // Longer than the bridge's whole durable call, so a client timeout is rare.
+    c.timeout = Some((timing::CLIENT_TIMEOUT_MS / 1000).to_string());
+    c.report_file = vec![dir.join("goose-report.html").display().to_string(), dir.join("goose-report.md").display().to_string()];
+    c.quiet = 1;
+    c
+}
+
+/// Runs the load described by `opts` and writes the report. `command` is recorded in it.
+pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError> {
+    opts.validate().map_err(LoadError::Options)?;
+    let seed = opts.seed.unwrap_or_else(|| unix_time() ^ (u64::from(std::process::id()) << 32) ^ u64::from(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)));
+    println!("seed: {seed}");
+    let started_at = unix_time();
+    let run_id = format!("load-{seed}-{started_at}");
+    let dir = opts.report_dir.join(&run_id);
+    std::fs::create_dir_all(&dir)?;
+
+    let target = match &opts.url {
+        Some(url) => Target::External { url: url.clone() },
+        None => start_environment(opts.workers as usize, opts.nats_backend, &dir).await?,
+    };
+    let (api_key, target_text) = match &target {
+        Target::Own { description, .. } => (API_KEY.0.to_string(), description.clone()),
+        Target::External { .. } => (opts.api_key.clone(), "external gateway".to_string()),
+    };
+    let url = target.url();
+    let users = opts.users();
+    println!("target: {target_text} at {url}");
+    println!("schedule: {} req/s for {} s, {users} goose users, report in {}", opts.rate, opts.duration.as_secs_f64(), dir.display());
+
+    let schedule = Arc::new(schedule::Schedule::new(opts.rate, opts.duration, LEAD));
+    let ctx = Arc::new(flows::LoadContext {
+        schedule: schedule.clone(),
+        recorder: record::Recorder::new(),
+        data: data::DataGen::new(seed),
+        api_key,
+        id_prefix: format!("{started_at:x}{:04x}", seed & 0xffff),
+        duration: opts.duration,
+        drain: opts.drain,
+        cycle: flows::cycle_len(&opts.mix),
+    });
+
+    let timeline = match (&target, opts.faults.is_empty()) {
+        (Target::Own { env, .. }, false) => Some(tokio::spawn(faults::timeline(env.clone(), opts.workers as usize, opts.faults.clone(), schedule.clone()))),
+        _ => None,
+    };
+    let attack = GooseAttack::initialize_with_config(goose_config(&url, users, &dir))
+        .map_err(|e| LoadError::Goose(e.to_string()))?
+        .register_scenario(flows::scenario(ctx.clone(), &opts.mix).map_err(|e| LoadError::Goose(e.to_string()))?)
+        // Round robin keeps each user's sequence of operations fixed (no unseeded shuffle).
+        .set_scheduler(GooseScheduler::RoundRobin);
+    let goose_result = attack.execute().await;
+    let applied = match timeline {
+        Some(t) => t.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    if let Err(e) = goose_result {
+        return Err(LoadError::Goose(e.to_string()));
+    }
+    let recorded = ctx.recorder.snapshot();
+    let t0_wall = schedule.t0().map(|t0| SystemTime::now() - Instant::now().saturating_duration_since(t0));
+    println!("load done: {} requests sent, {} errors", recorded.sent, recorded.errors());
+
+    let goose_files = ["goose-report.html", "goose-report.md"];
+    let invariants = match &target {
+        Target::Own { env, gateway, .. } => {
+            let store = gateway.running.state.gateway.store.clone();
+            println!("settling, then checking invariants");
+            let (open, waited) = invariants::settle(&store, opts.settle_timeout).await;
+            // Goose's markdown report is scanned for card data too (its HTML holds long float
+            // literals that pass the Luhn check).
+            let texts = std::fs::read_to_string(dir.join("goose-report.md")).map(|t| vec![("goose-report.md".to_string(), t)]).unwrap_or_default();
+            let env = env.lock().await;
+            match invariants::observe(&env, gateway, texts).await {
+                Ok(o) => {
+                    let verdict = invariants::check(&o);
+                    let observed = BTreeMap::from([
+                        ("processor effects".to_string(), o.ledger.len()),
+                        ("gateway payments".to_string(), o.payments.len()),
+                        ("gateway operations".to_string(), o.operations.len()),
+                        ("gateway refunds".to_string(), o.refunds.len()),
+                        ("stream messages".to_string(), o.audit.len()),
+                    ]);
+                    report::Invariants::from_verdict(&verdict, open, waited.as_secs_f64(), observed)
+                }
+                Err(e) => report::Invariants {
+                    passed: Some(false),
+                    violations: vec![harness::scenario::checkers::Violation { invariant: "observation", payments: Vec::new(), message: e }],
+                    ..Default::default()
+                },
+            }
+        }
+        Target::External { .. } => report::Invariants::skipped("an external gateway: its processor ledger and store are out of reach"),
+    };
+
+    let info = report::RunInfo {
+        run_id,
+        seed,
+        target_rate: opts.rate,
+        duration_s: opts.duration.as_secs_f64(),
+        scheduled: schedule.total(),
+        users,
+        mix: opts.mix.to_string(),
+        url,
+        target: target_text,
+        command: command.to_string(),
+        started: t0_wall,
+    };
+    let thresholds = report::Thresholds {
+        p99_target_ms: opts.p99_target_ms,
+        max_errors: opts.max_errors,
+        max_lag_p99_ms: opts.max_lag_p99_ms,
+        min_rate_ratio: opts.min_rate_ratio,
+    };
+    let mut summary = report::summarize(info, &recorded, thresholds, applied, invariants);
+    let extra: Vec<String> = goose_files.iter().filter(|f| dir.join(f).exists()).map(|f| f.to_string()).collect();
+    report::write_all(&dir, &mut summary, &recorded, &extra)?;
+    if let Target::Own { gateway, env, .. } = target {
+        drop(gateway);
+        drop(env);
+        // The attempt store is only needed for the checks; it would dwarf the report.
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.join(format!("gateway.db{suffix}")));
+        }
+    }
+    Ok(RunOutcome { dir, summary })
+}
+
+/// The lines printed after a run: the headline numbers and, when it failed, why.
+pub fn console_summary(o: &RunOutcome) -> String {
+    let s = &o.summary;
+    let mut out = String::new();
+    let ms = |us: u64| us as f64 / 1000.0;
+    out.push_str(&format!(
+        "achieved {:.1} req/s of {} ({} sent, {} errors); generator lag p99 {:.3} ms, max {:.3} ms; run {}\n",
+        s.achieved_rate,
+        s.info.target_rate,
+        s.sent,
+        s.errors,
+        ms(s.lag.p99_us),
+        ms(s.lag.max_us),
+        if s.valid { "valid" } else { "INVALID" }
+    ));
+    for (name, op) in &s.operations {
+        out.push_str(&format!(
+            "  {name:<17} n={:<7} errors={:<5} p50={:>9.3} ms  p99={:>9.3} ms  p99.9={:>9.3} ms  max={:>9.3} ms\n",
+            op.count,
+            op.errors,
+            ms(op.p50_us),
+            ms(op.p99_us),
+            ms(op.p999_us),
+            ms(op.max_us)
+        ));
+    }
+    for f in &s.faults {
+        match f.disruption {
+            Some(d) => out.push_str(&format!("fault {}: disruption {} s to {} s, recovered {:.1} s after the fault{}\n", f.applied.spec, d.start_s, d.end_s, d.recovery_s, if d.recovered { "" } else { " (not by the end)" })),
+            None => out.push_str(&format!("fault {}: no disruption seen\n", f.applied.spec)),
+        }
+    }
+    match (&s.invariants.skipped, s.invariants.passed) {
+        (Some(why), _) => out.push_str(&format!("invariants: not checked ({why})\n")),
+        (None, Some(true)) => out.push_str(&format!("invariants: held ({})\n", s.invariants.checked.join(", "))),
+        _ => out.push_str(&format!("invariants: {} violation(s)\n", s.invariants.violations.len())),
+    }
+    out.push_str(&format!("report: {}\n", o.dir.join("index.html").display()));
+    if s.passed {
+        out.push_str("PASS\n");
+    } else {
+        out.push_str("FAIL:\n");
+        for f in s.failures() {
+            out.push_str(&format!("  {f}\n"));
+        }
+    }
+    out
+}
