@@ -6,18 +6,50 @@
 //! reply to the original still finds a waiter. A reply that finds no waiter at all goes to the
 //! [`LateSink`], for the application.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_nats::{Client, Message};
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::late::{LateSink, Offered};
 use crate::stats::Stats;
 
-type Waiters = HashMap<String, Vec<(u64, mpsc::Sender<Message>)>>;
+type Waiters = HashMap<String, Vec<(u64, Arc<Slot>)>>;
+
+/// Replies kept per waiter at most; more are dropped (a waiter takes the first good one).
+const SLOT_CAPACITY: usize = 8;
+
+/// Where the dispatcher leaves replies for one waiter. Deliberately small: with 10,000 calls in
+/// flight, a channel per call (which allocates a block of slots up front) cost ~6 KB each; an
+/// empty queue allocates nothing.
+#[derive(Default)]
+pub(crate) struct Slot {
+    /// Replies not taken yet.
+    queue: Mutex<VecDeque<Message>>,
+    /// Wakes the waiter when a reply arrives.
+    arrived: Notify,
+}
+
+impl Slot {
+    /// Leaves a reply; false (dropped) when the waiter already has `SLOT_CAPACITY` unread.
+    fn put(&self, msg: Message) -> bool {
+        let mut queue = self.queue.lock().expect("slot lock");
+        if queue.len() >= SLOT_CAPACITY {
+            return false;
+        }
+        queue.push_back(msg);
+        drop(queue);
+        self.arrived.notify_one();
+        true
+    }
+
+    fn take(&self) -> Option<Message> {
+        self.queue.lock().expect("slot lock").pop_front()
+    }
+}
 
 /// The shared reply subscription and its routing table.
 pub(crate) struct ReplyInbox {
@@ -64,8 +96,8 @@ impl ReplyInbox {
                 let token = msg.subject.get(cut..).unwrap_or_default();
                 let routed = match routes.lock().expect("inbox lock").get(token) {
                     Some(list) if !list.is_empty() => {
-                        for (_, tx) in list {
-                            let _ = tx.try_send(msg.clone());
+                        for (_, slot) in list {
+                            slot.put(msg.clone());
                         }
                         true
                     }
@@ -105,17 +137,17 @@ impl ReplyInbox {
     pub(crate) fn register(&self, message_id: &str) -> Waiter {
         let token = token(message_id);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(8);
+        let slot = Arc::new(Slot::default());
         self.waiters
             .lock()
             .expect("inbox lock")
             .entry(token.clone())
             .or_default()
-            .push((id, tx));
+            .push((id, slot.clone()));
         Waiter {
             token,
             id,
-            rx,
+            slot,
             waiters: self.waiters.clone(),
         }
     }
@@ -133,20 +165,28 @@ pub(crate) struct Waiter {
     /// This waiter among those of the token.
     id: u64,
     /// Replies routed here.
-    rx: mpsc::Receiver<Message>,
+    slot: Arc<Slot>,
     /// To unregister on drop.
     waiters: Arc<Mutex<Waiters>>,
 }
 
 impl Waiter {
-    /// The next reply routed to this waiter.
+    /// The next reply routed to this waiter (waits as long as it takes; callers bound it).
     pub(crate) async fn recv(&mut self) -> Option<Message> {
-        self.rx.recv().await
+        loop {
+            // Registered before looking, so a reply put in between still wakes us (a
+            // `notify_one` with nobody waiting is kept for the next `notified`).
+            let arrived = self.slot.arrived.notified();
+            if let Some(msg) = self.slot.take() {
+                return Some(msg);
+            }
+            arrived.await;
+        }
     }
 
     /// A reply already routed here, without waiting.
     pub(crate) fn try_recv(&mut self) -> Option<Message> {
-        self.rx.try_recv().ok()
+        self.slot.take()
     }
 }
 
