@@ -8,7 +8,8 @@
 //! - [`cli`]: the `harness` command (`catalogue`, `up`, `demo`, `bench`).
 //! - [`defects`]: deliberately broken variants, and the scenario that catches each.
 //! - [`demo`]: a seeded payment workload with invariant checks and a report.
-//! - [`bench`]: bridge round trip beside a raw async-nats round trip.
+//! - [`bench`]: bridge round trip beside raw async-nats, maximum sustainable rate, memory with
+//!   10,000 calls in flight, NATS connections per bridge.
 //! - [`scenario`]: scenario scripts, history, invariant checkers.
 //! - [`stats`]: percentiles for reports.
 //! - [`store_bench`]: transitions per second of the gateway's attempt store.
