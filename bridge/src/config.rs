@@ -305,7 +305,10 @@ pub fn explain_connect_error(err: &async_nats::ConnectError, tls: &TlsConfig, au
             timeout.as_millis()
         ),
         K::Tls => format!("tls error: {}{tls_hint}", lower),
-        _ if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") => {
+        _ if tls.required && (lower.contains("corrupt message") || lower.contains("invalidcontenttype")) => {
+            format!("tls handshake failed: the server does not speak tls, but tls.required is set ({lower})")
+        }
+        _ if ["certificate", "tls", "handshake", "alert", "corrupt message"].iter().any(|w| lower.contains(w)) => {
             format!("tls handshake failed: {lower}{tls_hint}")
         }
         _ if lower.contains("authorization") => format!(
