@@ -159,3 +159,160 @@ async fn plain_text_is_refused_by_a_tls_server_and_by_a_tls_client() {
     let err = bridge_fails(config).await;
     assert!(err.contains("tls handshake failed: the server does not speak tls"), "{err}");
 }
+
+/// Per-merchant subjects and per-merchant users: a worker credentialed for merchant A pulls and
+/// acks A's durable messages and answers A's queries, but cannot pull from B's consumer, create
+/// a consumer, listen on B's subjects, publish into B's subjects or answer on the bridge's inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_worker_cannot_consume_or_answer_another_merchants_messages() {
+    use async_nats::jetstream;
+    use harness::nats::Permissions;
+    use nats_bridge::config::SubjectScheme;
+    use nats_bridge::Family;
+
+    let mut config = BridgeConfig::default();
+    config.subjects.scheme = SubjectScheme::PerMerchant;
+    let stream = config.stream_name(Family::Payments);
+    let durable_template = config.subject_template(ops::authorize());
+    let query_template = config.subject_template(nats_bridge::catalogue::find("payments.session").expect("session"));
+    let durable = |m: &str| durable_template.replace("{merchant_id}", m);
+    let query = |m: &str| query_template.replace("{merchant_id}", m);
+    let prefix = config.subjects.prefix.clone();
+    let consumer = |m: &str| format!("{m}_payments_authorize");
+    let (a, b) = ("merchant_a", "merchant_b");
+    let a_inbox = "_INBOX_merchant_a";
+
+    // Worker A: its consumer's pull and ack subjects, its merchant's subjects, its own inbox.
+    let worker_a = NatsUser::nkey("worker_a").with_permissions(Permissions {
+        publish: vec![
+            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{}", consumer(a)),
+            format!("$JS.ACK.{stream}.{}.>", consumer(a)),
+        ],
+        subscribe: vec![format!("{prefix}.*.{a}.>"), format!("{a_inbox}.>")],
+        allow_responses: true,
+    });
+    let nats = common::start_nats(
+        EnvConfig::single().with_users([NatsUser::password("bridge", "bridge-secret"), worker_a]),
+    )
+    .await;
+    let sec = nats.security().expect("security files");
+    config.base_url = nats.client_url();
+    config.jetstream.replicas = nats.replicas();
+    config.auth = sec.client_auth("bridge").unwrap();
+    let bridge = Bridge::connect(config.clone()).await.expect("bridge");
+    bridge.ensure_streams().await.expect("streams");
+
+    // One durable consumer per merchant (provisioned by the operator, not the worker).
+    let admin = bridge.client().clone();
+    let js = jetstream::new(admin.clone());
+    let payments = js.get_stream(&stream).await.expect("payments stream");
+    for m in [a, b] {
+        payments
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some(consumer(m)),
+                filter_subject: durable(m),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        js.publish(durable(m), format!("authorize for {m}").into()).await.unwrap().await.expect("stored");
+    }
+
+    // Worker A's connection, with its NKey, its own inbox prefix, and server errors collected.
+    let (errors_tx, mut errors) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let options = nats_bridge::config::apply_security(
+        "worker",
+        async_nats::ConnectOptions::new()
+            .custom_inbox_prefix(a_inbox)
+            .request_timeout(Some(Duration::from_secs(1)))
+            .event_callback(move |event| {
+                let tx = errors_tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = event {
+                        let _ = tx.send(e.to_string().to_lowercase());
+                    }
+                }
+            }),
+        &TlsConfig::default(),
+        &sec.client_auth("worker_a").unwrap(),
+    )
+    .await
+    .unwrap();
+    let worker = options.connect(nats.client_urls()).await.expect("worker a connects");
+    let mut violation = async |what: &str| -> String {
+        let deadline = Instant::now() + FAST;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, errors.recv()).await {
+                Ok(Some(e)) if e.contains("permissions violation") && e.contains(what) => return e,
+                Ok(Some(_)) => continue,
+                _ => panic!("no permissions violation for {what}"),
+            }
+        }
+    };
+    let pull = |m: &str| format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{}", consumer(m));
+    let next = br#"{"batch":1,"expires":1000000000}"#.to_vec();
+
+    // A's own message: pulled and acked.
+    // A pull delivers with the stream subject, so it needs its own inbox subscription.
+    let fetch = |m: String| {
+        let (worker, next) = (worker.clone(), next.clone());
+        async move {
+            use futures::StreamExt;
+            let inbox = worker.new_inbox();
+            let mut sub = worker.subscribe(inbox.clone()).await.expect("inbox subscription");
+            worker.publish_with_reply(m, inbox, next.into()).await.expect("pull request");
+            tokio::time::timeout(Duration::from_secs(2), sub.next()).await.ok().flatten()
+        }
+    };
+    let msg = fetch(pull(a)).await.expect("worker a pulls its message");
+    assert_eq!(msg.payload.as_ref(), format!("authorize for {a}").as_bytes());
+    worker.publish(msg.reply.clone().expect("ack subject"), "+ACK".into()).await.unwrap();
+    worker.flush().await.unwrap();
+    let a_consumer: jetstream::consumer::PullConsumer = payments.get_consumer(&consumer(a)).await.unwrap();
+    common::eventually("a's ack", FAST, || async {
+        a_consumer.get_info().await.ok().filter(|i| i.num_ack_pending == 0 && i.num_pending == 0).map(|_| ())
+    })
+    .await;
+
+    // B's consumer: the pull is refused and B's message stays where it is.
+    assert!(fetch(pull(b)).await.is_none(), "worker a got a message from b's consumer");
+    let v = violation(&format!("publish to \"{}\"", pull(b)).to_lowercase()).await;
+    eprintln!("{v}");
+    let b_consumer: jetstream::consumer::PullConsumer = payments.get_consumer(&consumer(b)).await.unwrap();
+    let info = b_consumer.get_info().await.unwrap();
+    assert_eq!((info.num_pending, info.num_ack_pending), (1, 0), "b's message is untouched");
+
+    // Nor can it make itself a consumer over B's subjects.
+    let create = format!("$JS.API.CONSUMER.CREATE.{stream}.sneaky.{}", durable(b));
+    worker.publish(create.clone(), "{}".into()).await.unwrap();
+    violation(&format!("publish to \"{}\"", create.to_lowercase())).await;
+
+    // Queries: A answers its own; a subscription to B's is refused, so B's query finds no one.
+    let mut a_queries = worker.subscribe(query(a)).await.unwrap();
+    let answering = worker.clone();
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        while let Some(m) = a_queries.next().await {
+            if let Some(reply) = m.reply {
+                let _ = answering.publish(reply, "answer from a".into()).await;
+            }
+        }
+    });
+    let _b_queries = worker.subscribe(query(b)).await.unwrap();
+    violation(&format!("subscription to \"{}\"", query(b))).await;
+    worker.flush().await.unwrap();
+    let answer = admin.request(query(a), "session?".into()).await.expect("a's query is answered");
+    assert_eq!(answer.payload.as_ref(), b"answer from a");
+    let err = admin.request(query(b), "session?".into()).await.expect_err("nobody may answer b's query");
+    assert_eq!(err.kind(), async_nats::RequestErrorKind::NoResponders, "{err}");
+
+    // Answering B: neither a publish into B's subjects nor onto the bridge's inbox goes through.
+    worker.publish(durable(b), "forged".into()).await.unwrap();
+    violation(&format!("publish to \"{}\"", durable(b))).await;
+    worker.publish("_INBOX.forged.reply", "forged".into()).await.unwrap();
+    violation("publish to \"_inbox.forged.reply\"").await;
+    let info = payments.get_info().await.unwrap();
+    assert_eq!(info.state.messages, 2, "nothing forged reached the stream");
+}
