@@ -42,7 +42,7 @@ fn bridge_config(nats: &NatsEnv, tls: TlsConfig, auth: AuthConfig) -> BridgeConf
 /// Connects a bridge that must fail; returns the message and checks it came fast.
 async fn bridge_fails(config: BridgeConfig) -> String {
     let started = Instant::now();
-    let err = Bridge::connect(config).await.err().expect("the connection must fail").to_string();
+    let err = Bridge::connect(config).await.expect_err("the connection must fail").to_string();
     let took = started.elapsed();
     eprintln!("failed in {took:.2?}: {err}");
     assert!(took < FAST, "took {took:?} to fail: {err}");
