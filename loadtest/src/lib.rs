@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use gateway::config::{GatewayConfig, RecoveryConfig};
+use goose::client::GooseClientBuilder;
 use goose::config::GooseConfiguration;
 use goose::prelude::*;
 use harness::env::GatewayHandle;
@@ -196,6 +197,12 @@ pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError>
     };
     let attack = GooseAttack::initialize_with_config(goose_config(&url, users, &dir))
         .map_err(|e| LoadError::Goose(e.to_string()))?
+        // One client, one connection pool for every user: per-user clients would each keep
+        // their own pool (and their own connections) for nothing.
+        .set_client_builder_without_cookies(
+            GooseClientBuilder::new().without_cookies().timeout(Duration::from_millis(timing::CLIENT_TIMEOUT_MS)).gzip(false).user_agent("loadtest"),
+        )
+        .map_err(|e| LoadError::Goose(e.to_string()))?
         .register_scenario(flows::scenario(ctx.clone(), &opts.mix).map_err(|e| LoadError::Goose(e.to_string()))?)
         // Round robin keeps each user's sequence of operations fixed (no unseeded shuffle).
         .set_scheduler(GooseScheduler::RoundRobin);
@@ -258,6 +265,7 @@ pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError>
     };
     let thresholds = report::Thresholds {
         p99_target_ms: opts.p99_target_ms,
+        disruption_p99_ms: opts.disruption_p99_ms.unwrap_or(opts.p99_target_ms),
         max_errors: opts.max_errors,
         max_lag_p99_ms: opts.max_lag_p99_ms,
         min_rate_ratio: opts.min_rate_ratio,

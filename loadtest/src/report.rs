@@ -14,13 +14,15 @@ use crate::faults::{self, AppliedFault, Disruption};
 use crate::hgrm;
 use crate::html::{self, FaultMark, HtmlReport, OpRow, Series};
 use crate::ops::StatusClass;
-use crate::record::{Percentiles, Recorded};
+use crate::record::{Percentiles, Recorded, Second};
 
 /// The thresholds a run is judged by.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Thresholds {
     /// Our p99 target for every operation, ms.
     pub p99_target_ms: f64,
+    /// p99 above which a second counts as disrupted, ms.
+    pub disruption_p99_ms: f64,
     /// Errors allowed over the run.
     pub max_errors: u64,
     /// Validity: largest p99 lag of actual behind intended send time, ms.
@@ -158,6 +160,18 @@ pub struct FaultSummary {
     pub disruption: Option<Disruption>,
 }
 
+/// One second of the run in `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondSummary {
+    /// Seconds from the start of the schedule.
+    pub second: u64,
+    /// Counters of the second.
+    #[serde(flatten)]
+    pub counts: Second,
+    /// Per operation: (p50, p99) of the requests intended in this second, µs.
+    pub latency_us: BTreeMap<String, (u64, u64)>,
+}
+
 /// `summary.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -190,6 +204,9 @@ pub struct Summary {
     pub faults: Vec<FaultSummary>,
     /// The invariant checks.
     pub invariants: Invariants,
+    /// Second by second: requests sent (by actual send time), intended, errors and the
+    /// largest lag (by intended time), and each operation's p50 and p99.
+    pub timeline: Vec<SecondSummary>,
     /// Files of the report.
     pub files: Vec<String>,
 }
@@ -205,7 +222,7 @@ fn bad_second(rec: &Recorded, s: u64, target_us: u64) -> bool {
 
 /// Judges a run.
 pub fn summarize(info: RunInfo, rec: &Recorded, t: Thresholds, applied: Vec<AppliedFault>, invariants: Invariants) -> Summary {
-    let target_us = (t.p99_target_ms * 1000.0) as u64;
+    let target_us = (t.disruption_p99_ms * 1000.0) as u64;
     // Seconds of intended send time: 0 to the end of the schedule.
     let seconds = info.duration_s.ceil() as u64;
     // Each fault's disruption looks no further than the next fault.
@@ -291,6 +308,19 @@ pub fn summarize(info: RunInfo, rec: &Recorded, t: Thresholds, applied: Vec<Appl
     let status_classes = rec.classes.iter().map(|(c, h)| (c.name().to_string(), Percentiles::of(h))).collect();
     let valid = validity.is_empty();
     let passed = valid && gates.iter().all(|g| g.passed) && invariants.passed != Some(false);
+    let timeline = rec
+        .seconds
+        .iter()
+        .map(|(second, counts)| SecondSummary {
+            second: *second,
+            counts: *counts,
+            latency_us: rec
+                .ops
+                .iter()
+                .filter_map(|(op, r)| r.seconds.get(second).map(|h| (op.name().to_string(), (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))))
+                .collect(),
+        })
+        .collect();
     Summary {
         info,
         achieved_rate,
@@ -306,6 +336,7 @@ pub fn summarize(info: RunInfo, rec: &Recorded, t: Thresholds, applied: Vec<Appl
         gates,
         faults,
         invariants,
+        timeline,
         files: Vec::new(),
     }
 }
@@ -397,7 +428,7 @@ pub fn markdown(s: &Summary) -> String {
     }
     if !s.faults.is_empty() {
         let _ = writeln!(m, "\n## Faults\n");
-        let _ = writeln!(m, "Disruption: first to last second (of intended send time) with an error or an operation's p99 above {} ms, from one second before the fault until {} good seconds in a row; recovery: from the fault to the end of the disruption.\n", s.thresholds.p99_target_ms, faults::QUIET_SECONDS);
+        let _ = writeln!(m, "Disruption: first to last second (of intended send time) with an error or an operation's p99 above {} ms, from one second before the fault until {} good seconds in a row; recovery: from the fault to the end of the disruption.\n", s.thresholds.disruption_p99_ms, faults::QUIET_SECONDS);
         let _ = writeln!(m, "| fault | applied at s | over at s | disruption | time to recover |\n|---|---:|---:|---|---|");
         for f in &s.faults {
             let (window, recovery) = match f.disruption {
@@ -583,7 +614,7 @@ mod tests {
     }
 
     fn thresholds() -> Thresholds {
-        Thresholds { p99_target_ms: 20.0, max_errors: 0, max_lag_p99_ms: 10.0, min_rate_ratio: 0.95 }
+        Thresholds { p99_target_ms: 20.0, disruption_p99_ms: 20.0, max_errors: 0, max_lag_p99_ms: 10.0, min_rate_ratio: 0.95 }
     }
 
     /// 10 req/s for 10 s; seconds 4 and 5 slow (50 ms) and second 4 with errors.
@@ -670,6 +701,9 @@ mod tests {
             assert!(json["operations"]["capture"][field].is_u64(), "{field}");
         }
         assert!(json["invariants"].get("passed").is_some() && json["invariants"]["violations"].is_array());
+        assert_eq!(json["timeline"].as_array().unwrap().len(), 10);
+        assert_eq!(json["timeline"][4]["errors"], 5);
+        assert_eq!(json["timeline"][4]["latency_us"]["capture"][1].as_u64().unwrap() / 1000, 50);
         for f in ["index.html", "summary.md", "capture.hgrm", "capture.hlog", "lag.hgrm", "status-2xx.hgrm", "status-5xx.hgrm"] {
             assert!(dir.join(f).exists(), "{f}");
         }
