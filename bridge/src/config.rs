@@ -227,6 +227,19 @@ fn read_named(key: &str, path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// Installs rustls's `ring` crypto provider as the process default, once, if none is set.
+/// async-nats builds its TLS configuration from the process default, and rustls refuses to
+/// choose one itself when the build enables more than one provider (other crates bring
+/// `aws-lc-rs`): without this, the first TLS connection would panic.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    });
+}
+
 /// Applies TLS and credential settings to connection options, after checking that every file
 /// they name exists and holds what it should (so a typo fails at start, naming the file).
 pub async fn apply_security(
@@ -236,6 +249,7 @@ pub async fn apply_security(
     auth: &AuthConfig,
 ) -> Result<async_nats::ConnectOptions, ConfigError> {
     validate_security(table, tls, auth)?;
+    install_crypto_provider();
     let pem = |key: &str, path: &Path, marker: &str| -> Result<(), ConfigError> {
         let text = read_named(key, path)?;
         if !text.contains(marker) {

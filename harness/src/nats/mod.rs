@@ -527,6 +527,8 @@ impl NatsEnv {
     /// (`HS_READY_<id>`) could be created and deleted, so callers can create
     /// replicated streams right away.
     pub async fn start(config: EnvConfig) -> Result<NatsEnv, NatsError> {
+        // Clients of a TLS server need a crypto provider chosen before they connect.
+        nats_bridge::config::install_crypto_provider();
         let names = config.resolved_names()?;
         let backend = resolve_backend(config.backend).await?;
         let prepared = match backend {
