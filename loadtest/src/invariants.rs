@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use gateway::model::RefundStatus;
 use gateway::store::Store;
 use harness::env::GatewayHandle;
 use harness::scenario::checkers::{self, AuditMessage, Observations, Verdict};
@@ -17,12 +16,8 @@ use nats_bridge::catalogue;
 /// read one (accounting, latency, breaker) are not among them.
 pub const INVARIANTS: [&str; 6] = ["no_double_effect", "amounts", "zero_stuck", "agreement", "integrity", "no_card_data"];
 
-/// Payments, operations and refunds not yet in a final state.
-pub fn open_items(store: &Store) -> usize {
-    store.transitional_payments().map(|v| v.len()).unwrap_or(0)
-        + store.unresolved_operations(i64::MAX).map(|v| v.len()).unwrap_or(0)
-        + store.all_refunds().map(|v| v.iter().filter(|r| r.status == RefundStatus::Pending).count()).unwrap_or(0)
-}
+/// Payments, operations and refunds not yet in a final state (the scenario runner's count).
+pub use harness::scenario::observe::open_items;
 
 /// Polls until nothing is open (recovery included) or `timeout` passes; returns what is still
 /// open and how long it waited.

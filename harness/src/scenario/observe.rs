@@ -10,6 +10,14 @@ use super::checkers::{AuditMessage, Observations};
 use super::history::Event;
 use crate::env::{Environment, GatewayHandle};
 
+/// Payments, operations and refunds of the gateway's store not yet in a final state: what a run
+/// waits on before it is judged.
+pub fn open_items(store: &gateway::store::Store) -> usize {
+    store.transitional_payments().map(|v| v.len()).unwrap_or(0)
+        + store.unresolved_operations(i64::MAX).map(|v| v.len()).unwrap_or(0)
+        + store.all_refunds().map(|v| v.iter().filter(|r| r.status == gateway::model::RefundStatus::Pending).count()).unwrap_or(0)
+}
+
 /// Reads every message of the bridge's durable streams.
 pub async fn audit(env: &Environment) -> Vec<AuditMessage> {
     let js = env.bridge().jetstream();

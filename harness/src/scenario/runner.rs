@@ -397,9 +397,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     let store = gateway.running.state.gateway.store.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(scenario.expect.quiesce_s);
     loop {
-        let open = store.transitional_payments().map(|v| v.len()).unwrap_or(0)
-            + store.unresolved_operations(i64::MAX).map(|v| v.len()).unwrap_or(0)
-            + store.all_refunds().map(|v| v.iter().filter(|r| r.status == gateway::model::RefundStatus::Pending).count()).unwrap_or(0);
+        let open = observe::open_items(&store);
         if open == 0 || tokio::time::Instant::now() >= deadline {
             break;
         }
