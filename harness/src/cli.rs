@@ -80,6 +80,32 @@ pub enum Action {
         #[arg(long)]
         defect: Option<String>,
     },
+    /// Worker conformance kit: runs the worker-facing checks (every operation, ack only after
+    /// the reply, duplicates, redelivery, replay, reused keys, dead letters) against any worker
+    /// program and prints a pass/fail table; exits 1 when a check fails.
+    ///
+    /// The command runs under `sh -c` with `NATS_URL` and `PROCESSOR_URL` set; streams exist,
+    /// subjects are `hyperswitch.<family>.<action>` (see docs/worker-guide.md).
+    Conform {
+        /// The worker program, e.g. `.venv/bin/python docs/examples/python_worker/worker.py`.
+        #[arg(long)]
+        worker_cmd: String,
+        /// Seed of the payment data.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Seconds the worker may take to subscribe and answer a first query.
+        #[arg(long, default_value_t = 60)]
+        ready_timeout: u64,
+        /// Seconds one call may wait for its reply.
+        #[arg(long, default_value_t = 10)]
+        call_timeout: u64,
+        /// Where `conform-<time>/` (summary.md, summary.json, worker.log) is written.
+        #[arg(long, default_value = "reports")]
+        report_dir: PathBuf,
+        /// Prints the report as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Lists the deliberate defects and the scenario that catches each.
     Defects {
         /// One JSON object per line.
@@ -171,6 +197,38 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             } else {
                 Err(format!("{} invariant violation(s)", report.violations.len()).into())
+            }
+        }
+        Action::Conform { worker_cmd, seed, ready_timeout, call_timeout, report_dir, json } => {
+            if worker_cmd.trim().is_empty() {
+                return Err("--worker-cmd is empty: give the command that starts the worker".into());
+            }
+            if ready_timeout == 0 || call_timeout == 0 {
+                return Err("--ready-timeout and --call-timeout must be at least 1 second".into());
+            }
+            let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let dir = report_dir.join(format!("conform-{stamp}"));
+            let report = crate::conform::run(crate::conform::ConformConfig {
+                worker_cmd,
+                dir: dir.clone(),
+                seed,
+                ready_timeout: std::time::Duration::from_secs(ready_timeout),
+                call_timeout: std::time::Duration::from_secs(call_timeout),
+                ..Default::default()
+            })
+            .await?;
+            report.write(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+                println!("report: {}", dir.join("summary.md").display());
+            }
+            if report.passed() {
+                Ok(())
+            } else {
+                let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).map(|c| c.name).collect();
+                Err(format!("the worker does not conform: {}", failed.join(", ")).into())
             }
         }
         Action::Defects { json } => {

@@ -6,6 +6,7 @@
 //! - [`netfault`]: a TCP proxy between a client and NATS injecting latency, jitter and cuts.
 //! - [`env`]: a whole environment (NATS + processor + streams + workers + bridge).
 //! - [`cli`]: the `harness` command (`catalogue`, `up`, `demo`, `bench`).
+//! - [`conform`]: the worker conformance kit, run against any worker program.
 //! - [`defects`]: deliberately broken variants, and the scenario that catches each.
 //! - [`demo`]: a seeded payment workload with invariant checks and a report.
 //! - [`bench`]: bridge round trip beside raw async-nats, maximum sustainable rate, memory with
@@ -17,6 +18,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod conform;
 pub mod defects;
 pub mod demo;
 pub mod env;

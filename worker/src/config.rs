@@ -248,6 +248,9 @@ impl WorkerConfig {
                 Self::from_toml(&text)?
             }
         };
+        if path.is_none() {
+            worker.apply_generic_env(std::env::vars());
+        }
         worker.apply_env(std::env::vars())?;
         bridge.apply_env(std::env::vars())?;
         worker.validate()?;
@@ -271,6 +274,19 @@ impl WorkerConfig {
             worker: &'a WorkerConfig,
         }
         toml::to_string(&Doc { worker: self }).map_err(|e| ConfigError::Invalid(format!("cannot write the config as TOML: {e}")))
+    }
+
+    /// Applies `NATS_URL` and `PROCESSOR_URL`, the variables `harness conform` gives any worker
+    /// program, so the mock worker runs under the conformance kit as is. Only used without a
+    /// config file; `WORKER_NATS_URL` and `WORKER_PROCESSOR_URL` still win.
+    pub fn apply_generic_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
+        for (name, value) in vars {
+            match name.as_str() {
+                "NATS_URL" => self.nats_url = value,
+                "PROCESSOR_URL" => self.processor_url = value,
+                _ => {}
+            }
+        }
     }
 
     /// Applies `WORKER_*` overrides.
@@ -303,6 +319,12 @@ impl WorkerConfig {
                 "CONSUMER_PREFIX" => self.consumer_prefix = value,
                 "DELIVER_FROM_SEQ" => self.deliver_from_seq = Some(num(&name, &value)?),
                 "CONNECTION_TIMEOUT_MS" => self.connection_timeout_ms = num(&name, &value)?,
+                // A deliberate defect, for proving the conformance kit catches it.
+                "DEFECT_ACK_BEFORE_PROCESSOR" => {
+                    self.defects.ack_before_processor = value
+                        .parse()
+                        .map_err(|_| ConfigError::Invalid(format!("{name}={value}: expected true or false")))?
+                }
                 _ if key.starts_with("TLS_") || key.starts_with("AUTH_") => {
                     match nats_bridge::config::apply_security_env(key, &value, &mut self.tls, &mut self.auth) {
                         Ok(true) => {}
