@@ -283,8 +283,8 @@ class Worker:
         """Idempotency first: a stored result, a refusal of a reused key, or the processor."""
         record = await self.stored(env)
         if record is not None:
-            print_, response = record
-            if print_ != fingerprint(env):
+            stored_print, response = record
+            if stored_print != fingerprint(env):
                 return failure(env, "IDEMPOTENCY_KEY_REUSED", "the key was used for another request"), "refused"
             response["correlation_id"] = env["correlation_id"]
             return response, "stored"
@@ -304,14 +304,17 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 msgs = await sub.fetch(batch=16, timeout=1)
-            except NoMessages:
+            except (NoMessages, asyncio.TimeoutError):  # nothing to do for now
                 continue
             except Exception as e:  # connection trouble: the client reconnects by itself
                 if not self.stopping.is_set():
                     log(operation, "pull error:", repr(e))
                     await asyncio.sleep(1)
                 continue
-            await asyncio.gather(*(self.on_durable(operation, m) for m in msgs))
+            for outcome in await asyncio.gather(*(self.on_durable(operation, m) for m in msgs), return_exceptions=True):
+                if isinstance(outcome, Exception):  # unacked: JetStream delivers it again
+                    log(operation, "failed:", repr(outcome))
+        await sub.unsubscribe()
 
     async def on_durable(self, operation, msg):
         if self.ack_first:
@@ -440,15 +443,23 @@ async def main():
     for var in ("NATS_URL", "PROCESSOR_URL"):
         if not os.environ.get(var):
             sys.exit(f"{WORKER_NAME}: {var} is not set")
-    nc = await nats.connect(os.environ["NATS_URL"], name=WORKER_NAME, max_reconnect_attempts=-1)
+    async def on_error(e):
+        log("nats:", repr(e))
+
+    async def on_disconnect():
+        log("nats: disconnected")
+
+    nc = await nats.connect(os.environ["NATS_URL"], name=WORKER_NAME, max_reconnect_attempts=-1,
+                            error_cb=on_error, disconnected_cb=on_disconnect)
     worker = Worker(nc, args.ack_first)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stopping.set)
     try:
         await worker.run()
+        await nc.flush(timeout=2)  # the last replies and acks have left
     finally:
-        await nc.drain()
+        await nc.close()
     log("stopped")
 
 
