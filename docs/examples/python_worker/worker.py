@@ -261,6 +261,20 @@ class Worker:
         self.nc, self.js, self.ack_first = nc, nc.jetstream(), ack_first
         self.stopping = asyncio.Event()
         self.kv = None
+        self.tasks = set()
+
+    def concurrently(self, handler):
+        """A subscription callback that handles each message in a task of its own."""
+        def done(task):
+            self.tasks.discard(task)
+            if not task.cancelled() and task.exception():
+                log("handler failed:", repr(task.exception()))
+
+        async def cb(msg):
+            task = asyncio.create_task(handler(msg))
+            self.tasks.add(task)
+            task.add_done_callback(done)
+        return cb
 
     async def open_results(self):
         try:
@@ -420,8 +434,9 @@ class Worker:
 
     async def run(self):
         await self.open_results()
-        subs = [await self.nc.subscribe(f"{PREFIX}.{op}", queue=QUEUE_GROUP, cb=self.on_query) for op in QUERIES]
-        subs.append(await self.nc.subscribe(f"{PREFIX}.replies.lookup", queue=QUEUE_GROUP, cb=self.on_lookup))
+        on_query, on_lookup = self.concurrently(self.on_query), self.concurrently(self.on_lookup)
+        subs = [await self.nc.subscribe(f"{PREFIX}.{op}", queue=QUEUE_GROUP, cb=on_query) for op in QUERIES]
+        subs.append(await self.nc.subscribe(f"{PREFIX}.replies.lookup", queue=QUEUE_GROUP, cb=on_lookup))
         subs.append(await self.nc.subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.*.*", queue=QUEUE_GROUP,
                                             cb=self.on_advisory))
         loops = [asyncio.create_task(self.serve_durable(op)) for op in DURABLE]
@@ -430,9 +445,9 @@ class Worker:
             "(defect: ack first)" if self.ack_first else "")
         await self.stopping.wait()
         # Stop pulling, let the messages in hand finish, then leave.
-        await asyncio.gather(*loops, return_exceptions=True)
         for sub in subs:
             await sub.unsubscribe()
+        await asyncio.gather(*loops, *self.tasks, return_exceptions=True)
 
 
 async def main():
@@ -443,6 +458,7 @@ async def main():
     for var in ("NATS_URL", "PROCESSOR_URL"):
         if not os.environ.get(var):
             sys.exit(f"{WORKER_NAME}: {var} is not set")
+
     async def on_error(e):
         log("nats:", repr(e))
 
