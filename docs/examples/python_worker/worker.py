@@ -64,8 +64,6 @@ QUERIES = [
     "payouts.sync", "tax.calculate", "giftcard.balance",
 ]
 REQUIRED = ["operation", "merchant_id", "payment_id", "attempt_id", "correlation_id", "idempotency_key"]
-
-
 WORKER_NAME = os.environ.get("WORKER_NAME", "py-worker")
 
 
@@ -208,11 +206,9 @@ async def answer_query(env):
     if op == "payments.sync":
         try:
             account = await processor("GET", ["v1", "accounts", env["merchant_id"], env["payment_id"]])
-        except Rejected as e:
-            if e.status == 404:
+        except (Rejected, Transient) as e:
+            if getattr(e, "status", None) == 404:
                 return failure(env, "payment_not_found", "the processor has no record of this payment")
-            return failure(env, "processor_unavailable", str(e))
-        except Transient as e:
             return failure(env, "processor_unavailable", str(e))
         try:
             ledger = await processor("GET", ["v1", "ledger"], query={"merchant_id": env["merchant_id"], "payment_id": env["payment_id"]})
@@ -225,12 +221,10 @@ async def answer_query(env):
         reference = rd.get(field) if isinstance(rd.get(field), str) else env["attempt_id"]
         try:
             effects = await processor("GET", ["v1", "references", env["merchant_id"], reference])
-        except Rejected as e:
-            effects = [] if e.status == 404 else None
-            if effects is None:
+        except (Rejected, Transient) as e:
+            if getattr(e, "status", None) != 404:
                 return failure(env, "processor_unavailable", str(e))
-        except Transient as e:
-            return failure(env, "processor_unavailable", str(e))
+            effects = []
         if not effects:
             return failure(env, "not_found", f"the processor has no record of {reference}")
         return reply(env, "success", transaction_id=effects[-1].get("effect_id"),
