@@ -40,7 +40,7 @@ import urllib.request
 import nats
 from nats.errors import TimeoutError as NoMessages
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 PREFIX = "hyperswitch"
 STREAM_PREFIX = "HYPERSWITCH"
@@ -302,13 +302,18 @@ class Worker:
         await self.kv.put(bucket_key(env["idempotency_key"]), record)
         return response, "processor"
 
-    async def serve_durable(self, operation):
+    async def consumer(self, operation):
+        """The operation's durable pull consumer (created if missing; the stream must exist)."""
         family, action = operation.split(".")
-        name = f"{CONSUMER_PREFIX}_{family}_{action}"
+        name, stream = f"{CONSUMER_PREFIX}_{family}_{action}", f"{STREAM_PREFIX}_{family.upper()}"
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S, max_deliver=MAX_DELIVER,
                                 max_ack_pending=10000)
-        sub = await self.js.pull_subscribe(f"{PREFIX}.{family}.{action}", durable=name,
-                                           stream=f"{STREAM_PREFIX}_{family.upper()}", config=config)
+        try:
+            return await self.js.pull_subscribe(f"{PREFIX}.{operation}", durable=name, stream=stream, config=config)
+        except NotFoundError:
+            sys.exit(f"{WORKER_NAME}: stream {stream} not found: the bridge creates the streams, start it first")
+
+    async def serve_durable(self, operation, sub):
         while not self.stopping.is_set():
             try:
                 msgs = await sub.fetch(batch=16, timeout=1)
@@ -433,7 +438,8 @@ class Worker:
         subs.append(await self.nc.subscribe(f"{PREFIX}.replies.lookup", queue=QUEUE_GROUP, cb=on_lookup))
         subs.append(await self.nc.subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.*.*", queue=QUEUE_GROUP,
                                             cb=self.on_advisory))
-        loops = [asyncio.create_task(self.serve_durable(op)) for op in DURABLE]
+        consumers = [await self.consumer(op) for op in DURABLE]
+        loops = [asyncio.create_task(self.serve_durable(op, sub)) for op, sub in zip(DURABLE, consumers)]
         await self.nc.flush()
         log(f"ready: {len(DURABLE)} durable operations, {len(QUERIES)} queries, reply lookup",
             "(defect: ack first)" if self.ack_first else "")
