@@ -5,15 +5,17 @@ worker/src/handler.rs) does:
 
 - each durable operation (23) is pulled from a durable consumer `py_<family>_<action>` on its
   family's stream (explicit ack, ack_wait 30 s, max_deliver 5); results are stored by
-  idempotency key in the key-value bucket `py_results` with the request's fingerprint; the
-  processor is called with the key; the result is stored, the reply published to `X-Reply-To`
-  and flushed, and only then the message is acked;
+  idempotency key in the key-value bucket `py_results` with the request's fingerprint (a
+  stored result is sent again, a reused key refused); otherwise the processor is called with
+  the key (a 4xx is a `failure` reply; no answer or a 5xx is a nak, retried later); the result
+  is stored, the reply published to `X-Reply-To` and flushed, and only then the message acked;
 - each query (12) is served by a queue subscription and answered on the request's reply subject;
 - `hyperswitch.replies.lookup` is answered from the result store (`X-Lookup: hit` / `miss`);
 - poison messages are copied to `hyperswitch.dlq.<family>.<action>` and terminated, and so are
   messages that reached max_deliver (from JetStream's advisory).
 
-Run it against a NATS server whose streams the bridge created, and the mock processor:
+Run it against a NATS server whose streams the bridge created, and the mock processor (e.g.
+the addresses `cargo run -p harness -- up --workers 0` prints):
 
     NATS_URL=nats://127.0.0.1:4222 PROCESSOR_URL=http://127.0.0.1:4000 \\
         .venv/bin/python docs/examples/python_worker/worker.py
