@@ -433,7 +433,7 @@ mod tests {
             CallError::NoResponders { subject: "s".into() },
             CallError::NoStream { subject: "s".into() },
             CallError::PublishUnacknowledged { message_id: "m".into(), attempts: 4, reason: "r".into() },
-            CallError::ReplyTimeout { message_id: "m".into(), timeout: ms(1) },
+            CallError::ReplyTimeout { message_id: "m".into(), timeout: ms(1), in_progress: false },
             CallError::QueryTimeout { subject: "s".into(), timeout: ms(1) },
             CallError::Transport("t".into()),
         ];

@@ -26,6 +26,16 @@ use crate::stats::{Stats, StatsSnapshot};
 use crate::streams::{self, StreamError, StreamPlan};
 use crate::subjects;
 
+/// What a reply lookup learnt (`X-Lookup: hit | pending | miss`).
+enum LookupAnswer {
+    /// The stored reply.
+    Hit(ResponseEnvelope),
+    /// A worker holds a live claim on the operation: not done yet, maybe at the processor.
+    Pending,
+    /// Nothing stored, nobody working on it (or no answer).
+    Miss,
+}
+
 /// Longest pause between two reply lookups after a duplicate publish.
 const MAX_LOOKUP_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -295,6 +305,8 @@ impl Bridge {
             }
         }
         let mut backoff = Duration::from_millis(100);
+        // What the last reply lookup said: a worker holds the operation.
+        let mut in_progress = false;
         loop {
             let wake = next_lookup.map_or(deadline, |l| l.min(deadline));
             tokio::select! {
@@ -316,8 +328,10 @@ impl Bridge {
                         break;
                     }
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    if let Some(reply) = self.lookup(request, remaining).await {
-                        return Ok(reply);
+                    match self.lookup(request, remaining).await {
+                        LookupAnswer::Hit(reply) => return Ok(reply),
+                        LookupAnswer::Pending => in_progress = true,
+                        LookupAnswer::Miss => in_progress = false,
                     }
                     next_lookup = Some(Instant::now() + backoff);
                     backoff = (backoff * 2).min(MAX_LOOKUP_BACKOFF);
@@ -328,6 +342,7 @@ impl Bridge {
         Err(CallError::ReplyTimeout {
             message_id: request.message_id().to_string(),
             timeout: timeouts.reply,
+            in_progress,
         })
     }
 
@@ -428,26 +443,22 @@ impl Bridge {
         Err(why)
     }
 
-    /// Asks the workers for the stored reply of a message; `None` if not (yet) known.
-    async fn lookup(&self, request: &OperationRequest, remaining: Duration) -> Option<ResponseEnvelope> {
+    /// Asks the workers for the stored reply of a message.
+    async fn lookup(&self, request: &OperationRequest, remaining: Duration) -> LookupAnswer {
         self.inner.stats.lookups.fetch_add(1, Ordering::Relaxed);
         let env = request.envelope();
-        let subject = subjects::render(&self.inner.config.lookup_template(), &env.merchant_id, "default").ok()?;
+        let Ok(subject) = subjects::render(&self.inner.config.lookup_template(), &env.merchant_id, "default") else {
+            return LookupAnswer::Miss;
+        };
         let timeout = remaining.min(Duration::from_millis(self.inner.config.query_timeout_ms));
-        let req = async_nats::Request::new()
-            .headers(self.headers(request, None))
-            .payload(Self::payload(request).ok()?)
-            .timeout(Some(timeout));
-        let msg = self.inner.client.send_request(subject, req).await.ok()?;
-        let hit = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(headers::LOOKUP))
-            .is_some_and(|v| v.as_str() == "hit");
-        if !hit {
-            return None;
+        let Ok(payload) = Self::payload(request) else { return LookupAnswer::Miss };
+        let req = async_nats::Request::new().headers(self.headers(request, None)).payload(payload).timeout(Some(timeout));
+        let Ok(msg) = self.inner.client.send_request(subject, req).await else { return LookupAnswer::Miss };
+        match msg.headers.as_ref().and_then(|h| h.get(headers::LOOKUP)).map(|v| v.as_str()) {
+            Some("hit") => self.accept(request, &msg.payload).map_or(LookupAnswer::Miss, LookupAnswer::Hit),
+            Some("pending") => LookupAnswer::Pending,
+            _ => LookupAnswer::Miss,
         }
-        self.accept(request, &msg.payload).ok()
     }
 
     /// Core request/reply with the operation's timeout; no responders is reported at once.

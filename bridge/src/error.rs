@@ -72,12 +72,16 @@ pub enum CallError {
         reason: String,
     },
     /// The message is stored but no reply came in time: the worker may still act.
-    #[error("no reply for {message_id} within {timeout:?}")]
+    #[error("no reply for {message_id} within {timeout:?}{}", if *.in_progress { " (a worker holds it: the reply lookup answered pending)" } else { "" })]
     ReplyTimeout {
         /// The message id.
         message_id: String,
         /// The reply timeout.
         timeout: Duration,
+        /// The last reply lookup answered `pending`: a worker holds a live claim on the
+        /// operation and may be at the processor now. A caller must not conclude it never
+        /// happened (recovery keeps such an operation open).
+        in_progress: bool,
     },
     /// A query got no answer in time.
     #[error("query {subject} timed out after {timeout:?}")]
@@ -125,6 +129,11 @@ impl CallError {
             | CallError::Transport(_) => true,
             CallError::InvalidRequest(_) | CallError::InvalidReply(_) | CallError::CircuitOpen { .. } => false,
         }
+    }
+
+    /// Whether a worker said it is working on the operation (reply lookup `pending`).
+    pub fn in_progress(&self) -> bool {
+        matches!(self, CallError::ReplyTimeout { in_progress: true, .. })
     }
 
     /// Whether this is one of the timeouts.
@@ -181,7 +190,7 @@ mod tests {
 
     #[test]
     fn seed_mapping() {
-        let t = CallError::ReplyTimeout { message_id: "m".into(), timeout: Duration::from_secs(1) };
+        let t = CallError::ReplyTimeout { message_id: "m".into(), timeout: Duration::from_secs(1), in_progress: false };
         let m = t.mapping();
         assert_eq!((m.code.as_str(), m.http_status, m.attempt_status), ("NATS_TIMEOUT", 504, AttemptStatusHint::Pending));
         let n = CallError::NoResponders { subject: "s".into() }.mapping();

@@ -325,7 +325,27 @@ impl Gateway {
         // Re-sending the same instance is safe: JetStream de-duplicates it within the window,
         // the worker answers from its result store, and the processor sees the same key.
         let again = self.bridge.call(&request).await;
-        let res = match resolution(&again) {
+        match &again {
+            Err(e) if e.in_progress() => {
+                // A worker holds the operation and may be at the processor right now: failing
+                // it here could fail a payment the processor is about to charge. Next pass.
+                info!(message_id = %op.message_id, "recovery: a worker is still working on it");
+                return None;
+            }
+            Err(e @ CallError::CircuitOpen { .. }) => {
+                // The re-send was refused before it left: nothing learnt. Next pass.
+                info!(message_id = %op.message_id, error = %e, "recovery: re-send refused");
+                return None;
+            }
+            _ => {}
+        }
+        // A re-send that was not applied (no stream, invalid) says nothing about the original,
+        // which may have been stored and performed: only the processor can tell.
+        let resent = match &again {
+            Err(e) if e.outcome() == Outcome::NotApplied => Resolution::Unknown { reason: format!("re-send not applied: {e}") },
+            _ => resolution(&again),
+        };
+        let res = match resent {
             Resolution::Unknown { reason } => {
                 // Ask the processor, through the workers, whether the effect exists.
                 let sync = OperationRequest::new(catalogue::ops::payment_sync(), &op.merchant_id, &op.payment_id, format!("sync_{}", now_ms()));

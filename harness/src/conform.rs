@@ -179,6 +179,9 @@ impl ConformReport {
 /// The worker program, in its own process group so the whole group can be stopped.
 struct WorkerCommand {
     child: tokio::process::Child,
+    /// The process group (the shell's pid): a shell that forks the worker exits on SIGTERM
+    /// before the worker does, so the group, not the shell, is what must be gone.
+    group: Option<u32>,
 }
 
 impl WorkerCommand {
@@ -199,7 +202,8 @@ impl WorkerCommand {
             .kill_on_drop(true)
             .spawn()
             .map_err(spawn_err)?;
-        Ok(WorkerCommand { child })
+        let group = child.id();
+        Ok(WorkerCommand { child, group })
     }
 
     /// `None` while running; the exit status once it ended.
@@ -207,23 +211,35 @@ impl WorkerCommand {
         self.child.try_wait().ok().flatten()
     }
 
-    /// SIGTERM to the group, then SIGKILL after a grace period.
+    fn signal_group(&self, signal: &str) -> bool {
+        let Some(group) = self.group else { return false };
+        std::process::Command::new("kill")
+            .args([signal, "--", &format!("-{group}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// SIGTERM to the group, then SIGKILL if any of it is still there after a grace period.
     async fn stop(&mut self) {
-        let Some(pid) = self.child.id() else { return };
-        let group = format!("-{pid}");
-        let _ = std::process::Command::new("kill").args(["-TERM", "--", &group]).status();
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
-            let _ = std::process::Command::new("kill").args(["-KILL", "--", &group]).status();
-            let _ = self.child.wait().await;
+        self.signal_group("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // `kill -0` succeeds while any process of the group is alive.
+        while self.signal_group("-0") && Instant::now() < deadline {
+            let _ = self.child.try_wait();
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if self.signal_group("-0") {
+            self.signal_group("-KILL");
+        }
+        let _ = self.child.wait().await;
+        self.group = None;
     }
 }
 
 impl Drop for WorkerCommand {
     fn drop(&mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
-        }
+        self.signal_group("-KILL");
     }
 }
 

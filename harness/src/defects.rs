@@ -23,7 +23,7 @@ pub struct Defect {
 }
 
 /// Every defect.
-pub const DEFECTS: [Defect; 9] = [
+pub const DEFECTS: [Defect; 10] = [
     Defect {
         name: "reuse-authorize-message-id",
         component: "bridge",
@@ -87,6 +87,13 @@ pub const DEFECTS: [Defect; 9] = [
         caught_by: "worker-crash-before-processor",
         invariant: "liveness",
     },
+    Defect {
+        name: "lookup-ignores-claims",
+        component: "worker",
+        description: "the reply lookup answers miss while a delivery is at the processor: recovery fails a payment the processor then performs",
+        caught_by: "slow-processor",
+        invariant: "agreement",
+    },
 ];
 
 /// The defect with this name.
@@ -106,6 +113,7 @@ pub fn apply(defect: &Defect, bridge: &mut BridgeConfig, gateway: &mut GatewayCo
         "late-reply-overwrites-terminal" => gateway.defects.late_reply_overwrites_terminal = true,
         "recovery-without-asking" => gateway.defects.recovery_without_asking = true,
         "ack-before-processor" => worker.defects.ack_before_processor = true,
+        "lookup-ignores-claims" => worker.defects.lookup_ignores_claims = true,
         other => unreachable!("defect {other} has no switch"),
     }
 }

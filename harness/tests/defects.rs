@@ -98,3 +98,8 @@ async fn recovery_without_asking() {
 async fn ack_before_processor() {
     caught("ack-before-processor").await;
 }
+
+#[tokio::test]
+async fn lookup_ignores_claims() {
+    caught("lookup-ignores-claims").await;
+}

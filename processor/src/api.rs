@@ -136,6 +136,10 @@ async fn create_effect(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let delay_ms = processor.config().delay_before_effect_ms;
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
     let response =
         process_effect(&processor, &headers, body).unwrap_or_else(IntoResponse::into_response);
     let latency_ms = processor.config().latency_ms;

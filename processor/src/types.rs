@@ -205,6 +205,12 @@ pub struct ProcessorConfig {
     /// The effect is recorded before the delay, so a client that gives up early
     /// has still caused it — the case workers must recover from.
     pub latency_ms: u64,
+    /// Fixed delay, in milliseconds, before `POST /v1/effects` performs the effect
+    /// (a slow acquirer): a caller that asks about the payment meanwhile finds no
+    /// effect, though one is on its way — the case recovery must not mistake for
+    /// "never happened".
+    #[serde(default)]
+    pub delay_before_effect_ms: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -213,6 +219,7 @@ impl Default for ProcessorConfig {
         Self {
             idempotency: true,
             latency_ms: 0,
+            delay_before_effect_ms: 0,
         }
     }
 }

@@ -102,6 +102,9 @@ impl From<CrashPoint> for String {
 pub struct WorkerDefects {
     /// Ack each message as soon as it arrives, before the processor call and the reply.
     pub ack_before_processor: bool,
+    /// Answer reply lookups `miss` while a delivery holds a live claim on the key, so a
+    /// recovering caller may fail an operation the processor is about to perform.
+    pub lookup_ignores_claims: bool,
 }
 
 /// How a worker runs.
@@ -139,6 +142,9 @@ pub struct WorkerConfig {
     /// threshold (5 min): once recovery has failed an operation, it must never happen later.
     /// 0 disables the check.
     pub max_request_age_ms: u64,
+    /// How long one processor call may take before the worker gives up on it (the message is
+    /// given back and retried: the processor de-duplicates by idempotency key).
+    pub processor_timeout_ms: u64,
     /// Latency, declines, errors.
     pub profile: Profile,
     /// Chaos: kill this process (SIGKILL) when a durable operation reaches this point.
@@ -175,6 +181,7 @@ impl Default for WorkerConfig {
             deliver_from_seq: None,
             operations: Vec::new(),
             max_request_age_ms: 240_000,
+            processor_timeout_ms: 10_000,
             profile: Profile::default(),
             crash_at: None,
             crash_after: 1,
@@ -305,6 +312,7 @@ impl WorkerConfig {
                 "MAX_DELIVER" => self.max_deliver = num(&name, &value)?,
                 "MAX_IN_FLIGHT" => self.max_in_flight = num(&name, &value)?,
                 "MAX_REQUEST_AGE_MS" => self.max_request_age_ms = num(&name, &value)?,
+                "PROCESSOR_TIMEOUT_MS" => self.processor_timeout_ms = num(&name, &value)?,
                 "SEED" => self.profile.seed = num(&name, &value)?,
                 "DECLINE_RATE" => self.profile.decline_rate = num(&name, &value)?,
                 "ERROR_RATE" => self.profile.error_rate = num(&name, &value)?,

@@ -47,6 +47,17 @@ impl Faults {
     }
 }
 
+/// The answer to a reply lookup (`X-Lookup: hit | pending | miss`).
+#[derive(Debug)]
+pub enum Lookup {
+    /// The stored reply.
+    Hit(ResponseEnvelope),
+    /// A delivery holds a live claim on the key: it may be at the processor right now.
+    Pending,
+    /// No result and no live claim.
+    Miss,
+}
+
 /// Outcome of handling one message.
 #[derive(Debug)]
 pub enum Handled {
@@ -82,6 +93,8 @@ pub struct Handler {
     lease_ms: u64,
     /// Numbers claims, so every delivery's claim has its own owner id.
     claims: AtomicU64,
+    /// The `lookup-ignores-claims` defect: lookups never answer `pending`.
+    lookup_ignores_claims: bool,
 }
 
 /// How long a delivery waits for another delivery's live claim on the same key before giving
@@ -160,6 +173,7 @@ impl Handler {
             crash: None,
             lease_ms: 30_000,
             claims: AtomicU64::new(0),
+            lookup_ignores_claims: false,
         }
     }
 
@@ -443,15 +457,29 @@ impl Handler {
         ok
     }
 
-    /// The stored reply of a key, if done, for a reply lookup.
-    pub async fn lookup(&self, env: &RequestEnvelope) -> Option<ResponseEnvelope> {
-        match self.store.get(&env.idempotency_key).await.ok()?? {
+    /// What the result store says about a key, for a reply lookup: the stored reply, a live
+    /// claim (a delivery is working on it: the caller must not conclude it never happened), or
+    /// nothing.
+    pub async fn lookup(&self, env: &RequestEnvelope) -> Lookup {
+        let Ok(Some(record)) = self.store.get(&env.idempotency_key).await else { return Lookup::Miss };
+        match record {
             Record::Done { fingerprint: fp, mut response } if fp == fingerprint(env) => {
                 response.correlation_id = env.correlation_id.clone();
-                Some(response)
+                Lookup::Hit(response)
             }
-            _ => None,
+            Record::Started { fingerprint: fp, lease_until_ms, .. }
+                if fp == fingerprint(env) && lease_until_ms > crate::store::now_ms() && !self.lookup_ignores_claims =>
+            {
+                Lookup::Pending
+            }
+            _ => Lookup::Miss,
         }
+    }
+
+    /// Answer lookups of claimed keys `miss` (a deliberate defect, for the harness).
+    pub fn with_lookup_ignoring_claims(mut self, on: bool) -> Self {
+        self.lookup_ignores_claims = on;
+        self
     }
 
     /// The profile's draw, with the latency fault applied if one is set.

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{CrashPoint, WorkerConfig};
 use crate::crash::CrashPlan;
-use crate::handler::{Faults, Handled, Handler};
+use crate::handler::{Faults, Handled, Handler, Lookup};
 use crate::store::ResultStore;
 
 /// Why a worker could not start.
@@ -122,7 +122,9 @@ pub async fn start(config: WorkerConfig, bridge: BridgeConfig) -> Result<WorkerH
 /// Starts serving over an existing connection.
 pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: BridgeConfig) -> Result<WorkerHandle, StartError> {
     let js = jetstream::new(client.clone());
-    let processor = ProcessorClient::new(&config.processor_url).map_err(|e| StartError::Processor(e.to_string()))?;
+    let processor = ProcessorClient::new(&config.processor_url)
+        .map_err(|e| StartError::Processor(e.to_string()))?
+        .with_timeout(std::time::Duration::from_millis(config.processor_timeout_ms.max(1)));
     let store = ResultStore::open(&js, &config.results_bucket, bridge.jetstream.replicas)
         .await
         .map_err(|e| setup("result bucket")(e.to_string()))?;
@@ -131,7 +133,8 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
         Handler::new(processor, store, config.profile.clone(), faults.clone(), config.name.clone())
             .with_max_request_age(config.max_request_age_ms)
             .with_lease(config.ack_wait_ms)
-            .with_crash(CrashPlan::new(config.crash_at, config.crash_after, &config.name)),
+            .with_crash(CrashPlan::new(config.crash_at, config.crash_after, &config.name))
+            .with_lookup_ignoring_claims(config.defects.lookup_ignores_claims),
     );
     if let Some(point) = config.crash_at {
         warn!(worker = %config.name, %point, after = config.crash_after, "crash point armed: this process will kill itself");
@@ -226,11 +229,15 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
                 let Some(reply) = msg.reply.clone() else { continue };
                 let found = match serde_json::from_slice::<RequestEnvelope>(&msg.payload) {
                     Ok(env) => handler.lookup(&env).await,
-                    Err(_) => None,
+                    Err(_) => Lookup::Miss,
                 };
                 let mut h = HeaderMap::new();
-                h.insert(headers::LOOKUP, if found.is_some() { "hit" } else { "miss" });
-                let body = found.map(|r| serde_json::to_vec(&r).unwrap_or_default()).unwrap_or_default();
+                let (answer, body) = match found {
+                    Lookup::Hit(r) => ("hit", serde_json::to_vec(&r).unwrap_or_default()),
+                    Lookup::Pending => ("pending", Vec::new()),
+                    Lookup::Miss => ("miss", Vec::new()),
+                };
+                h.insert(headers::LOOKUP, answer);
                 let _ = client.publish_with_headers(reply, h, body.into()).await;
             }
         });

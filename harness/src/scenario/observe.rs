@@ -18,6 +18,24 @@ pub fn open_items(store: &gateway::store::Store) -> usize {
         + store.all_refunds().map(|v| v.iter().filter(|r| r.status == gateway::model::RefundStatus::Pending).count()).unwrap_or(0)
 }
 
+/// Messages the durable consumers of the streams have not finished: not yet delivered, or
+/// delivered and not acked (a worker may be at the processor right now). A run is judged only
+/// once this is 0 too: a payment failed by recovery must not be charged after the checkers ran.
+pub async fn unfinished_deliveries(env: &Environment) -> usize {
+    let js = env.bridge().jetstream();
+    let config = env.bridge_config();
+    let mut total = 0;
+    for family in catalogue::durable_families() {
+        let name = config.stream_name(family);
+        let Ok(stream) = js.get_stream(&name).await else { continue };
+        let mut consumers = stream.consumers();
+        while let Some(Ok(info)) = futures::StreamExt::next(&mut consumers).await {
+            total += info.num_pending as usize + info.num_ack_pending;
+        }
+    }
+    total
+}
+
 /// Reads every message of the bridge's durable streams.
 pub async fn audit(env: &Environment) -> Vec<AuditMessage> {
     let js = env.bridge().jetstream();

@@ -43,6 +43,10 @@ pub mod timing {
     pub const CLIENT_TIMEOUT_MS: u64 = 12_000;
     /// Bridge: how long an open circuit breaker refuses calls before a half-open probe.
     pub const BREAKER_OPEN_MS: u64 = 3_000;
+    /// Workers' processor call timeout: longer than the bridge's call and the recovery
+    /// threshold together, so a slow acquirer can still be performing an effect while
+    /// recovery looks for it (`slow-processor`).
+    pub const PROCESSOR_TIMEOUT_MS: u64 = 30_000;
 }
 
 /// Options of a run.
@@ -139,6 +143,13 @@ async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String>
             for w in env.workers() {
                 w.faults().processor_unavailable.store(!flag, std::sync::atomic::Ordering::SeqCst);
             }
+            Ok(())
+        }
+        (Verb::ProcessorLatency { ms }, undo) => {
+            let processor = env.processor();
+            let mut config = processor.config();
+            config.delay_before_effect_ms = if undo { 0 } else { *ms };
+            processor.set_config(config);
             Ok(())
         }
         (Verb::WorkerKill, false) => {
@@ -287,7 +298,12 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     println!("seed: {seed}");
     info!(scenario = %scenario.name, seed, "scenario starting");
     let t = &scenario.topology;
-    let mut worker = WorkerConfig { ack_wait_ms: t.worker_ack_wait_ms, max_request_age_ms: timing::MAX_REQUEST_AGE_MS, ..Default::default() };
+    let mut worker = WorkerConfig {
+        ack_wait_ms: t.worker_ack_wait_ms,
+        max_request_age_ms: timing::MAX_REQUEST_AGE_MS,
+        processor_timeout_ms: timing::PROCESSOR_TIMEOUT_MS,
+        ..Default::default()
+    };
     let mut bridge = bridge_config(scenario);
     let mut gateway_config = GatewayConfig {
         api_keys: [("scenario_key".to_string(), "merchant_s".to_string())].into(),
@@ -393,12 +409,14 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
         return Err(format!("faults could not be applied: {}", fault_errors.join("; ")).into());
     }
 
-    // Quiesce: wait for every attempt, operation and refund to settle (recovery included).
+    // Quiesce: wait for every attempt, operation and refund to settle (recovery included),
+    // and for the workers to finish every delivery (an effect may still be on its way).
     let store = gateway.running.state.gateway.store.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(scenario.expect.quiesce_s);
     loop {
         let open = observe::open_items(&store);
-        if open == 0 || tokio::time::Instant::now() >= deadline {
+        let busy = if open == 0 { observe::unfinished_deliveries(&*env.lock().await).await } else { 0 };
+        if (open == 0 && busy == 0) || tokio::time::Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

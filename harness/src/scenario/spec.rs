@@ -307,6 +307,13 @@ pub enum Verb {
     },
     /// The processor cannot be reached until `until_s` (consecutive failures: the breaker opens).
     ProcessorDown,
+    /// Every processor call waits `ms` before the effect is performed, until `until_s` (a slow
+    /// acquirer): the worker is at the processor while callers time out and recovery looks for
+    /// the outcome and finds none yet.
+    ProcessorLatency {
+        /// Added to every call (ms).
+        ms: u64,
+    },
 }
 
 impl Verb {
@@ -320,6 +327,7 @@ impl Verb {
                 | Verb::Partition { .. }
                 | Verb::Pause { .. }
                 | Verb::ProcessorDown
+                | Verb::ProcessorLatency { .. }
                 | Verb::WorkerErrors { .. }
                 | Verb::DuplicateReplies
                 | Verb::DropReplies
@@ -349,6 +357,7 @@ impl Verb {
             Verb::Replay { .. } => "replay",
             Verb::Poison { .. } => "poison",
             Verb::ProcessorDown => "processor_down",
+            Verb::ProcessorLatency { .. } => "processor_latency",
             Verb::WorkerErrors { .. } => "worker_errors",
             Verb::DuplicateReplies => "duplicate_replies",
             Verb::DropReplies => "drop_replies",

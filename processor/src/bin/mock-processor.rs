@@ -42,6 +42,7 @@ async fn main() -> std::io::Result<()> {
     let processor = Processor::new(ProcessorConfig {
         idempotency: !args.no_idempotency,
         latency_ms: args.latency_ms,
+        ..Default::default()
     });
     println!("listening on http://{addr}");
     tracing::info!(%addr, idempotency = !args.no_idempotency, "mock processor started");
