@@ -19,13 +19,15 @@ pub const INVARIANTS: [&str; 6] = ["no_double_effect", "amounts", "zero_stuck", 
 /// Payments, operations and refunds not yet in a final state (the scenario runner's count).
 pub use harness::scenario::observe::open_items;
 
-/// Polls until nothing is open (recovery included) or `timeout` passes; returns what is still
+/// Polls until nothing is open (recovery included) and the workers have finished every
+/// delivery (an effect may still be on its way), or `timeout` passes; returns what is still
 /// open and how long it waited.
-pub async fn settle(store: &Store, timeout: Duration) -> (usize, Duration) {
+pub async fn settle(env: &harness::Environment, store: &Store, timeout: Duration) -> (usize, Duration) {
     let started = Instant::now();
     loop {
         let open = open_items(store);
-        if open == 0 || started.elapsed() >= timeout {
+        let busy = if open == 0 { harness::scenario::observe::unfinished_deliveries(env).await } else { 0 };
+        if (open == 0 && busy == 0) || started.elapsed() >= timeout {
             return (open, started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -223,7 +223,10 @@ pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError>
         Target::Own { env, gateway, .. } => {
             let store = gateway.running.state.gateway.store.clone();
             println!("settling, then checking invariants");
-            let (open, waited) = invariants::settle(&store, opts.settle_timeout).await;
+            let (open, waited) = {
+                let env = env.lock().await;
+                invariants::settle(&env, &store, opts.settle_timeout).await
+            };
             // Goose's markdown report is scanned for card data too (its HTML holds long float
             // literals that pass the Luhn check).
             let texts = std::fs::read_to_string(dir.join("goose-report.md")).map(|t| vec![("goose-report.md".to_string(), t)]).unwrap_or_default();
