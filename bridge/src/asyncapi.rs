@@ -87,7 +87,7 @@ fn header_schema(names: &[&str], extra_description: &str) -> Value {
             headers::CORRELATION_ID => "Copy of the body's `correlation_id`; replies echo it.",
             headers::IDEMPOTENCY_KEY => "Copy of the body's `idempotency_key`: the key to pass to the processor and to store the result under.",
             headers::REPLY_TO => "Durable operations only: the subject to publish the reply to (the bridge's reply inbox). JetStream keeps the message's own reply subject for its ack, so the inbox travels here.",
-            headers::LOOKUP => "`hit`: the body is the stored reply; `miss`: no stored result (empty body).",
+            headers::LOOKUP => "`hit`: the body is the stored reply; `pending`: a delivery holds a live claim on the key and may be at the processor (empty body; the caller must not conclude the operation never happened); `miss`: no stored result and no live claim (empty body).",
             _ => "",
         }
     };
@@ -248,7 +248,7 @@ fn messages(config: &BridgeConfig) -> Value {
         json!({
             "name": "lookup_reply",
             "title": "Reply lookup answer",
-            "summary": "`X-Lookup: hit` with the stored reply as body, or `X-Lookup: miss` with an empty body.",
+            "summary": "`X-Lookup: hit` with the stored reply as body, `X-Lookup: pending` (a delivery is working on it) or `X-Lookup: miss`, both with an empty body.",
             "contentType": "application/json",
             "headers": reference("#/components/schemas/LookupReplyHeaders"),
             "payload": { "oneOf": [reference("#/components/schemas/ResponseEnvelope"), { "type": "string", "maxLength": 0 }] }
