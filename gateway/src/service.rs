@@ -325,13 +325,10 @@ impl Gateway {
         // Re-sending the same instance is safe: JetStream de-duplicates it within the window,
         // the worker answers from its result store, and the processor sees the same key.
         let again = self.bridge.call(&request).await;
+        // A worker holds the operation and may be at the processor right now: the processor
+        // may confirm it, but failing it could fail a payment about to be charged.
+        let in_progress = again.as_ref().err().is_some_and(CallError::in_progress);
         match &again {
-            Err(e) if e.in_progress() => {
-                // A worker holds the operation and may be at the processor right now: failing
-                // it here could fail a payment the processor is about to charge. Next pass.
-                info!(message_id = %op.message_id, "recovery: a worker is still working on it");
-                return None;
-            }
             Err(e @ CallError::CircuitOpen { .. }) => {
                 // The re-send was refused before it left: nothing learnt. Next pass.
                 info!(message_id = %op.message_id, error = %e, "recovery: re-send refused");
@@ -352,6 +349,10 @@ impl Gateway {
                 match self.bridge.call(&sync).await {
                     Ok(reply) if reply.status == ResponseStatus::Success && has_effect(&reply, &envelope.idempotency_key) => {
                         Resolution::Succeeded { transaction_id: None }
+                    }
+                    Ok(_) if give_up && in_progress => {
+                        info!(message_id = %op.message_id, "recovery: no effect yet, but a worker is still working on it");
+                        return None;
                     }
                     Ok(_) if give_up => Resolution::Failed {
                         code: "CONNECTOR_TIMEOUT".into(),
