@@ -414,6 +414,9 @@ impl Run {
         let s = self.js.get_stream(stream).await.map_err(|e| format!("stream {stream}: {e}"))?;
         let prefix = format!("_INBOX.conform.{}", uuid::Uuid::new_v4().simple());
         let mut replies = self.client.subscribe(format!("{prefix}.>")).await.map_err(|e| e.to_string())?;
+        // The copies go out on another connection: the server must know the subscription
+        // before a worker can answer one.
+        self.client.flush().await.map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         for (i, seq) in seqs.iter().enumerate() {
             let stored = s.get_raw_message(*seq).await.map_err(|e| format!("{stream} #{seq}: {e}"))?;
