@@ -247,12 +247,24 @@ impl Bridge {
     /// [`CallError::CircuitOpen`], without touching NATS.
     pub async fn call(&self, request: &OperationRequest) -> Result<ResponseEnvelope, CallError> {
         let op = request.operation();
-        let subject = self.subject(request)?;
         let metrics = self.inner.metrics.op(op);
         let permit = self.inner.breakers.acquire(op).inspect_err(|_| {
             self.inner.stats.circuit_rejections.fetch_add(1, Ordering::Relaxed);
             metrics.breaker_rejections.inc();
         })?;
+        let result = self.call_unguarded(request).await;
+        permit.finish(CallVerdict::of(&result));
+        result
+    }
+
+    /// [`Bridge::call`] that neither asks nor feeds the circuit breaker. For reconciliation:
+    /// recovery must learn an operation's outcome however unhealthy the path looks, and its
+    /// re-sends of operations nobody will answer any more (dead-lettered, expired) say nothing
+    /// new about the path's health; counted in the breaker they keep it open.
+    pub async fn call_unguarded(&self, request: &OperationRequest) -> Result<ResponseEnvelope, CallError> {
+        let op = request.operation();
+        let subject = self.subject(request)?;
+        let metrics = self.inner.metrics.op(op);
         let started = Instant::now();
         let result = match op.pattern {
             Pattern::Durable => self.durable(request, subject).await,
@@ -264,7 +276,6 @@ impl Bridge {
             Err(e) if e.is_timeout() => metrics.timeouts.inc(),
             Err(_) => {}
         }
-        permit.finish(CallVerdict::of(&result));
         result
     }
 

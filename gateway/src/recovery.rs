@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tracing::{info, warn};
 
 use crate::config::RecoveryConfig;
@@ -36,6 +37,9 @@ pub fn register_metrics(registry: &nats_bridge::metrics::Registry, counters: &Ar
     });
 }
 
+/// Operations reconciled at once in a pass.
+const RECONCILE_CONCURRENCY: usize = 16;
+
 /// Runs one pass: every unresolved operation older than its threshold is reconciled.
 pub async fn run_once(gateway: &Gateway, config: &RecoveryConfig, counters: &RecoveryCounters) -> usize {
     let now = now_ms();
@@ -47,14 +51,23 @@ pub async fn run_once(gateway: &Gateway, config: &RecoveryConfig, counters: &Rec
             return 0;
         }
     };
-    let mut handled = 0;
-    for op in open {
-        let threshold = if op.operation.ends_with(".sync") { config.sync_stuck_after_ms } else { config.stuck_after_ms } as i64;
-        if now - op.updated_ms < threshold {
-            continue;
-        }
-        handled += 1;
-        match gateway.reconcile(&op, true).await {
+    let due: Vec<_> = open
+        .into_iter()
+        .filter(|op| {
+            let threshold = if op.operation.ends_with(".sync") { config.sync_stuck_after_ms } else { config.stuck_after_ms } as i64;
+            now - op.updated_ms >= threshold
+        })
+        .collect();
+    let handled = due.len();
+    // Several at once: an operation nobody answers any more costs a whole reply timeout to
+    // find out, and one pass must not take that long for each of them in turn.
+    let results: Vec<_> = futures::stream::iter(due)
+        .map(|op| async move { gateway.reconcile(&op, true).await })
+        .buffer_unordered(RECONCILE_CONCURRENCY)
+        .collect()
+        .await;
+    for result in results {
+        match result {
             Some(Resolution::Failed { code, .. }) if code == "CONNECTOR_TIMEOUT" => {
                 counters.timed_out.fetch_add(1, Ordering::Relaxed);
                 counters.recovered.fetch_add(1, Ordering::Relaxed);

@@ -324,7 +324,7 @@ impl Gateway {
         let request = OperationRequest::from_envelope(operation, envelope.clone());
         // Re-sending the same instance is safe: JetStream de-duplicates it within the window,
         // the worker answers from its result store, and the processor sees the same key.
-        let again = self.bridge.call(&request).await;
+        let again = self.bridge.call_unguarded(&request).await;
         // A worker holds the operation and may be at the processor right now: the processor
         // may confirm it, but failing it could fail a payment about to be charged.
         let in_progress = again.as_ref().err().is_some_and(CallError::in_progress);
@@ -346,7 +346,7 @@ impl Gateway {
             Resolution::Unknown { reason } => {
                 // Ask the processor, through the workers, whether the effect exists.
                 let sync = OperationRequest::new(catalogue::ops::payment_sync(), &op.merchant_id, &op.payment_id, format!("sync_{}", now_ms()));
-                match self.bridge.call(&sync).await {
+                match self.bridge.call_unguarded(&sync).await {
                     Ok(reply) if reply.status == ResponseStatus::Success && has_effect(&reply, &envelope.idempotency_key) => {
                         Resolution::Succeeded { transaction_id: None }
                     }
