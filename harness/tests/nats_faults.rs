@@ -29,16 +29,28 @@ async fn fast_client(env: &NatsEnv) -> async_nats::Client {
     .expect("connect")
 }
 
+/// Creates the stream, retrying for up to 20 s while a freshly started cluster settles (no
+/// meta leader yet, peers not all current: the request times out or finds no peers), as the
+/// bridge's own stream provisioning does.
 async fn create_stream(js: &jetstream::Context, name: &str, replicas: usize) -> stream::Stream {
-    js.create_stream(stream::Config {
+    let config = stream::Config {
         name: name.to_owned(),
         subjects: vec![format!("{}.>", name.to_lowercase())],
         num_replicas: replicas,
         storage: stream::StorageType::File,
         ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("create stream {name} (R{replicas}): {e}"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match js.create_stream(config.clone()).await {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("create stream {name} (R{replicas}): {e}; the cluster may still be settling, retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("create stream {name} (R{replicas}) for 20 s: {e}"),
+        }
+    }
 }
 
 /// Publishes `count` messages without waiting between them, then awaits
