@@ -88,6 +88,12 @@ mod tests {
         assert!(matches("hyperswitch.payments.*.capture", "hyperswitch.payments.m1.capture"));
         assert!(!matches("hyperswitch.payments.*.capture", "hyperswitch.payments.m1.sync"));
         assert!(!matches("hyperswitch.payments.capture", "hyperswitch.payments.capture.x"));
+        assert!(matches("hyperswitch.payments.authorize", "hyperswitch.payments.authorize"));
+        assert!(matches("hyperswitch.payments.*", "hyperswitch.payments.authorize"));
+        assert!(matches(">", "a"));
+        assert!(!matches("hyperswitch.payments", "hyperswitch.payments.authorize"));
+        assert!(!matches("hyperswitch.refunds.*", "hyperswitch.payments.authorize"));
+        assert!(!matches("hyperswitch.payments.authorize.x", "hyperswitch.payments.authorize"));
         assert!(overlap("a.*.c", "a.b.*"));
         assert!(!overlap("a.b", "a.b.c"));
     }

@@ -328,14 +328,7 @@ impl Gateway {
         // A worker holds the operation and may be at the processor right now: the processor
         // may confirm it, but failing it could fail a payment about to be charged.
         let in_progress = again.as_ref().err().is_some_and(CallError::in_progress);
-        match &again {
-            Err(e @ CallError::CircuitOpen { .. }) => {
-                // The re-send was refused before it left: nothing learnt. Next pass.
-                info!(message_id = %op.message_id, error = %e, "recovery: re-send refused");
-                return None;
-            }
-            _ => {}
-        }
+        // The calls bypass the breaker: an open breaker must not keep recovery from learning.
         // A re-send that was not applied (no stream, invalid) says nothing about the original,
         // which may have been stored and performed: only the processor can tell.
         let resent = match &again {

@@ -22,7 +22,7 @@
 //! replies and the `$JS.ACK` messages in the order the server routed them. A reply published
 //! and flushed before the ack is routed first, whatever connections the worker uses.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,8 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::env::{Environment, EnvironmentConfig};
+use crate::scenario::checkers::AuditMessage;
+use crate::scenario::observe;
 use crate::nats::EnvConfig;
 
 /// Why the kit could not run (a worker that fails the checks is a report, not an error).
@@ -332,21 +334,6 @@ fn final_ack(body: &str) -> Option<&'static str> {
     }
 }
 
-/// Whether a subject matches a NATS filter (`*` one token, `>` the rest).
-pub fn subject_matches(filter: &str, subject: &str) -> bool {
-    let mut f = filter.split('.');
-    let mut s = subject.split('.');
-    loop {
-        match (f.next(), s.next()) {
-            (Some(">"), Some(_)) => return true,
-            (Some("*"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
 /// The durable operations no consumer of the worker covers yet.
 async fn uncovered(js: &jetstream::Context, config: &BridgeConfig) -> Result<Vec<&'static str>, String> {
     let mut filters: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -371,7 +358,7 @@ async fn uncovered(js: &jetstream::Context, config: &BridgeConfig) -> Result<Vec
         .filter(|op| {
             let subject = subjects::wildcard(&config.subject_template(*op)).replace('*', "m");
             let fs = filters.get(&config.stream_name(op.family)).map(Vec::as_slice).unwrap_or(&[]);
-            !fs.iter().any(|f| subject_matches(f, &subject))
+            !fs.iter().any(|f| subjects::matches(f, &subject))
         })
         .map(|op| op.name)
         .collect())
@@ -691,24 +678,21 @@ async fn duplicate_lookup(run: &Run, answered: &[Answered]) -> Check {
     check("duplicate_lookup", failures, format!("{} published again: the first result, no new effect", a.op.name))
 }
 
+/// A header of a stored message.
+fn header<'a>(m: &'a AuditMessage, name: &str) -> Option<&'a str> {
+    m.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
 /// The stream sequences of the answered requests, by stream, in publish order.
-async fn stored_sequences(run: &Run, answered: &[Answered]) -> Result<BTreeMap<String, Vec<(u64, usize)>>, String> {
-    let wanted: BTreeMap<String, usize> = answered.iter().enumerate().map(|(i, a)| (a.request.envelope().correlation_id.clone(), i)).collect();
+async fn stored_sequences(run: &Run, answered: &[Answered]) -> BTreeMap<String, Vec<(u64, usize)>> {
+    let wanted: BTreeMap<&str, usize> = answered.iter().enumerate().map(|(i, a)| (a.request.envelope().correlation_id.as_str(), i)).collect();
     let mut out: BTreeMap<String, Vec<(u64, usize)>> = BTreeMap::new();
-    let config = run.bridge.config();
-    for family in answered.iter().map(|a| a.op.family).collect::<BTreeSet<_>>() {
-        let name = config.stream_name(family);
-        let mut stream = run.js.get_stream(&name).await.map_err(|e| format!("stream {name}: {e}"))?;
-        let last = stream.info().await.map_err(|e| format!("stream {name}: {e}"))?.state.last_sequence;
-        for seq in 1..=last {
-            let Ok(m) = stream.get_raw_message(seq).await else { continue };
-            let cid = m.headers.get(headers::CORRELATION_ID).map(|v| v.as_str().to_string()).unwrap_or_default();
-            if let Some(i) = wanted.get(&cid) {
-                out.entry(name.clone()).or_default().push((seq, *i));
-            }
+    for m in observe::audit(&run.env).await {
+        if let Some(i) = header(&m, headers::CORRELATION_ID).and_then(|cid| wanted.get(cid)) {
+            out.entry(m.stream.clone()).or_default().push((m.seq, *i));
         }
     }
-    Ok(out)
+    out
 }
 
 async fn redelivery(run: &Run, answered: &[Answered]) -> Check {
@@ -716,15 +700,12 @@ async fn redelivery(run: &Run, answered: &[Answered]) -> Check {
         return Check { name: "redelivery", passed: false, detail: "no durable operation succeeded to deliver again".into() };
     };
     let one = std::slice::from_ref(a);
-    let failures = match stored_sequences(run, one).await {
-        Err(e) => vec![e],
-        Ok(seqs) => match seqs.iter().next() {
-            None => vec![format!("the stored request of {} was not found", a.op.name)],
-            Some((stream, list)) => {
-                let before = run.effects();
-                compare_again(run, stream, list, one, before).await
-            }
-        },
+    let failures = match stored_sequences(run, one).await.iter().next() {
+        None => vec![format!("the stored request of {} was not found", a.op.name)],
+        Some((stream, list)) => {
+            let before = run.effects();
+            compare_again(run, stream, list, one, before).await
+        }
     };
     check("redelivery", failures, format!("{} delivered again: the stored result, no new effect", a.op.name))
 }
@@ -797,14 +778,9 @@ async fn replay(run: &Run, answered: &[Answered]) -> Check {
     let before = run.effects();
     let mut failures = Vec::new();
     let mut count = 0;
-    match stored_sequences(run, answered).await {
-        Err(e) => failures.push(e),
-        Ok(seqs) => {
-            for (stream, list) in &seqs {
-                count += list.len();
-                failures.extend(compare_again(run, stream, list, answered, before).await);
-            }
-        }
+    for (stream, list) in &stored_sequences(run, answered).await {
+        count += list.len();
+        failures.extend(compare_again(run, stream, list, answered, before).await);
     }
     if count < answered.len() {
         failures.push(format!("only {count} of {} stored requests found to replay", answered.len()));
@@ -871,20 +847,18 @@ async fn dead_letter(run: &Run, tap: &Tap) -> Check {
 }
 
 async fn ack_after_reply(run: &Run, tap: &Tap) -> Check {
-    let config = run.bridge.config();
-    // Every stored request of the run: where its reply must go, and its correlation id.
-    let mut requests: Vec<(String, u64, String, String, String)> = Vec::new();
-    for family in catalogue::durable_families() {
-        let name = config.stream_name(family);
-        let Ok(mut stream) = run.js.get_stream(&name).await else { continue };
-        let last = stream.info().await.map(|i| i.state.last_sequence).unwrap_or(0);
-        for seq in 1..=last {
-            let Ok(m) = stream.get_raw_message(seq).await else { continue };
-            let Ok(env) = serde_json::from_slice::<nats_bridge::RequestEnvelope>(&m.payload) else { continue };
-            let Some(reply_to) = m.headers.get(headers::REPLY_TO).map(|v| v.as_str().to_string()) else { continue };
-            requests.push((name.clone(), seq, reply_to, env.correlation_id, env.operation));
-        }
-    }
+    // Every stored request of the run: where its reply must go, and its correlation id (a
+    // message without them, like the poison message, expects no reply).
+    let requests: Vec<(String, u64, String, String, String)> = observe::audit(&run.env)
+        .await
+        .into_iter()
+        .filter_map(|m| {
+            let reply_to = header(&m, headers::REPLY_TO)?.to_string();
+            let cid = header(&m, headers::CORRELATION_ID)?.to_string();
+            let op = header(&m, headers::OPERATION).unwrap_or(&m.subject).to_string();
+            Some((m.stream, m.seq, reply_to, cid, op))
+        })
+        .collect();
     // Give the worker time to ack what it answered last.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut failures;
@@ -931,17 +905,6 @@ async fn ack_after_reply(run: &Run, tap: &Tap) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn filters_match_like_nats() {
-        assert!(subject_matches("hyperswitch.payments.authorize", "hyperswitch.payments.authorize"));
-        assert!(subject_matches("hyperswitch.payments.*", "hyperswitch.payments.authorize"));
-        assert!(subject_matches("hyperswitch.>", "hyperswitch.payments.authorize"));
-        assert!(subject_matches(">", "a"));
-        assert!(!subject_matches("hyperswitch.payments", "hyperswitch.payments.authorize"));
-        assert!(!subject_matches("hyperswitch.refunds.*", "hyperswitch.payments.authorize"));
-        assert!(!subject_matches("hyperswitch.payments.authorize.x", "hyperswitch.payments.authorize"));
-    }
 
     #[test]
     fn ack_subjects_of_both_versions() {
