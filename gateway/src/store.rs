@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use crate::model::{AttemptStatus, CaptureMethod, RefundStatus};
@@ -297,80 +297,166 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (merchant_id, key));
 ";
 
+// Rows are read by position (a name lookup per column per row showed in profiles), so every
+// SELECT names its columns in the order of these lists.
+
+/// The columns [`payment_row`] reads, in order.
+macro_rules! payment_columns {
+    () => {
+        "merchant_id, payment_id, attempt_id, amount, currency, capture_method, status, amount_authorized, \
+     amount_captured, amount_refunded, amount_refund_pending, connector_transaction_id, error_code, error_message, router_data, \
+     created_ms, updated_ms"
+    };
+}
+
 fn payment_row(r: &Row<'_>) -> rusqlite::Result<Payment> {
-    let status: String = r.get("status")?;
-    let method: String = r.get("capture_method")?;
-    let router_data: String = r.get("router_data")?;
+    let method: String = r.get(5)?;
+    let status: String = r.get(6)?;
+    let router_data: String = r.get(14)?;
     Ok(Payment {
-        merchant_id: r.get("merchant_id")?,
-        payment_id: r.get("payment_id")?,
-        attempt_id: r.get("attempt_id")?,
-        amount: r.get("amount")?,
-        currency: r.get("currency")?,
+        merchant_id: r.get(0)?,
+        payment_id: r.get(1)?,
+        attempt_id: r.get(2)?,
+        amount: r.get(3)?,
+        currency: r.get(4)?,
         capture_method: CaptureMethod::parse(&method).unwrap_or_default(),
         status: AttemptStatus::parse(&status).unwrap_or(AttemptStatus::Pending),
-        amount_authorized: r.get("amount_authorized")?,
-        amount_captured: r.get("amount_captured")?,
-        amount_refunded: r.get("amount_refunded")?,
-        amount_refund_pending: r.get("amount_refund_pending")?,
-        connector_transaction_id: r.get("connector_transaction_id")?,
-        error_code: r.get("error_code")?,
-        error_message: r.get("error_message")?,
+        amount_authorized: r.get(7)?,
+        amount_captured: r.get(8)?,
+        amount_refunded: r.get(9)?,
+        amount_refund_pending: r.get(10)?,
+        connector_transaction_id: r.get(11)?,
+        error_code: r.get(12)?,
+        error_message: r.get(13)?,
         router_data: serde_json::from_str(&router_data).unwrap_or_default(),
-        created_ms: r.get("created_ms")?,
-        updated_ms: r.get("updated_ms")?,
+        created_ms: r.get(15)?,
+        updated_ms: r.get(16)?,
     })
+}
+
+/// The columns [`operation_row`] reads, in order.
+macro_rules! operation_columns {
+    () => {
+        "message_id, merchant_id, payment_id, operation, object_id, amount, status, request, transaction_id, \
+     error_code, error_message, created_ms, updated_ms"
+    };
 }
 
 fn operation_row(r: &Row<'_>) -> rusqlite::Result<OperationRecord> {
-    let status: String = r.get("status")?;
+    let status: String = r.get(6)?;
     Ok(OperationRecord {
-        message_id: r.get("message_id")?,
-        merchant_id: r.get("merchant_id")?,
-        payment_id: r.get("payment_id")?,
-        operation: r.get("operation")?,
-        object_id: r.get("object_id")?,
-        amount: r.get("amount")?,
+        message_id: r.get(0)?,
+        merchant_id: r.get(1)?,
+        payment_id: r.get(2)?,
+        operation: r.get(3)?,
+        object_id: r.get(4)?,
+        amount: r.get(5)?,
         status: OpStatus::parse(&status),
-        request: r.get("request")?,
-        transaction_id: r.get("transaction_id")?,
-        error_code: r.get("error_code")?,
-        error_message: r.get("error_message")?,
-        created_ms: r.get("created_ms")?,
-        updated_ms: r.get("updated_ms")?,
+        request: r.get(7)?,
+        transaction_id: r.get(8)?,
+        error_code: r.get(9)?,
+        error_message: r.get(10)?,
+        created_ms: r.get(11)?,
+        updated_ms: r.get(12)?,
     })
+}
+
+/// The columns [`refund_row`] reads, in order.
+macro_rules! refund_columns {
+    () => {
+        "merchant_id, refund_id, payment_id, amount, currency, status, reason, connector_refund_id, error_code, \
+     error_message, created_ms, updated_ms"
+    };
 }
 
 fn refund_row(r: &Row<'_>) -> rusqlite::Result<Refund> {
-    let status: String = r.get("status")?;
+    let status: String = r.get(5)?;
     Ok(Refund {
-        merchant_id: r.get("merchant_id")?,
-        refund_id: r.get("refund_id")?,
-        payment_id: r.get("payment_id")?,
-        amount: r.get("amount")?,
-        currency: r.get("currency")?,
+        merchant_id: r.get(0)?,
+        refund_id: r.get(1)?,
+        payment_id: r.get(2)?,
+        amount: r.get(3)?,
+        currency: r.get(4)?,
         status: RefundStatus::parse(&status).unwrap_or(RefundStatus::Pending),
-        reason: r.get("reason")?,
-        connector_refund_id: r.get("connector_refund_id")?,
-        error_code: r.get("error_code")?,
-        error_message: r.get("error_message")?,
-        created_ms: r.get("created_ms")?,
-        updated_ms: r.get("updated_ms")?,
+        reason: r.get(6)?,
+        connector_refund_id: r.get(7)?,
+        error_code: r.get(8)?,
+        error_message: r.get(9)?,
+        created_ms: r.get(10)?,
+        updated_ms: r.get(11)?,
     })
 }
 
+/// Runs a statement from the connection's statement cache (parsing SQL led the store's
+/// profile before).
+fn exec(c: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(params)
+}
+
+/// One row (or none) from a cached statement.
+fn one<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<T>> {
+    c.prepare_cached(sql)?.query_row(params, f).optional()
+}
+
+/// Every row of a cached statement.
+fn all<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut s = c.prepare_cached(sql)?;
+    let rows = s.query_map(params, f)?.collect();
+    rows
+}
+
+/// A write transaction (`BEGIN IMMEDIATE`) on cached statements; rolled back on drop unless
+/// committed, like rusqlite's own, which parses its BEGIN and COMMIT text every time.
+struct Tx<'c> {
+    conn: &'c Connection,
+    done: bool,
+}
+
+impl<'c> Tx<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Tx<'c>> {
+        exec(conn, "BEGIN IMMEDIATE", [])?;
+        Ok(Tx { conn, done: false })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.done = true;
+        exec(self.conn, "COMMIT", []).map(|_| ())
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = exec(self.conn, "ROLLBACK", []);
+        }
+    }
+}
+
 fn get_payment(c: &Connection, merchant_id: &str, payment_id: &str) -> Result<Payment, StoreError> {
-    c.query_row(
-        "SELECT * FROM payments WHERE merchant_id = ?1 AND payment_id = ?2",
-        params![merchant_id, payment_id],
-        payment_row,
-    )
-    .optional()?
-    .ok_or_else(|| StoreError::NotFound(format!("payment {payment_id}")))
+    one(c, concat!("SELECT ", payment_columns!(), " FROM payments WHERE merchant_id = ?1 AND payment_id = ?2"), params![merchant_id, payment_id], payment_row)?
+        .ok_or_else(|| StoreError::NotFound(format!("payment {payment_id}")))
 }
 
 fn set_status(c: &Connection, p: &Payment, status: AttemptStatus) -> Result<(), StoreError> {
-    c.execute(
+    exec(
+        c,
         "UPDATE payments SET status = ?3, updated_ms = ?4 WHERE merchant_id = ?1 AND payment_id = ?2",
         params![p.merchant_id, p.payment_id, status.as_str(), now_ms()],
     )?;
@@ -407,6 +493,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // Every statement of this file stays prepared (the default cache holds 16).
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Store { conn: Mutex::new(conn), instance: uuid::Uuid::new_v4().simple().to_string(), defects: Default::default() })
     }
 
@@ -426,7 +514,8 @@ impl Store {
     /// Records a new payment (status `started`).
     pub fn insert_payment(&self, p: &Payment) -> Result<(), StoreError> {
         self.with(|c| {
-            let n = c.execute(
+            let n = exec(
+                c,
                 "INSERT OR IGNORE INTO payments (merchant_id, payment_id, attempt_id, amount, currency, capture_method, status,
                  router_data, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
                 params![
@@ -457,7 +546,7 @@ impl Store {
     /// transitional state and records the operation `in_flight`, in one transaction.
     pub fn begin_operation(&self, op: &OperationRecord) -> Result<Payment, StoreError> {
         self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = Tx::begin(c)?;
             let p = get_payment(&tx, &op.merchant_id, &op.payment_id)?;
             let amount = op.amount.unwrap_or(0);
             use AttemptStatus::*;
@@ -489,7 +578,8 @@ impl Store {
                 }
                 _ => {}
             }
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO operations (message_id, merchant_id, payment_id, operation, object_id, amount, status, request,
                  created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_flight', ?7, ?8, ?8)",
                 params![op.message_id, op.merchant_id, op.payment_id, op.operation, op.object_id, op.amount, op.request, now_ms()],
@@ -509,14 +599,13 @@ impl Store {
     /// Records a refund `pending`, holding its amount against the payment, and its operation.
     pub fn begin_refund(&self, refund: &Refund, op: &OperationRecord) -> Result<(), StoreError> {
         self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let exists: Option<i64> = tx
-                .query_row(
+            let tx = Tx::begin(c)?;
+            let exists: Option<i64> = one(
+                    &tx,
                     "SELECT 1 FROM refunds WHERE merchant_id = ?1 AND refund_id = ?2",
                     params![refund.merchant_id, refund.refund_id],
                     |r| r.get(0),
-                )
-                .optional()?;
+                )?;
             if exists.is_some() {
                 return Err(StoreError::Exists(format!("refund {}", refund.refund_id)));
             }
@@ -529,7 +618,8 @@ impl Store {
                     refund.amount
                 )));
             }
-            let n = tx.execute(
+            let n = exec(
+                &tx,
                 "INSERT OR IGNORE INTO refunds (merchant_id, refund_id, payment_id, amount, currency, status, reason, created_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?7)",
                 params![refund.merchant_id, refund.refund_id, refund.payment_id, refund.amount, p.currency, refund.reason, now_ms()],
@@ -537,11 +627,13 @@ impl Store {
             if n == 0 {
                 return Err(StoreError::Exists(format!("refund {}", refund.refund_id)));
             }
-            tx.execute(
+            exec(
+                &tx,
                 "UPDATE payments SET amount_refund_pending = amount_refund_pending + ?3, updated_ms = ?4 WHERE merchant_id = ?1 AND payment_id = ?2",
                 params![p.merchant_id, p.payment_id, refund.amount, now_ms()],
             )?;
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO operations (message_id, merchant_id, payment_id, operation, object_id, amount, status, request,
                  created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_flight', ?7, ?8, ?8)",
                 params![op.message_id, op.merchant_id, op.payment_id, op.operation, op.object_id, op.amount, op.request, now_ms()],
@@ -554,7 +646,8 @@ impl Store {
     /// Records an operation that moves no state of ours (mandates, tokens, disputes...).
     pub fn record_operation(&self, op: &OperationRecord) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute(
+            exec(
+                c,
                 "INSERT OR IGNORE INTO operations (message_id, merchant_id, payment_id, operation, object_id, amount, status, request,
                  created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_flight', ?7, ?8, ?8)",
                 params![op.message_id, op.merchant_id, op.payment_id, op.operation, op.object_id, op.amount, op.request, now_ms()],
@@ -567,10 +660,8 @@ impl Store {
     /// refund, once: a final operation is never changed again.
     pub fn apply(&self, message_id: &str, resolution: &Resolution) -> Result<Applied, StoreError> {
         self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let op = tx
-                .query_row("SELECT * FROM operations WHERE message_id = ?1", params![message_id], operation_row)
-                .optional()?
+            let tx = Tx::begin(c)?;
+            let op = one(&tx, concat!("SELECT ", operation_columns!(), " FROM operations WHERE message_id = ?1"), params![message_id], operation_row)?
                 .ok_or_else(|| StoreError::NotFound(format!("operation {message_id}")))?;
             if op.status.is_final() && !self.defects.late_reply_overwrites_terminal {
                 return Ok(Applied::AlreadyFinal);
@@ -587,7 +678,8 @@ impl Store {
                 ("payments.authorize", Resolution::RequiresCustomerAction) => OpStatus::Succeeded,
                 _ => op_status,
             };
-            tx.execute(
+            exec(
+                &tx,
                 "UPDATE operations SET status = ?2, transaction_id = COALESCE(?3, transaction_id), error_code = ?4, error_message = ?5, updated_ms = ?6
                  WHERE message_id = ?1",
                 params![message_id, final_op.as_str(), txn, code, msg, now],
@@ -607,7 +699,8 @@ impl Store {
                 }
                 apply_payment(&tx, &p, &op, resolution)?;
                 if self.defects.manual_capture_as_charged && op.operation == "payments.authorize" && matches!(resolution, Resolution::Succeeded { .. }) {
-                    tx.execute(
+                    exec(
+                        &tx,
                         "UPDATE payments SET status = 'charged', amount_captured = amount WHERE merchant_id = ?1 AND payment_id = ?2",
                         params![op.merchant_id, op.payment_id],
                     )?;
@@ -621,75 +714,59 @@ impl Store {
     /// Operations not resolved whose last change is older than `before_ms`.
     pub fn unresolved_operations(&self, before_ms: i64) -> Result<Vec<OperationRecord>, StoreError> {
         self.with(|c| {
-            let mut s = c.prepare(
-                "SELECT * FROM operations WHERE status IN ('in_flight', 'unknown') AND updated_ms < ?1 ORDER BY updated_ms",
-            )?;
-            let rows = s.query_map(params![before_ms], operation_row)?.collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            Ok(all(c, concat!("SELECT ", operation_columns!(), " FROM operations WHERE status IN ('in_flight', 'unknown') AND updated_ms < ?1 ORDER BY updated_ms"), params![before_ms], operation_row)?)
         })
     }
 
     /// The operation with this idempotency key's message id, if any.
     pub fn operation(&self, message_id: &str) -> Result<Option<OperationRecord>, StoreError> {
-        self.with(|c| Ok(c.query_row("SELECT * FROM operations WHERE message_id = ?1", params![message_id], operation_row).optional()?))
+        self.with(|c| Ok(one(c, concat!("SELECT ", operation_columns!(), " FROM operations WHERE message_id = ?1"), params![message_id], operation_row)?))
     }
 
     /// The operations of a payment, oldest first.
     pub fn operations_of(&self, merchant_id: &str, payment_id: &str) -> Result<Vec<OperationRecord>, StoreError> {
         self.with(|c| {
-            let mut s = c.prepare("SELECT * FROM operations WHERE merchant_id = ?1 AND payment_id = ?2 ORDER BY created_ms, rowid")?;
-            let rows = s.query_map(params![merchant_id, payment_id], operation_row)?.collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            Ok(all(c, concat!("SELECT ", operation_columns!(), " FROM operations WHERE merchant_id = ?1 AND payment_id = ?2 ORDER BY created_ms, rowid"), params![merchant_id, payment_id], operation_row)?)
         })
     }
 
     /// Every payment, oldest first (checkers read the whole store after a run).
     pub fn all_payments(&self) -> Result<Vec<Payment>, StoreError> {
         self.with(|c| {
-            let mut s = c.prepare("SELECT * FROM payments ORDER BY created_ms, rowid")?;
-            let rows = s.query_map([], payment_row)?.collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            Ok(all(c, concat!("SELECT ", payment_columns!(), " FROM payments ORDER BY created_ms, rowid"), [], payment_row)?)
         })
     }
 
     /// Every operation, oldest first.
     pub fn all_operations(&self) -> Result<Vec<OperationRecord>, StoreError> {
         self.with(|c| {
-            let mut s = c.prepare("SELECT * FROM operations ORDER BY created_ms, rowid")?;
-            let rows = s.query_map([], operation_row)?.collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            Ok(all(c, concat!("SELECT ", operation_columns!(), " FROM operations ORDER BY created_ms, rowid"), [], operation_row)?)
         })
     }
 
     /// Every refund, oldest first.
     pub fn all_refunds(&self) -> Result<Vec<Refund>, StoreError> {
         self.with(|c| {
-            let mut s = c.prepare("SELECT * FROM refunds ORDER BY created_ms, rowid")?;
-            let rows = s.query_map([], refund_row)?.collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            Ok(all(c, concat!("SELECT ", refund_columns!(), " FROM refunds ORDER BY created_ms, rowid"), [], refund_row)?)
         })
     }
 
     /// Payments whose attempt is in a transitional state.
     pub fn transitional_payments(&self) -> Result<Vec<Payment>, StoreError> {
         self.with(|c| {
-            let mut s = c.prepare(
-                "SELECT * FROM payments WHERE status IN ('authorizing', 'capture_initiated', 'void_initiated', 'pending')",
-            )?;
-            let rows = s.query_map([], payment_row)?.collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            Ok(all(c, concat!("SELECT ", payment_columns!(), " FROM payments WHERE status IN ('authorizing', 'capture_initiated', 'void_initiated', 'pending')"), [], payment_row)?)
         })
     }
 
     /// A refund.
     pub fn refund(&self, merchant_id: &str, refund_id: &str) -> Result<Refund, StoreError> {
         self.with(|c| {
-            c.query_row(
-                "SELECT * FROM refunds WHERE merchant_id = ?1 AND refund_id = ?2",
+            one(
+                c,
+                concat!("SELECT ", refund_columns!(), " FROM refunds WHERE merchant_id = ?1 AND refund_id = ?2"),
                 params![merchant_id, refund_id],
                 refund_row,
-            )
-            .optional()?
+            )?
             .ok_or_else(|| StoreError::NotFound(format!("refund {refund_id}")))
         })
     }
@@ -697,17 +774,17 @@ impl Store {
     /// Claims an API idempotency key for a request fingerprint.
     pub fn claim_key(&self, merchant_id: &str, key: &str, fingerprint: &str) -> Result<KeyState, StoreError> {
         self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let row: Option<KeyRow> = tx
-                .query_row(
+            let tx = Tx::begin(c)?;
+            let row: Option<KeyRow> = one(
+                    &tx,
                     "SELECT fingerprint, state, owner, status, body FROM idempotency WHERE merchant_id = ?1 AND key = ?2",
                     params![merchant_id, key],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )
-                .optional()?;
+                )?;
             let state = match row {
                 None => {
-                    tx.execute(
+                    exec(
+                        &tx,
                         "INSERT INTO idempotency (merchant_id, key, fingerprint, state, owner, created_ms) VALUES (?1, ?2, ?3, 'in_progress', ?4, ?5)",
                         params![merchant_id, key, fingerprint, self.instance, now_ms()],
                     )?;
@@ -718,7 +795,8 @@ impl Store {
                 // Left in progress by an instance that is gone: run it again (the flows are
                 // idempotent by payment, refund and message id).
                 Some((_, _, owner, _, _)) if owner != self.instance => {
-                    tx.execute(
+                    exec(
+                        &tx,
                         "UPDATE idempotency SET owner = ?3 WHERE merchant_id = ?1 AND key = ?2",
                         params![merchant_id, key, self.instance],
                     )?;
@@ -734,7 +812,8 @@ impl Store {
     /// Stores the response of a claimed key.
     pub fn finish_key(&self, merchant_id: &str, key: &str, status: u16, body: &str) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute(
+            exec(
+                c,
                 "UPDATE idempotency SET state = 'done', status = ?3, body = ?4 WHERE merchant_id = ?1 AND key = ?2",
                 params![merchant_id, key, status, body],
             )?;
@@ -745,7 +824,7 @@ impl Store {
     /// Releases a claimed key without a response (the request failed before doing anything).
     pub fn release_key(&self, merchant_id: &str, key: &str) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute("DELETE FROM idempotency WHERE merchant_id = ?1 AND key = ?2 AND state = 'in_progress'", params![merchant_id, key])?;
+            exec(c, "DELETE FROM idempotency WHERE merchant_id = ?1 AND key = ?2 AND state = 'in_progress'", params![merchant_id, key])?;
             Ok(())
         })
     }
@@ -787,7 +866,8 @@ fn apply_payment(c: &Connection, p: &Payment, op: &OperationRecord, r: &Resoluti
         _ => (None, None),
     };
     if let Some((authorized, captured)) = set_amounts {
-        c.execute(
+        exec(
+            c,
             "UPDATE payments SET amount_authorized = ?3, amount_captured = ?4, updated_ms = ?5 WHERE merchant_id = ?1 AND payment_id = ?2",
             params![p.merchant_id, p.payment_id, authorized, captured, now],
         )?;
@@ -801,7 +881,8 @@ fn apply_payment(c: &Connection, p: &Payment, op: &OperationRecord, r: &Resoluti
             ("payments.authorize", Resolution::Succeeded { transaction_id }) => transaction_id.clone(),
             _ => None,
         };
-        c.execute(
+        exec(
+            c,
             "UPDATE payments SET status = ?3, error_code = COALESCE(?4, error_code), error_message = COALESCE(?5, error_message),
              connector_transaction_id = COALESCE(?6, connector_transaction_id), updated_ms = ?7 WHERE merchant_id = ?1 AND payment_id = ?2",
             params![p.merchant_id, p.payment_id, status.as_str(), code, message, txn, now],
@@ -823,13 +904,15 @@ fn apply_refund(c: &Connection, op: &OperationRecord, r: &Resolution) -> Result<
         Resolution::Succeeded { transaction_id } => (None, None, transaction_id.clone()),
         _ => (None, None, None),
     };
-    let n = c.execute(
+    let n = exec(
+        c,
         "UPDATE refunds SET status = ?3, error_code = ?4, error_message = ?5, connector_refund_id = ?6, updated_ms = ?7
          WHERE merchant_id = ?1 AND refund_id = ?2 AND status = 'pending'",
         params![op.merchant_id, op.object_id, status, code, message, txn, now],
     )?;
     if n == 1 {
-        c.execute(
+        exec(
+            c,
             "UPDATE payments SET amount_refund_pending = amount_refund_pending - ?3, amount_refunded = amount_refunded + ?4, updated_ms = ?5
              WHERE merchant_id = ?1 AND payment_id = ?2",
             params![op.merchant_id, op.payment_id, amount, refunded, now],

@@ -192,7 +192,13 @@ impl Handler {
         let mine = |lease_until_ms| Record::Started { fingerprint: fp.to_string(), owner: owner.clone(), lease_until_ms };
         let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         let mut waited = false;
+        // Nearly every key is new: try to create the claim before reading anything, one
+        // round trip instead of two. Only when the key exists is its record read.
+        let mut fresh = if self.expired(env) { None } else { self.store.create(key, &mine(crate::store::now_ms() + self.lease_ms)).await.map_err(store_err)? };
         loop {
+            if let Some(revision) = fresh.take() {
+                return Ok(Claim::Held(self.lease(key, fp, &owner, revision, false)));
+            }
             let entry = self.store.entry(key).await.map_err(store_err)?;
             if let Some((record, _)) = &entry {
                 if record.fingerprint() != fp {
@@ -241,29 +247,35 @@ impl Handler {
             };
             // `None`: someone else wrote the key meanwhile; look again.
             let Some(revision) = written else { continue };
-            let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let revision = Arc::new(AtomicU64::new(revision));
-            let renewer = {
-                let (store, key, lost, revision, lease_ms) = (self.store.clone(), key.to_string(), lost.clone(), revision.clone(), self.lease_ms);
-                let (fp, owner) = (fp.to_string(), owner.clone());
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_millis((lease_ms / 3).max(1))).await;
-                        let renewed = Record::Started { fingerprint: fp.clone(), owner: owner.clone(), lease_until_ms: crate::store::now_ms() + lease_ms };
-                        match store.update(&key, &renewed, revision.load(Ordering::SeqCst)).await {
-                            Ok(Some(r)) => revision.store(r, Ordering::SeqCst),
-                            Ok(None) => {
-                                lost.store(true, Ordering::SeqCst);
-                                return;
-                            }
-                            // Try again next round; the lease has margin.
-                            Err(e) => warn!(key, error = %e, "lease renewal failed"),
-                        }
-                    }
-                })
-            };
-            return Ok(Claim::Held(Lease { lost, revision, record: mine(0), took_over, renewer }));
+            return Ok(Claim::Held(self.lease(key, fp, &owner, revision, took_over)));
         }
+    }
+
+    /// A lease on `key`, written at `revision`, renewed in the background until dropped.
+    fn lease(&self, key: &str, fp: &str, owner: &str, revision: u64, took_over: bool) -> Lease {
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let revision = Arc::new(AtomicU64::new(revision));
+        let renewer = {
+            let (store, key, lost, revision, lease_ms) = (self.store.clone(), key.to_string(), lost.clone(), revision.clone(), self.lease_ms);
+            let (fp, owner) = (fp.to_string(), owner.to_string());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis((lease_ms / 3).max(1))).await;
+                    let renewed = Record::Started { fingerprint: fp.clone(), owner: owner.clone(), lease_until_ms: crate::store::now_ms() + lease_ms };
+                    match store.update(&key, &renewed, revision.load(Ordering::SeqCst)).await {
+                        Ok(Some(r)) => revision.store(r, Ordering::SeqCst),
+                        Ok(None) => {
+                            lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        // Try again next round; the lease has margin.
+                        Err(e) => warn!(key, error = %e, "lease renewal failed"),
+                    }
+                }
+            })
+        };
+        let record = Record::Started { fingerprint: fp.to_string(), owner: owner.to_string(), lease_until_ms: 0 };
+        Lease { lost, revision, record, took_over, renewer }
     }
 
     /// Gives a claim up at once (expired), so the redelivery of a failed attempt need not wait

@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// mimalloc: per-request allocations (headers, envelopes, JSON) led glibc malloc/free in the
+/// load profile (loadtest/README.md, "Cost of a request").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()

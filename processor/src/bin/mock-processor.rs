@@ -10,6 +10,11 @@ use clap::Parser;
 use mock_processor::{serve, Processor, ProcessorConfig};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: per-request allocations (headers, envelopes, JSON) led glibc malloc/free in the
+/// load profile (loadtest/README.md, "Cost of a request").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Payment service provider simulator.
 #[derive(Debug, Parser)]
 #[command(version, about)]

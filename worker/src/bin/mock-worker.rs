@@ -4,6 +4,11 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// mimalloc: per-request allocations (headers, envelopes, JSON) led glibc malloc/free in the
+/// load profile (loadtest/README.md, "Cost of a request").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Serves every bridge operation against the mock processor.
 #[derive(Parser)]
 #[command(version)]
