@@ -52,6 +52,33 @@ pub struct EnvironmentConfig {
     pub processor: ProcessorConfig,
     /// Which clients reach NATS through fault proxies (network latency and cuts).
     pub proxied: ProxiedLinks,
+    /// Where the processor, the workers and the gateways run; the caller's runtime by default.
+    pub placement: Placement,
+}
+
+/// The tokio runtimes the environment's roles run on. A role given its own runtime (with
+/// named threads) can be measured apart from the others in one process: the load test reads
+/// each thread's CPU time by its name to report what each role costs per request.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// The processor's HTTP server.
+    pub processor: Option<tokio::runtime::Handle>,
+    /// In-process workers: their connections and tasks.
+    pub workers: Option<tokio::runtime::Handle>,
+    /// Gateways: their bridge connection, HTTP server and background jobs.
+    pub gateways: Option<tokio::runtime::Handle>,
+}
+
+/// Runs `future` on `handle` when one is given (so everything it spawns lives there), else here.
+async fn run_on<F>(handle: Option<&tokio::runtime::Handle>, future: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match handle {
+        Some(h) => h.spawn(future).await.expect("a placed task panicked"),
+        None => future.await,
+    }
 }
 
 /// Which clients' links to NATS go through fault proxies ([`ProxiedLink`]). Off by default: a
@@ -75,6 +102,7 @@ impl Default for EnvironmentConfig {
             workers: 1,
             processor: ProcessorConfig::default(),
             proxied: ProxiedLinks::default(),
+            placement: Placement::default(),
         }
     }
 }
@@ -99,6 +127,8 @@ pub struct Environment {
     gateway_link: Option<ProxiedLink>,
     /// The in-process workers' fault proxies, when asked for.
     workers_link: Option<ProxiedLink>,
+    /// Where the roles run.
+    placement: Placement,
     /// NATS.
     nats: NatsEnv,
 }
@@ -113,9 +143,13 @@ impl Environment {
             .map_err(|e| EnvError::Processor(e.to_string()))?;
         let processor_addr = listener.local_addr().map_err(|e| EnvError::Processor(e.to_string()))?;
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(mock_processor::serve(listener, processor.clone(), async move {
+        let serve = mock_processor::serve(listener, processor.clone(), async move {
             let _ = stopped.await;
-        }));
+        });
+        match &config.placement.processor {
+            Some(h) => drop(h.spawn(serve)),
+            None => drop(tokio::spawn(serve)),
+        }
 
         config.bridge.base_url = nats.client_url();
         config.bridge.jetstream.replicas = nats.replicas();
@@ -149,6 +183,7 @@ impl Environment {
             bridge_config: config.bridge,
             gateway_link,
             workers_link,
+            placement: config.placement,
             nats,
         };
         for _ in 0..config.workers {
@@ -168,15 +203,42 @@ impl Environment {
         config.nats_url = self.nats.client_url();
         config.processor_url = self.processor_url();
         config.name = format!("{}-{}", config.name, self.workers.len() + 1);
-        let client = match &self.workers_link {
-            Some(link) => link.connect().await.map_err(|e| EnvError::Proxy(e.to_string()))?,
-            None => self.nats.connect().await?,
-        };
-        let handle = mock_worker::start_with_client(client, config, self.bridge_config.clone())
-            .await
-            .map_err(|e| EnvError::Worker(e.to_string()))?;
+        let handle = match &self.placement.workers {
+            None => {
+                let client = match &self.workers_link {
+                    Some(link) => link.connect().await.map_err(|e| EnvError::Proxy(e.to_string()))?,
+                    None => self.nats.connect().await?,
+                };
+                mock_worker::start_with_client(client, config, self.bridge_config.clone()).await
+            }
+            Some(runtime) => {
+                // Connected there too: the connection's own task runs where it was made.
+                let (options, urls) = self.connector(self.workers_link.as_ref());
+                let bridge = self.bridge_config.clone();
+                let started = run_on(Some(runtime), async move {
+                    let client = connect(options, urls).await.map_err(EnvError::Worker)?;
+                    Ok::<_, EnvError>(mock_worker::start_with_client(client, config, bridge).await)
+                });
+                started.await?
+            }
+        }
+        .map_err(|e| EnvError::Worker(e.to_string()))?;
         self.workers.push(handle);
         Ok(self.workers.last().expect("just pushed"))
+    }
+
+    /// How a client of a role connects, to be done on that role's runtime: through its fault
+    /// proxies when it has them, else to the servers as [`NatsEnv::connect`] does.
+    fn connector(&self, link: Option<&ProxiedLink>) -> (async_nats::ConnectOptions, Vec<String>) {
+        match link {
+            Some(link) => (link.connect_options(), link.urls()),
+            None => (async_nats::ConnectOptions::new().ignore_discovered_servers(), self.nats.client_urls()),
+        }
+    }
+
+    /// Where the roles run.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     /// The bridge.
@@ -275,21 +337,32 @@ impl Environment {
         config: gateway::config::GatewayConfig,
         bridge_config: BridgeConfig,
     ) -> Result<GatewayHandle, EnvError> {
-        let client = match &self.gateway_link {
-            Some(link) => link.connect().await.map_err(|e| EnvError::Proxy(e.to_string()))?,
-            None => self.nats.connect().await?,
+        let client = match (&self.placement.gateways, &self.gateway_link) {
+            (None, Some(link)) => Some(link.connect().await.map_err(|e| EnvError::Proxy(e.to_string()))?),
+            (None, None) => Some(self.nats.connect().await?),
+            // Connected on the gateways' runtime below.
+            (Some(_), _) => None,
         };
-        let bridge = Bridge::with_client(client, bridge_config).await.map_err(|e| EnvError::Bridge(e.to_string()))?;
-        let running = gateway::start_with(config, bridge).map_err(|e| EnvError::Gateway(e.to_string()))?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| EnvError::Gateway(format!("cannot listen on {addr}: {e}")))?;
-        let url = format!("http://{}", listener.local_addr().map_err(|e| EnvError::Gateway(e.to_string()))?);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway::api::serve(listener, running.state.clone(), async move {
-            let _ = stopped.await;
-        }));
-        Ok(GatewayHandle { url, running, stop: Some(stop), task })
+        let (options, urls) = self.connector(self.gateway_link.as_ref());
+        let addr = addr.to_string();
+        run_on(self.placement.gateways.as_ref(), async move {
+            let client = match client {
+                Some(c) => c,
+                None => connect(options, urls).await.map_err(EnvError::Gateway)?,
+            };
+            let bridge = Bridge::with_client(client, bridge_config).await.map_err(|e| EnvError::Bridge(e.to_string()))?;
+            let running = gateway::start_with(config, bridge).map_err(|e| EnvError::Gateway(e.to_string()))?;
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|e| EnvError::Gateway(format!("cannot listen on {addr}: {e}")))?;
+            let url = format!("http://{}", listener.local_addr().map_err(|e| EnvError::Gateway(e.to_string()))?);
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(gateway::api::serve(listener, running.state.clone(), async move {
+                let _ = stopped.await;
+            }));
+            Ok(GatewayHandle { url, running, stop: Some(stop), task })
+        })
+        .await
     }
 }
 
@@ -299,4 +372,13 @@ impl Drop for Environment {
             let _ = stop.send(());
         }
     }
+}
+
+/// Connects with `options` to `urls` (see [`Environment::connector`]).
+async fn connect(options: async_nats::ConnectOptions, urls: Vec<String>) -> Result<async_nats::Client, String> {
+    let first = urls.first().cloned().unwrap_or_default();
+    options
+        .connect(urls)
+        .await
+        .map_err(|e| format!("cannot connect to nats at {first}: {e}"))
 }

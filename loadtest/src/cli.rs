@@ -97,6 +97,12 @@ pub struct Options {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub settle_timeout: Duration,
 
+    /// Record a CPU profile (perf, DWARF call graphs) of up to 15 s of the steady part of the
+    /// run and draw it as flamegraph.svg in the report directory; without perf the run goes on
+    /// and the report says why. perf's sampling adds to the run's CPU numbers.
+    #[arg(long)]
+    pub profile: bool,
+
     /// After the schedule, how long requests may still run before the run is stopped.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub drain: Duration,

@@ -12,6 +12,8 @@
 //! - [`ops`]: the operations of the mix, their weights and targets, how an answer is judged.
 //! - [`data`]: seeded `fake` payment data per request slot.
 //! - [`schedule`]: the fixed-rate schedule.
+//! - [`cost`]: CPU per request per role and NATS traffic per request; the roles' runtimes.
+//! - [`profile`]: `--profile`, a flame graph of the run (perf + inferno).
 //! - [`flows`]: the goose scenario and per-user payment state.
 //! - [`record`]: the histograms.
 //! - [`faults`]: NATS restart and worker crash during the load; disruption windows.
@@ -21,6 +23,8 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod cost;
+pub mod profile;
 pub mod data;
 pub mod faults;
 pub mod flows;
@@ -63,6 +67,9 @@ pub enum LoadError {
     /// Goose refused or failed.
     #[error("goose: {0}")]
     Goose(String),
+    /// The runtimes of the system under test could not be built.
+    #[error("cannot start the runtimes of the system under test: {0}")]
+    Runtime(std::io::Error),
     /// Writing the report failed.
     #[error("cannot write the report: {0}")]
     Io(#[from] std::io::Error),
@@ -91,12 +98,15 @@ impl RunOutcome {
 /// The API key and merchant of the gateway started here.
 const API_KEY: (&str, &str) = ("loadtest_key", "merchant_load");
 
+/// The start of the run left out of the cost per request (connections, caches, users starting).
+const WARMUP: Duration = Duration::from_secs(5);
+
 /// How far ahead of the first slot taken the schedule starts, so goose can start every user.
 const LEAD: Duration = Duration::from_secs(1);
 
 /// A gateway under load: started here (with its environment), or given by URL.
 enum Target {
-    Own { env: Arc<Mutex<Environment>>, gateway: GatewayHandle, description: String },
+    Own { env: Arc<Mutex<Environment>>, gateway: GatewayHandle, description: String, runtimes: cost::SutRuntimes },
     External { url: String },
 }
 
@@ -112,11 +122,13 @@ impl Target {
 /// One NATS node, the processor, the workers in this process, and a gateway with an API key.
 /// Timeouts are the scenario runner's (short, ordered so recovery never races a waiting call),
 /// so that whatever a fault leaves open settles within the run.
+/// Each role runs on its own runtime (see [`cost::SutRuntimes`]) so its CPU can be measured.
 async fn start_environment(workers: usize, backend: harness::nats::BackendChoice, dir: &std::path::Path) -> Result<Target, LoadError> {
+    let runtimes = cost::SutRuntimes::new().map_err(LoadError::Runtime)?;
     let mut bridge = BridgeConfig { ack_timeout_ms: timing::ACK_MS, request_timeout_ms: timing::REQUEST_MS, query_timeout_ms: timing::QUERY_MS, ..Default::default() };
     bridge.circuit_breaker.open_ms = timing::BREAKER_OPEN_MS;
     let worker = WorkerConfig { max_request_age_ms: timing::MAX_REQUEST_AGE_MS, ..Default::default() };
-    let env = Environment::start(EnvironmentConfig { nats: EnvConfig::single().with_backend(backend), bridge, worker, workers, ..Default::default() }).await?;
+    let env = Environment::start(EnvironmentConfig { nats: EnvConfig::single().with_backend(backend), bridge, worker, workers, placement: runtimes.placement(), ..Default::default() }).await?;
     let gateway = env
         .start_gateway(GatewayConfig {
             database: dir.join("gateway.db"),
@@ -130,7 +142,7 @@ async fn start_environment(workers: usize, backend: harness::nats::BackendChoice
         })
         .await?;
     let description = format!("environment started here: NATS {} x{}, {workers} in-process worker(s), processor latency 0", env.nats().backend(), env.nats().node_count());
-    Ok(Target::Own { env: Arc::new(Mutex::new(env)), gateway, description })
+    Ok(Target::Own { env: Arc::new(Mutex::new(env)), gateway, description, runtimes })
 }
 
 fn unix_time() -> u64 {
@@ -191,6 +203,26 @@ pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError>
         cycle: flows::cycle_len(&opts.mix),
     });
 
+    let nats_probe = match &target {
+        Target::Own { env, .. } => cost::NatsProbe::of(&*env.lock().await).await,
+        Target::External { .. } => None,
+    };
+    let profiling = match opts.profile {
+        true => {
+            let pids: Vec<u32> = std::iter::once(std::process::id()).chain(nats_probe.as_ref().and_then(|n| n.pid)).collect();
+            let (schedule, dir, title) = (schedule.clone(), dir.clone(), format!("loadtest {run_id}: {} req/s", opts.rate));
+            Some(tokio::spawn(async move {
+                let (from, to) = cost::window(schedule.offset(schedule.total()), WARMUP);
+                let t0 = schedule.started().await;
+                tokio::time::sleep_until((t0 + from).into()).await;
+                let seconds = profile::seconds_for(to - from);
+                println!("profiling {seconds} s with perf");
+                tokio::task::spawn_blocking(move || profile::record(&dir, &pids, seconds, &title)).await.ok()
+            }))
+        }
+        false => None,
+    };
+    let measuring = tokio::spawn(cost::measure(schedule.clone(), nats_probe, WARMUP));
     let timeline = match (&target, opts.faults.is_empty()) {
         (Target::Own { env, .. }, false) => Some(tokio::spawn(faults::timeline(env.clone(), opts.workers as usize, opts.faults.clone(), schedule.clone()))),
         _ => None,
@@ -212,8 +244,14 @@ pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError>
         None => Vec::new(),
     };
     if let Err(e) = goose_result {
+        measuring.abort();
+        if let Some(p) = &profiling {
+            p.abort();
+        }
         return Err(LoadError::Goose(e.to_string()));
     }
+    // The window ends with the schedule, which goose has outlived.
+    let cost = if measuring.is_finished() { measuring.await.ok() } else { tokio::time::timeout(Duration::from_secs(5), measuring).await.ok().and_then(Result::ok) };
     let recorded = ctx.recorder.snapshot();
     let t0_wall = schedule.t0().map(|t0| SystemTime::now() - Instant::now().saturating_duration_since(t0));
     println!("load done: {} requests sent, {} errors", recorded.sent, recorded.errors());
@@ -274,11 +312,17 @@ pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError>
         min_rate_ratio: opts.min_rate_ratio,
     };
     let mut summary = report::summarize(info, &recorded, thresholds, applied, invariants);
-    let extra: Vec<String> = goose_files.iter().filter(|f| dir.join(f).exists()).map(|f| f.to_string()).collect();
+    summary.cost = cost;
+    if let Some(p) = profiling {
+        println!("drawing the flame graph");
+        summary.profile = p.await.ok().flatten();
+    }
+    let extra: Vec<String> = goose_files.iter().chain(["flamegraph.svg", "profile.folded"].iter()).filter(|f| dir.join(f).exists()).map(|f| f.to_string()).collect();
     report::write_all(&dir, &mut summary, &recorded, &extra)?;
-    if let Target::Own { gateway, env, .. } = target {
+    if let Target::Own { gateway, env, runtimes, .. } = target {
         drop(gateway);
         drop(env);
+        drop(runtimes);
         // The attempt store is only needed for the checks; it would dwarf the report.
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(dir.join(format!("gateway.db{suffix}")));

@@ -7,8 +7,19 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The generator's threads carry a name of their own, so the report can tell their CPU from
+    // the system under test's (loadtest::cost).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(loadtest::cost::THREAD_ROLES[0].0)
+        .thread_keep_alive(std::time::Duration::from_secs(3600))
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
         .with_writer(std::io::stderr)

@@ -207,6 +207,12 @@ pub struct Summary {
     /// Second by second: requests sent (by actual send time), intended, errors and the
     /// largest lag (by intended time), and each operation's p50 and p99.
     pub timeline: Vec<SecondSummary>,
+    /// CPU and NATS traffic per request over the steady part of the run (see [`crate::cost`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<crate::cost::Cost>,
+    /// The CPU profile, with `--profile` (see [`crate::profile`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::profile::Profile>,
     /// Files of the report.
     pub files: Vec<String>,
 }
@@ -337,6 +343,8 @@ pub fn summarize(info: RunInfo, rec: &Recorded, t: Thresholds, applied: Vec<Appl
         faults,
         invariants,
         timeline,
+        cost: None,
+        profile: None,
         files: Vec::new(),
     }
 }
@@ -352,6 +360,37 @@ impl Summary {
             out.push(format!("invariant violated: {}: {}", v.invariant, v.message));
         }
         out
+    }
+}
+
+/// The cost section: CPU per request per role, NATS traffic per request.
+fn cost_markdown(m: &mut String, c: &crate::cost::Cost) {
+    let _ = writeln!(m, "\n## Cost per request\n");
+    let _ = writeln!(
+        m,
+        "Measured from {:.0} s to {:.0} s of the schedule ({} requests): each role's threads' time on CPU (nats-server: its process), divided by the requests.\n",
+        c.window_s[0], c.window_s[1], c.requests
+    );
+    let _ = writeln!(m, "| role | CPU ms per request | share |");
+    let _ = writeln!(m, "|---|---:|---:|");
+    let mut roles: Vec<(&String, &f64)> = c.cpu_ms_per_request.iter().collect();
+    roles.sort_by(|a, b| b.1.total_cmp(a.1));
+    for (role, ms) in roles {
+        let share = if c.total_cpu_ms_per_request > 0.0 { 100.0 * ms / c.total_cpu_ms_per_request } else { 0.0 };
+        let _ = writeln!(m, "| {role} | {ms:.3} | {share:.0}% |");
+    }
+    let _ = writeln!(m, "| **total** | **{:.3}** | {:.2} cores busy |", c.total_cpu_ms_per_request, c.cores_busy);
+    let _ = writeln!(m, "| system under test (all but the generator) | {:.3} | |", c.sut_cpu_ms_per_request);
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let _ = writeln!(
+        m,
+        "\nNATS per request: {} messages in, {} messages out, {} JetStream stream writes.",
+        opt(c.nats_in_msgs_per_request),
+        opt(c.nats_out_msgs_per_request),
+        opt(c.stream_writes_per_request)
+    );
+    for n in &c.notes {
+        let _ = writeln!(m, "\n- {n}");
     }
 }
 
@@ -442,6 +481,22 @@ pub fn markdown(s: &Summary) -> String {
             };
             let error = f.applied.error.as_deref().map(|e| format!(" (failed: {e})")).unwrap_or_default();
             let _ = writeln!(m, "| {}{error} | {:.3} | {:.3} | {window} | {recovery} |", f.applied.spec, f.applied.started_s, f.applied.finished_s);
+        }
+    }
+    if let Some(c) = &s.cost {
+        cost_markdown(&mut m, c);
+    }
+    if let Some(p) = &s.profile {
+        match &p.flamegraph {
+            Some(svg) => {
+                let _ = writeln!(m, "\nCPU profile: [`{svg}`]({svg}) (folded stacks in `{}`). perf's sampling adds to the CPU measured above.", p.folded.as_deref().unwrap_or("-"));
+            }
+            None => {
+                let _ = writeln!(m, "\nCPU profile: none.");
+            }
+        }
+        for n in &p.notes {
+            let _ = writeln!(m, "- {n}");
         }
     }
     let _ = writeln!(m, "\n## Invariants\n");

@@ -62,6 +62,22 @@ async fn a_short_run_is_valid_and_reported() {
         assert!(op["count"].as_u64().unwrap() > 0, "{name} was sent");
     }
 
+    // The cost of a request, per role, measured over the steady window.
+    let cost = &json["cost"];
+    let cpu = cost["cpu_ms_per_request"].as_object().unwrap_or_else(|| panic!("cost per role in {cost}"));
+    // The generator runs on this test's runtime, whose threads count as "other".
+    for role in ["other", "gateway", "workers", "processor", "nats-server"] {
+        assert!(cpu.get(role).and_then(Value::as_f64).is_some_and(|ms| ms > 0.0), "{role} used CPU: {cost}");
+    }
+    let total = cost["total_cpu_ms_per_request"].as_f64().unwrap();
+    let sum: f64 = cpu.values().filter_map(Value::as_f64).sum();
+    assert!((total - sum).abs() < 1e-6 && total > 0.0, "{cost}");
+    for field in ["nats_in_msgs_per_request", "nats_out_msgs_per_request", "stream_writes_per_request"] {
+        assert!(cost[field].as_f64().unwrap() >= 1.0, "every request crosses NATS: {field} in {cost}");
+    }
+    let md = std::fs::read_to_string(outcome.dir.join("summary.md")).unwrap();
+    assert!(md.contains("## Cost per request"), "{md}");
+
     let html = std::fs::read_to_string(outcome.dir.join("index.html")).unwrap();
     assert!(html.contains("<svg"));
     assert!(!html.contains("<script") && !html.contains("https://"));

@@ -327,6 +327,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
         workers: t.workers,
         processor: ProcessorConfig { idempotency: t.processor_idempotency, ..Default::default() },
         proxied: ProxiedLinks { gateway: scenario.uses_link(Link::Gateway), workers: scenario.uses_link(Link::Workers), seed },
+        ..Default::default()
     })
     .await?;
     let dir = options.report_dir.join(format!("{}-{seed}-{}", scenario.name, unix_time()));
