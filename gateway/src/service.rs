@@ -38,6 +38,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Amount(m) => ApiError::new(422, "invalid_amount", m),
             StoreError::Sqlite(e) => ApiError::new(500, "store_error", e.to_string()),
+            e @ StoreError::Checkpointer(_) => ApiError::new(500, "store_error", e.to_string()),
         }
     }
 }
@@ -198,7 +199,7 @@ impl Gateway {
     pub async fn capture(&self, merchant_id: &str, payment_id: &str, amount: Option<i64>) -> Result<Payment, ApiError> {
         let p = self.store.payment(merchant_id, payment_id)?;
         let amount = amount.unwrap_or(p.amount_authorized - p.amount_captured);
-        let n = self.store.operations_of(merchant_id, payment_id)?.iter().filter(|o| o.operation == "payments.capture").count();
+        let n = self.store.count_operations(merchant_id, payment_id, "payments.capture")?;
         let capture_id = format!("{payment_id}_cap_{}", n + 1);
         let request = new_request(catalogue::ops::capture(), merchant_id, payment_id, &capture_id)
             .router_data(money(amount, &p.currency));
@@ -231,7 +232,7 @@ impl Gateway {
     /// Increases the authorized amount.
     pub async fn incremental_authorization(&self, merchant_id: &str, payment_id: &str, amount: i64) -> Result<Payment, ApiError> {
         let p = self.store.payment(merchant_id, payment_id)?;
-        let n = self.store.operations_of(merchant_id, payment_id)?.iter().filter(|o| o.operation == "payments.incremental_auth").count();
+        let n = self.store.count_operations(merchant_id, payment_id, "payments.incremental_auth")?;
         let id = format!("{payment_id}_inc_{}", n + 1);
         let op = catalogue::find("payments.incremental_auth").expect("catalogue row");
         let request = new_request(op, merchant_id, payment_id, &id).router_data(money(amount, &p.currency));

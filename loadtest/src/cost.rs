@@ -16,7 +16,7 @@ use serde::Serialize;
 
 /// Thread-name prefixes of the roles run in this process, and the role each stands for.
 /// Linux keeps 15 bytes of a thread's name.
-pub const THREAD_ROLES: [(&str, &str); 4] = [("load-generator", "generator"), ("sut-gateway", "gateway"), ("sut-workers", "workers"), ("sut-processor", "processor")];
+pub const THREAD_ROLES: [(&str, &str); 5] = [("load-generator", "generator"), ("sut-gateway", "gateway"), ("gateway-wal", "gateway"), ("sut-workers", "workers"), ("sut-processor", "processor")];
 
 /// The role of nats-server's process in the tables.
 pub const NATS_ROLE: &str = "nats-server";

@@ -77,7 +77,13 @@ pub fn fingerprint(env: &RequestEnvelope) -> String {
 
 /// Bucket keys allow few characters; hex keeps every idempotency key exact and valid.
 fn key(idempotency_key: &str) -> String {
-    idempotency_key.bytes().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(idempotency_key.len() * 2);
+    for b in idempotency_key.bytes() {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 impl ResultStore {
@@ -152,5 +158,15 @@ impl ResultStore {
             .await
             .map(|_| ())
             .map_err(|e| StoreError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_are_lower_case_hex_of_every_byte() {
+        assert_eq!(super::key("m:p_1"), "6d3a705f31");
+        assert_eq!(super::key("é"), "c3a9");
+        assert_eq!(super::key(""), "");
     }
 }
