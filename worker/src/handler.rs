@@ -386,6 +386,7 @@ impl Handler {
                 amount: amount(env),
                 currency: currency(env),
                 details: serde_json::Value::Null,
+                capture_method: None,
             };
             match self.processor.create_effect(&request, Some(key)).await {
                 Ok(effect) => success(env, &effect),
