@@ -139,7 +139,7 @@ impl RefundStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum CaptureMethod {
-    /// Captured right after authorization.
+    /// Charged by the authorization itself: one operation that authorizes and captures.
     #[default]
     Automatic,
     /// Captured by an explicit capture call.

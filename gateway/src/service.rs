@@ -68,11 +68,19 @@ pub struct Gateway {
     pub recovery_without_asking: bool,
 }
 
+/// What the processor captured with an effect besides what its operation names: the
+/// `captured_amount` of an authorization charged in one call (automatic capture). `effect` is
+/// the processor's effect as a worker passes it on (`connector_response`) or a payment sync
+/// lists it.
+pub fn captured_with(effect: &Value) -> Option<i64> {
+    effect.get("captured_amount").and_then(Value::as_i64)
+}
+
 /// What a call returned, as the store understands it.
 pub fn resolution(result: &Result<ResponseEnvelope, CallError>) -> Resolution {
     match result {
         Ok(r) => match r.status {
-            ResponseStatus::Success => Resolution::Succeeded { transaction_id: r.transaction_id.clone() },
+            ResponseStatus::Success => Resolution::Succeeded { transaction_id: r.transaction_id.clone(), captured: captured_with(&r.connector_response) },
             ResponseStatus::Failure => {
                 let (code, message) = r
                     .error
@@ -147,7 +155,7 @@ impl Gateway {
         result
     }
 
-    /// Creates a payment; with `confirm` it authorizes (and captures, if automatic).
+    /// Creates a payment; with `confirm` it authorizes (and charges, if automatic).
     pub async fn create(&self, merchant_id: &str, new: NewPayment, confirm: bool) -> Result<Payment, ApiError> {
         let payment_id = new.payment_id.unwrap_or_else(|| format!("pay_{}", uuid::Uuid::new_v4().simple()));
         let payment = Payment::new(merchant_id, &payment_id, new.amount, &new.currency, new.capture_method, new.router_data);
@@ -176,7 +184,12 @@ impl Gateway {
         Ok(self.store.payment(merchant_id, &payment_id)?)
     }
 
-    /// Authorizes a created payment (and captures it, if automatic).
+    /// Authorizes a created payment. With automatic capture that one operation charges it: the
+    /// authorization carries `capture_method`, the processor captures in the same call, and
+    /// the reply's effect says so (`captured_amount`), so the payment is `charged`. Should a
+    /// successful authorization come back without a capture (a worker that does not pass
+    /// `capture_method` on to the processor), the capture is sent as a second operation, so that
+    /// no automatic payment is left authorized but not captured.
     pub async fn confirm(&self, merchant_id: &str, payment_id: &str) -> Result<Payment, ApiError> {
         let p = self.store.payment(merchant_id, payment_id)?;
         let mut router_data = p.router_data.clone();
@@ -190,6 +203,16 @@ impl Gateway {
         self.execute(&request).await.ok();
         let p = self.store.payment(merchant_id, payment_id)?;
         if p.capture_method == CaptureMethod::Automatic && p.status == AttemptStatus::Authorized {
+            // Authorized only: the processor was not asked to capture (or did not say it did).
+            warn!(merchant_id, payment_id, "automatic capture: the authorization captured nothing; capturing separately");
+            self.bridge
+                .metrics()
+                .counter(
+                    "gateway_capture_fallbacks",
+                    "automatic-capture payments whose authorization captured nothing, captured by a separate payments.capture",
+                    &[],
+                )
+                .inc();
             return self.capture(merchant_id, payment_id, None).await;
         }
         Ok(p)
@@ -341,8 +364,14 @@ impl Gateway {
                 // Ask the processor, through the workers, whether the effect exists.
                 let sync = OperationRequest::new(catalogue::ops::payment_sync(), &op.merchant_id, &op.payment_id, format!("sync_{}", now_ms()));
                 match self.bridge.call_unguarded(&sync).await {
-                    Ok(reply) if reply.status == ResponseStatus::Success && has_effect(&reply, &envelope.idempotency_key) => {
-                        Resolution::Succeeded { transaction_id: None }
+                    Ok(reply) if reply.status == ResponseStatus::Success && effect_of(&reply, &envelope.idempotency_key).is_some() => {
+                        // An authorization charged in the same call (automatic capture) must
+                        // come out charged, not merely authorized.
+                        let captured = match op.operation.as_str() {
+                            "payments.authorize" => captured_by_authorization(&reply, &envelope.idempotency_key),
+                            _ => None,
+                        };
+                        Resolution::Succeeded { transaction_id: None, captured }
                     }
                     Ok(_) if give_up && in_progress => {
                         info!(message_id = %op.message_id, "recovery: no effect yet, but a worker is still working on it");
@@ -421,11 +450,26 @@ pub const DEDICATED: [(&str, &str); 6] = [
     ("refunds.execute", "POST /refunds"),
 ];
 
-/// Whether a payment sync reply lists an effect made with this idempotency key.
-fn has_effect(reply: &ResponseEnvelope, key: &str) -> bool {
-    reply.connector_response["effects"]
+/// The effect made with this idempotency key that a payment sync reply lists, if any.
+fn effect_of<'a>(reply: &'a ResponseEnvelope, key: &str) -> Option<&'a Value> {
+    reply.connector_response["effects"].as_array()?.iter().find(|e| e["idempotency_key"] == key)
+}
+
+/// What the authorization made with this key captured, by a payment sync reply (the processor
+/// account and its effects): the effect's own `captured_amount`, or else what the account has
+/// captured beyond its `payments.capture` effects (an account is captured only by those and by
+/// an authorization with automatic capture). `None` when it captured nothing.
+fn captured_by_authorization(reply: &ResponseEnvelope, key: &str) -> Option<i64> {
+    if let Some(captured) = effect_of(reply, key).and_then(captured_with) {
+        return Some(captured);
+    }
+    let account = &reply.connector_response;
+    let by_captures: i64 = account["effects"]
         .as_array()
-        .is_some_and(|effects| effects.iter().any(|e| e["idempotency_key"] == key))
+        .map(|effects| effects.iter().filter(|e| e["operation"] == "payments.capture").filter_map(|e| e["amount"].as_i64()).sum())
+        .unwrap_or(0);
+    let captured = account["captured"].as_i64()? - by_captures;
+    (captured > 0).then_some(captured)
 }
 
 fn call_error(e: CallError) -> ApiError {
@@ -436,4 +480,51 @@ fn call_error(e: CallError) -> ApiError {
         _ => "bad_gateway",
     };
     ApiError::new(m.http_status, code, format!("{}: {}", m.code, m.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nats_bridge::OperationRequest;
+
+    fn reply(connector_response: Value) -> ResponseEnvelope {
+        let request = OperationRequest::new(catalogue::ops::authorize(), "m", "p", "p_1");
+        let mut r = ResponseEnvelope::reply_to(request.envelope(), ResponseStatus::Success);
+        r.transaction_id = Some("eff_1".into());
+        r.connector_response = connector_response;
+        r
+    }
+
+    #[test]
+    fn a_reply_says_what_the_authorization_captured() {
+        let charged = reply(json!({ "effect_id": "eff_1", "operation": "payments.authorize", "amount": 700, "captured_amount": 700 }));
+        assert_eq!(resolution(&Ok(charged)), Resolution::Succeeded { transaction_id: Some("eff_1".into()), captured: Some(700) });
+        let authorized = reply(json!({ "effect_id": "eff_1", "operation": "payments.authorize", "amount": 700 }));
+        assert_eq!(resolution(&Ok(authorized)), Resolution::Succeeded { transaction_id: Some("eff_1".into()), captured: None });
+        assert_eq!(resolution(&Ok(reply(Value::Null))), Resolution::Succeeded { transaction_id: Some("eff_1".into()), captured: None });
+    }
+
+    #[test]
+    fn a_payment_sync_says_what_an_authorization_captured() {
+        let effect = |key: &str, op: &str, amount: i64, captured: Option<i64>| {
+            let mut e = json!({ "idempotency_key": key, "operation": op, "amount": amount });
+            if let Some(c) = captured {
+                e["captured_amount"] = json!(c);
+            }
+            e
+        };
+        let sync = |captured: i64, effects: Vec<Value>| reply(json!({ "authorized": 700, "captured": captured, "effects": effects }));
+        // By the effect.
+        let charged = sync(700, vec![effect("k_auth", "payments.authorize", 700, Some(700))]);
+        assert_eq!(captured_by_authorization(&charged, "k_auth"), Some(700));
+        // By the account, when the effect does not say: captured beyond the captures.
+        let by_account = sync(700, vec![effect("k_auth", "payments.authorize", 700, None)]);
+        assert_eq!(captured_by_authorization(&by_account, "k_auth"), Some(700));
+        // Authorized only, or captured by a separate capture: nothing captured by the authorization.
+        let authorized = sync(0, vec![effect("k_auth", "payments.authorize", 700, None)]);
+        assert_eq!(captured_by_authorization(&authorized, "k_auth"), None);
+        let captured_later = sync(700, vec![effect("k_auth", "payments.authorize", 700, None), effect("k_cap", "payments.capture", 700, None)]);
+        assert_eq!(captured_by_authorization(&captured_later, "k_auth"), None);
+        assert!(effect_of(&captured_later, "k_cap").is_some() && effect_of(&captured_later, "k_other").is_none());
+    }
 }

@@ -215,6 +215,11 @@ pub enum Resolution {
     Succeeded {
         /// Processor reference.
         transaction_id: Option<String>,
+        /// What the processor captured with it besides what the operation names: an
+        /// authorization with automatic capture that the processor charged in the same call
+        /// (the effect's `captured_amount`). `None` for everything else, and for an
+        /// authorization that only authorized.
+        captured: Option<i64>,
     },
     /// Authorization needs the customer (3DS).
     RequiresCustomerAction,
@@ -717,7 +722,7 @@ impl Store {
             }
             let now = now_ms();
             let (op_status, txn, code, msg) = match resolution {
-                Resolution::Succeeded { transaction_id } => (OpStatus::Succeeded, transaction_id.clone(), None, None),
+                Resolution::Succeeded { transaction_id, .. } => (OpStatus::Succeeded, transaction_id.clone(), None, None),
                 Resolution::Failed { code, message } => (OpStatus::Failed, None, Some(code.clone()), Some(message.clone())),
                 Resolution::Unknown { reason } => (OpStatus::Unknown, None, Some("NATS_TIMEOUT".to_string()), Some(reason.clone())),
                 // Not final: the authorization waits for the customer or the processor.
@@ -898,6 +903,12 @@ fn apply_payment(c: &Connection, p: &Payment, op: &OperationRecord, r: &Resoluti
     let settled = if p.amount_captured > 0 { PartialCharged } else { Authorized };
     let (status, set_amounts): (Option<AttemptStatus>, Option<(i64, i64)>) = match (op.operation.as_str(), r) {
         ("payments.authorize", _) if !matches!(p.status, Authorizing | Pending) => (None, None),
+        // Charged in the same call (automatic capture): authorized and captured at once. The
+        // capture adds to what is captured, as a `payments.capture` does.
+        ("payments.authorize", Resolution::Succeeded { captured: Some(captured), .. }) if *captured > 0 => {
+            let captured = p.amount_captured + captured;
+            (Some(if captured >= amount { Charged } else { PartialCharged }), Some((amount, captured)))
+        }
         ("payments.authorize", Resolution::Succeeded { .. }) => (Some(Authorized), Some((amount, p.amount_captured))),
         ("payments.authorize", Resolution::RequiresCustomerAction) => (Some(AuthenticationPending), None),
         ("payments.authorize", Resolution::Processing | Resolution::Unknown { .. }) => (Some(Pending), None),
@@ -935,7 +946,7 @@ fn apply_payment(c: &Connection, p: &Payment, op: &OperationRecord, r: &Resoluti
             _ => (None, None),
         };
         let txn = match (op.operation.as_str(), r) {
-            ("payments.authorize", Resolution::Succeeded { transaction_id }) => transaction_id.clone(),
+            ("payments.authorize", Resolution::Succeeded { transaction_id, .. }) => transaction_id.clone(),
             _ => None,
         };
         exec(
@@ -958,7 +969,7 @@ fn apply_refund(c: &Connection, op: &OperationRecord, r: &Resolution) -> Result<
     };
     let (code, message, txn) = match r {
         Resolution::Failed { code, message } => (Some(code.clone()), Some(message.clone()), None),
-        Resolution::Succeeded { transaction_id } => (None, None, transaction_id.clone()),
+        Resolution::Succeeded { transaction_id, .. } => (None, None, transaction_id.clone()),
         _ => (None, None, None),
     };
     let n = exec(
@@ -1017,5 +1028,73 @@ mod tests {
         assert_eq!(store.all_payments().unwrap().len(), 200);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A store with one confirmed payment of 1000 whose authorization is in flight; returns
+    /// the store and the authorization's message id.
+    fn authorizing(method: CaptureMethod) -> (Store, String) {
+        let store = Store::in_memory().unwrap();
+        store.insert_payment(&Payment::new("m", "p", 1000, "USD", method, serde_json::json!({}))).unwrap();
+        let op = OperationRecord {
+            message_id: "m:p:payments.authorize:p_1".into(),
+            merchant_id: "m".into(),
+            payment_id: "p".into(),
+            operation: "payments.authorize".into(),
+            object_id: "p_1".into(),
+            amount: Some(1000),
+            status: OpStatus::InFlight,
+            request: "{}".into(),
+            transaction_id: None,
+            error_code: None,
+            error_message: None,
+            created_ms: now_ms(),
+            updated_ms: now_ms(),
+        };
+        store.begin_operation(&op).unwrap();
+        (store, op.message_id)
+    }
+
+    fn amounts(p: &Payment) -> (AttemptStatus, i64, i64) {
+        (p.status, p.amount_authorized, p.amount_captured)
+    }
+
+    #[test]
+    fn an_authorization_that_captured_charges_the_payment() {
+        let (store, id) = authorizing(CaptureMethod::Automatic);
+        let res = Resolution::Succeeded { transaction_id: Some("eff_1".into()), captured: Some(1000) };
+        assert_eq!(store.apply(&id, &res).unwrap(), Applied::Changed);
+        let p = store.payment("m", "p").unwrap();
+        assert_eq!(amounts(&p), (AttemptStatus::Charged, 1000, 1000));
+        assert_eq!(p.connector_transaction_id.as_deref(), Some("eff_1"));
+        // A duplicate of the reply changes nothing.
+        assert_eq!(store.apply(&id, &res).unwrap(), Applied::AlreadyFinal);
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Charged, 1000, 1000));
+    }
+
+    #[test]
+    fn an_authorization_that_captured_nothing_leaves_it_authorized() {
+        // What an automatic payment's confirm sees when the processor only authorized: it then
+        // captures separately.
+        for captured in [None, Some(0)] {
+            let (store, id) = authorizing(CaptureMethod::Automatic);
+            store.apply(&id, &Resolution::Succeeded { transaction_id: None, captured }).unwrap();
+            assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Authorized, 1000, 0));
+        }
+    }
+
+    #[test]
+    fn a_partial_capture_on_authorization_is_partial_charged() {
+        let (store, id) = authorizing(CaptureMethod::Automatic);
+        store.apply(&id, &Resolution::Succeeded { transaction_id: None, captured: Some(400) }).unwrap();
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::PartialCharged, 1000, 400));
+    }
+
+    #[test]
+    fn an_unknown_authorization_resolved_later_as_captured_is_charged() {
+        let (store, id) = authorizing(CaptureMethod::Automatic);
+        store.apply(&id, &Resolution::Unknown { reason: "timeout".into() }).unwrap();
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Pending, 0, 0));
+        store.apply(&id, &Resolution::Succeeded { transaction_id: None, captured: Some(1000) }).unwrap();
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Charged, 1000, 1000));
     }
 }

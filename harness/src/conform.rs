@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `ready` | the worker consumes every durable subject and answers queries within the deadline |
 //! | `durable_operations` | each durable operation answers `success`, echoing the correlation, merchant and payment ids, with exactly one processor effect under its idempotency key |
+//! | `automatic_capture` | a `payments.authorize` with `capture_method: automatic` is charged in one call: `success`, one processor effect that authorized and captured the whole amount, and the reply's `connector_response` says so (`captured_amount`) |
 //! | `queries` | each query answers `success` on the request's reply subject, with no processor effect |
 //! | `duplicate_lookup` | the same operation published again (a JetStream duplicate) gets the first result through the reply lookup, with no new effect |
 //! | `redelivery` | a stored request delivered again gets the stored result, with no new effect |
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use hs_fixtures::{operations, Fixtures};
+use hs_fixtures::{operations, CaptureMethod, Fixtures};
 use mock_processor::ProcessorConfig;
 use nats_bridge::catalogue::{self, Pattern};
 use nats_bridge::{headers, subjects, Bridge, BridgeConfig, Operation, OperationRequest, ResponseEnvelope, ResponseStatus};
@@ -503,9 +504,10 @@ pub async fn run(config: ConformConfig) -> Result<ConformReport, ConformError> {
     checks.push(ready);
     if is_ready {
         let mut fx = Fixtures::new(config.seed);
-        let sample = fx.sample();
+        let sample = manual(fx.sample());
         let (answered, c) = durable_operations(&run, &sample, &mut fx).await;
         checks.push(c);
+        checks.push(automatic_capture(&run, &mut fx).await);
         checks.push(queries(&run, &sample, &mut fx).await);
         checks.push(duplicate_lookup(&run, &answered).await);
         checks.push(redelivery(&run, &answered).await);
@@ -557,6 +559,13 @@ async fn wait_ready(run: &Run, worker: &mut WorkerCommand, timeout: Duration) ->
     }
 }
 
+/// `sample` with manual capture: the happy paths of capture and void need an authorization
+/// that captured nothing (automatic capture is checked on its own, [`automatic_capture`]).
+fn manual(mut sample: hs_fixtures::Sample) -> hs_fixtures::Sample {
+    sample.payment.capture_method = CaptureMethod::Manual;
+    sample
+}
+
 /// The request of `op`'s happy path and the calls that must succeed before it (on the mock
 /// processor a void needs an uncaptured authorization, a payout must exist before it is
 /// fulfilled, cancelled or read).
@@ -568,7 +577,7 @@ fn happy_path(op: Operation, sample: &hs_fixtures::Sample, fx: &mut Fixtures) ->
     };
     match op.name {
         "payments.void" => {
-            let fresh = fx.sample();
+            let fresh = manual(fx.sample());
             (operations::request(op, &fresh), vec![operations::request(catalogue::ops::authorize(), &fresh)])
         }
         "payouts.fulfill" | "payouts.cancel" | "payouts.sync" => (operations::request(op, sample), vec![payout(sample)]),
@@ -619,6 +628,43 @@ async fn durable_operations(run: &Run, sample: &hs_fixtures::Sample, fx: &mut Fi
     }
     let ok = format!("{} of {} answered success with one effect each", answered.len(), durable.len());
     (answered, check("durable_operations", failures, ok))
+}
+
+/// An authorization with automatic capture is a charge in one call: one effect that authorized
+/// and captured the whole amount, and a reply that says so, since the orchestrator reads the
+/// capture from it (`connector_response.captured_amount`) and would otherwise capture again.
+async fn automatic_capture(run: &Run, fx: &mut Fixtures) -> Check {
+    let mut sample = fx.sample();
+    sample.payment.capture_method = CaptureMethod::Automatic;
+    let op = catalogue::ops::authorize();
+    let request = operations::request(op, &sample);
+    let env = request.envelope();
+    let amount = env.router_data["amount"].as_i64().unwrap_or_default();
+    let mut failures = Vec::new();
+    match run.call(&request).await {
+        Err(e) => failures.push(format!("{}: {e}", op.name)),
+        Ok(r) => {
+            failures.extend(echo_problems(&request, &r));
+            let effects = run.env.processor().effects_by_key(&env.idempotency_key);
+            let account = run.env.processor().account(&env.merchant_id, &env.payment_id);
+            let captured = account.as_ref().map(|a| (a.authorized, a.captured));
+            if r.status != ResponseStatus::Success {
+                failures.push(format!("status {}", status_text(&r)));
+            } else if effects.len() != 1 {
+                failures.push(format!("{} processor effects under its idempotency key, expected 1", effects.len()));
+            } else if captured != Some((amount, amount)) {
+                failures.push(format!(
+                    "the processor account (authorized, captured) is {captured:?}, expected ({amount}, {amount}): was capture_method passed on to the processor?"
+                ));
+            } else if r.connector_response["captured_amount"].as_i64() != Some(amount) {
+                failures.push(format!(
+                    "the reply's connector_response.captured_amount is {}, expected {amount}: pass the processor's effect on as connector_response",
+                    r.connector_response["captured_amount"]
+                ));
+            }
+        }
+    }
+    check("automatic_capture", failures, format!("authorized and captured {amount} in one call, one effect"))
 }
 
 async fn queries(run: &Run, sample: &hs_fixtures::Sample, fx: &mut Fixtures) -> Check {

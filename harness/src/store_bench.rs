@@ -63,10 +63,10 @@ pub fn run(dir: &Path, payments: usize, threads: usize) -> Result<StoreBench, Cl
                     store.insert_payment(&p).map_err(e)?;
                     let auth = op("m", &id, "payments.authorize", &p.attempt_id, 1000);
                     store.begin_operation(&auth).map_err(e)?;
-                    store.apply(&auth.message_id, &Resolution::Succeeded { transaction_id: Some("t".into()) }).map_err(e)?;
+                    store.apply(&auth.message_id, &Resolution::Succeeded { transaction_id: Some("t".into()), captured: None }).map_err(e)?;
                     let cap = op("m", &id, "payments.capture", "cap_1", 1000);
                     store.begin_operation(&cap).map_err(e)?;
-                    store.apply(&cap.message_id, &Resolution::Succeeded { transaction_id: None }).map_err(e)?;
+                    store.apply(&cap.message_id, &Resolution::Succeeded { transaction_id: None, captured: None }).map_err(e)?;
                     let p = store.payment("m", &id).map_err(e)?;
                     if p.status != AttemptStatus::Charged {
                         return Err(format!("{id} ended {:?}", p.status));

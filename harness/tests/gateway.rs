@@ -2,6 +2,10 @@
 
 mod common;
 
+#[allow(dead_code)]
+#[path = "../../docs/examples/minimal_worker.rs"]
+mod minimal_worker;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -93,12 +97,63 @@ async fn manual_capture_partial_capture_refund_retrieve() {
 
 #[tokio::test]
 async fn automatic_capture_charges_in_one_call() {
-    let (env, _g, c, _dir) = setup(1).await;
+    let (env, g, c, _dir) = setup(1).await;
     let (s, p) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_auto", "amount": 700, "currency": "EUR", "confirm": true })).await;
     assert_eq!(s, 200, "{p}");
     assert_eq!(p["status"], "succeeded");
-    assert_eq!(p["amount_received"], 700);
-    assert_eq!(env.processor().ledger().len(), 2, "authorization and capture");
+    assert_eq!((p["attempt_status"].as_str(), p["amount_received"].as_i64(), p["amount_capturable"].as_i64()), (Some("charged"), Some(700), Some(0)));
+    // One bus operation: the authorization, which the processor charged in one effect.
+    let gateway = &g.running.state.gateway;
+    assert_eq!(gateway.bridge.stats().published, 1, "one JetStream publish");
+    let ops: Vec<_> = gateway.store.operations_of("m1", "pay_auto").unwrap().into_iter().map(|o| o.operation).collect();
+    assert_eq!(ops, ["payments.authorize"]);
+    let ledger = env.processor().ledger();
+    assert_eq!(ledger.len(), 1, "one effect: {ledger:?}");
+    assert_eq!((ledger[0].operation.as_str(), ledger[0].amount, ledger[0].captured_amount), ("payments.authorize", Some(700), Some(700)));
+    let account = env.processor().account("m1", "pay_auto").unwrap();
+    assert_eq!((account.authorized, account.captured), (700, 700));
+    assert_eq!(gateway.bridge.metrics().counter("gateway_capture_fallbacks", "", &[]).get(), 0);
+}
+
+/// An older worker that does not pass `capture_method` on: the processor only authorizes, so the
+/// gateway captures with a second operation, and the payment still ends charged.
+#[tokio::test]
+async fn automatic_capture_falls_back_to_a_capture_when_the_authorization_did_not_capture() {
+    let (env, g, c, _dir) = setup(0).await;
+    let processor = env.processor().clone();
+    let old_worker: minimal_worker::Process = std::sync::Arc::new(move |env| {
+        let rd = &env.router_data;
+        let mut request = mock_processor::EffectRequest::new(&env.operation, &env.merchant_id, &env.payment_id).reference(&env.attempt_id);
+        request.amount = rd["amount"].as_i64();
+        request.currency = rd["currency"].as_str().map(str::to_string);
+        match processor.submit(&request, Some(&env.idempotency_key)) {
+            mock_processor::Submission::Processed(Ok(effect)) | mock_processor::Submission::Replayed(Ok(effect)) => {
+                let mut r = nats_bridge::ResponseEnvelope::reply_to(env, nats_bridge::ResponseStatus::Success);
+                r.transaction_id = Some(effect.effect_id.clone());
+                r.connector_response = serde_json::to_value(&effect).unwrap();
+                Ok(r)
+            }
+            other => Ok(nats_bridge::ResponseEnvelope::failure(env, "refused", format!("{other:?}"))),
+        }
+    });
+    let client = env.nats().connect().await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for op in [nats_bridge::catalogue::ops::authorize(), nats_bridge::catalogue::ops::capture()] {
+        tasks.spawn(minimal_worker::serve_durable(client.clone(), env.bridge_config().clone(), op, old_worker.clone()));
+    }
+    let (s, p) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_old", "amount": 700, "currency": "EUR", "capture_method": "automatic", "confirm": true })).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!((p["status"].as_str(), p["amount_received"].as_i64()), (Some("succeeded"), Some(700)), "{p}");
+    let gateway = &g.running.state.gateway;
+    let ops: Vec<_> = gateway.store.operations_of("m1", "pay_old").unwrap().into_iter().map(|o| o.operation).collect();
+    assert_eq!(ops, ["payments.authorize", "payments.capture"]);
+    assert_eq!(gateway.bridge.stats().published, 2);
+    assert_eq!(gateway.bridge.metrics().counter("gateway_capture_fallbacks", "", &[]).get(), 1);
+    let ledger: Vec<_> = env.processor().ledger().into_iter().map(|e| (e.operation, e.captured_amount)).collect();
+    assert_eq!(ledger, [("payments.authorize".to_string(), None), ("payments.capture".to_string(), None)]);
+    let account = env.processor().account("m1", "pay_old").unwrap();
+    assert_eq!((account.authorized, account.captured), (700, 700));
+    tasks.abort_all();
 }
 
 #[tokio::test]
@@ -281,7 +336,7 @@ async fn a_killed_gateway_restarted_loses_nothing() {
             let _ = http.post(format!("{url}/payments")).header("api-key", "key_m1").json(&body).send().await;
         }));
     }
-    // Kill while authorizations and captures are in flight.
+    // Kill while authorizations (automatic capture: charges) are in flight.
     let store = first.running.state.gateway.store.clone();
     common::eventually("attempts in flight", Duration::from_secs(10), || {
         let n = store.transitional_payments().map(|v| v.len()).unwrap_or(0);
@@ -313,10 +368,7 @@ async fn a_killed_gateway_restarted_loses_nothing() {
                 let a = account.expect("charged at the processor");
                 assert_eq!((a.authorized, a.captured), (p.amount, p.amount), "{id}");
             }
-            gateway::model::AttemptStatus::Authorized => {
-                let a = account.expect("authorized at the processor");
-                assert_eq!((a.authorized, a.captured), (p.amount, 0), "{id}");
-            }
+            // Automatic capture is one operation: a payment is never left authorized only.
             gateway::model::AttemptStatus::Started => assert!(account.is_none(), "{id}: never sent"),
             other => panic!("{id}: unexpected {other:?} (processor: {account:?})"),
         }
@@ -346,6 +398,33 @@ async fn recovery_confirms_an_operation_the_processor_did() {
     let (_, p) = c.get("/payments/pay_rec2", "key_m1").await;
     assert_eq!(p["attempt_status"], "authorized", "{p}");
     assert_eq!(g.running.recovery.recovered.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(env.processor().ledger().len(), 1, "recovery did not charge again");
+}
+
+#[tokio::test]
+async fn recovery_finds_an_automatic_authorization_charged() {
+    // As above with automatic capture: the processor authorized and captured in one effect, the
+    // reply never came. Recovery learns it from the payment sync, and the payment is charged,
+    // not merely authorized, with no capture sent.
+    let env = common::single(1).await;
+    env.workers()[0].faults().stall_after_processor.store(100, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempdir::Dir::new("gw-rec-auto");
+    let mut cfg = config(&dir);
+    cfg.recovery.interval_ms = 3_600_000;
+    cfg.recovery.stuck_after_ms = 1;
+    let g = env.start_gateway_with("127.0.0.1:0", cfg.clone(), short_authorize(&env)).await.unwrap();
+    let c = Client::new(&g);
+    let (_, p) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_rec_auto", "amount": 650, "currency": "USD", "capture_method": "automatic", "confirm": true })).await;
+    assert_eq!((p["status"].as_str(), p["attempt_status"].as_str()), (Some("processing"), Some("pending")), "{p}");
+    let account = env.processor().account("m1", "pay_rec_auto").expect("the processor did it");
+    assert_eq!((account.authorized, account.captured), (650, 650));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let gw = &g.running.state.gateway;
+    assert_eq!(gateway::recovery::run_once(gw, &cfg.recovery, &g.running.recovery).await, 1);
+    let (_, p) = c.get("/payments/pay_rec_auto", "key_m1").await;
+    assert_eq!((p["status"].as_str(), p["attempt_status"].as_str(), p["amount_received"].as_i64()), (Some("succeeded"), Some("charged"), Some(650)), "{p}");
+    let ops: Vec<_> = gw.store.operations_of("m1", "pay_rec_auto").unwrap().into_iter().map(|o| o.operation).collect();
+    assert_eq!(ops, ["payments.authorize"], "no capture sent");
     assert_eq!(env.processor().ledger().len(), 1, "recovery did not charge again");
 }
 

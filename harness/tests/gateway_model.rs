@@ -6,7 +6,8 @@
 //! processor. A reference model (plain Rust, below) predicts every response: HTTP status, the
 //! error code of a 4xx, the intent status and the amounts of a payment, the refund. After every
 //! step the processor's ledger must hold exactly the effects the model expects (one per
-//! successful operation instance, none for a refused request) and each processor account the
+//! successful operation instance, none for a refused request; an automatic-capture confirm is
+//! one authorization that captured too, no separate capture) and each processor account the
 //! authorized, captured and refunded amounts of the model.
 //!
 //! One environment and one gateway serve every case; each case (and each rerun while
@@ -121,6 +122,9 @@ struct Effect {
     payment: usize,
     operation: &'static str,
     amount: Option<i64>,
+    /// What the effect captured besides its operation's amount (an authorization with
+    /// automatic capture).
+    captured: Option<i64>,
 }
 
 /// Which payment a request names.
@@ -208,7 +212,8 @@ impl Model {
         })
     }
 
-    /// Authorizes a created payment, and captures all of it if automatic.
+    /// Authorizes a created payment; if automatic, the same single authorization captures all
+    /// of it (one effect, no separate capture).
     fn confirm(&mut self, i: usize) -> Expect {
         let p = &mut self.payments[i];
         if p.status != Status::Started {
@@ -216,13 +221,13 @@ impl Model {
         }
         p.authorized = p.amount;
         p.status = Status::Authorized;
-        self.effects.push(Effect { payment: i, operation: "payments.authorize", amount: Some(p.amount) });
+        let mut captured = None;
         if !p.manual {
-            let amount = p.authorized - p.captured;
-            p.captured += amount;
+            p.captured = p.authorized;
             p.status = Status::Charged;
-            self.effects.push(Effect { payment: i, operation: "payments.capture", amount: Some(amount) });
+            captured = Some(p.authorized);
         }
+        self.effects.push(Effect { payment: i, operation: "payments.authorize", amount: Some(p.amount), captured });
         self.payments[i].view(i)
     }
 
@@ -241,7 +246,7 @@ impl Model {
         }
         p.captured += amount;
         p.status = if p.captured >= p.authorized { Status::Charged } else { Status::PartialCharged };
-        self.effects.push(Effect { payment: i, operation: "payments.capture", amount: Some(amount) });
+        self.effects.push(Effect { payment: i, operation: "payments.capture", amount: Some(amount), captured: None });
         self.payments[i].view(i)
     }
 
@@ -251,7 +256,7 @@ impl Model {
             return error(409, "invalid_state");
         }
         p.status = Status::Voided;
-        self.effects.push(Effect { payment: i, operation: "payments.void", amount: None });
+        self.effects.push(Effect { payment: i, operation: "payments.void", amount: None, captured: None });
         self.payments[i].view(i)
     }
 
@@ -270,7 +275,7 @@ impl Model {
         }
         p.refunded += amount;
         let currency = p.currency;
-        self.effects.push(Effect { payment: i, operation: "refunds.execute", amount: Some(amount) });
+        self.effects.push(Effect { payment: i, operation: "refunds.execute", amount: Some(amount), captured: None });
         if let Some(refund_no) = refund_no {
             self.refunds.push(RefundModel { payment: i, refund_no, amount });
         }
@@ -869,15 +874,15 @@ impl Sut {
         let processor = self.shared.env.processor();
         let ledger = processor.ledger();
         let mine: Vec<_> = ledger.iter().filter(|e| e.payment_id.starts_with(&self.prefix)).collect();
-        let got: Vec<_> = mine.iter().map(|e| (e.merchant_id.clone(), e.payment_id.clone(), e.operation.clone(), e.amount)).collect();
+        let got: Vec<_> = mine.iter().map(|e| (e.merchant_id.clone(), e.payment_id.clone(), e.operation.clone(), e.amount, e.captured_amount)).collect();
         let want: Vec<_> = model
             .effects
             .iter()
-            .map(|e| ("m1".to_string(), self.payment_id(e.payment), e.operation.to_string(), e.amount))
+            .map(|e| ("m1".to_string(), self.payment_id(e.payment), e.operation.to_string(), e.amount, e.captured))
             .collect();
         let mut wrong = Vec::new();
         if got != want {
-            wrong.push(format!("processor effects (merchant, payment, operation, amount)\n    expected {want:?}\n    got      {got:?}"));
+            wrong.push(format!("processor effects (merchant, payment, operation, amount, captured_amount)\n    expected {want:?}\n    got      {got:?}"));
         }
         let mut keys: Vec<_> = mine.iter().map(|e| e.idempotency_key.clone()).collect();
         keys.sort();

@@ -12,7 +12,8 @@ use serde_json::Value;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Operation {
-    /// `POST /payments` with `confirm` and automatic capture: authorized and charged.
+    /// `POST /payments` with `confirm` and automatic capture: charged, the whole amount, by one
+    /// authorization that the processor captures in the same call.
     AuthorizeAuto,
     /// `POST /payments` with `confirm` and manual capture: authorized, waiting for a capture.
     AuthorizeManual,
@@ -87,7 +88,8 @@ impl Operation {
             return Outcome::Undecided;
         }
         let ok = match self {
-            Operation::AuthorizeAuto => status == "succeeded",
+            // Charged in full (a gateway that does not say what it received is taken at its word).
+            Operation::AuthorizeAuto => status == "succeeded" && body.get("amount_received").is_none_or(|r| *r == body["amount"]),
             Operation::AuthorizeManual => status == "requires_capture",
             Operation::Capture => matches!(status, "succeeded" | "partially_captured_and_capturable"),
             Operation::Void => status == "cancelled",
@@ -259,6 +261,9 @@ mod tests {
     #[test]
     fn answers_are_judged_by_the_state_reached() {
         assert_eq!(Operation::AuthorizeAuto.judge(&json!({"status": "succeeded"})), Outcome::Ok);
+        assert_eq!(Operation::AuthorizeAuto.judge(&json!({"status": "succeeded", "amount": 700, "amount_received": 700})), Outcome::Ok);
+        assert_eq!(Operation::AuthorizeAuto.judge(&json!({"status": "succeeded", "amount": 700, "amount_received": 300})), Outcome::Refused);
+        assert_eq!(Operation::AuthorizeAuto.judge(&json!({"status": "requires_capture"})), Outcome::Refused);
         assert_eq!(Operation::AuthorizeAuto.judge(&json!({"status": "processing"})), Outcome::Undecided);
         assert_eq!(Operation::AuthorizeManual.judge(&json!({"status": "failed"})), Outcome::Refused);
         assert_eq!(Operation::Refund.judge(&json!({"status": "pending"})), Outcome::Undecided);

@@ -12,7 +12,7 @@
 //!
 //! | operation | rule |
 //! |---|---|
-//! | `payments.authorize` | amount > 0, currency required, account not authorized before (also not if voided) |
+//! | `payments.authorize` | amount > 0, currency required, account not authorized before (also not if voided); with `capture_method` automatic it also captures the whole amount, in the same effect |
 //! | `payments.incremental_auth` | amount > 0, account authorized, not voided |
 //! | `payments.capture` | amount > 0, account authorized, not voided, amount <= authorized - captured |
 //! | `payments.void` | account authorized, not voided, nothing captured |
@@ -24,6 +24,18 @@
 //!
 //! For every operation, a currency on the request must equal the account's
 //! currency (set by the authorization) and, for payouts, the payout's currency.
+//!
+//! # Automatic capture
+//!
+//! A `payments.authorize` whose request says `capture_method: automatic` is a
+//! charge in one call, as a connector does it when Hyperswitch sends an
+//! authorization with automatic capture: it records exactly one effect (the
+//! authorization, `amount` = authorized), and the same change sets the
+//! account's `captured` to the authorized amount (status `captured`). The
+//! effect's `captured_amount` says so; there is no separate `payments.capture`
+//! effect. The rules are those of any authorization: a refused one records
+//! nothing and captures nothing. `capture_method` is ignored by every other
+//! operation; absent or `manual`, an authorization only authorizes.
 //!
 //! Repeating an effect that the rules allow (a second capture that still fits, a
 //! second refund or fulfilment of the same reference) is recorded: such
@@ -41,11 +53,12 @@
 
 use std::collections::HashMap;
 
-use crate::types::{Account, AccountStatus, Effect, EffectRequest};
+use crate::types::{Account, AccountStatus, CaptureMethod, Effect, EffectRequest};
 
 /// Operation names that carry rules; any other name is recorded as is.
 pub mod ops {
     /// Authorizes an amount on a payment; the first money effect of a payment.
+    /// With automatic capture it captures that amount too, in the same effect.
     pub const AUTHORIZE: &str = "payments.authorize";
     /// Raises the authorized amount.
     pub const INCREMENTAL_AUTH: &str = "payments.incremental_auth";
@@ -217,7 +230,8 @@ struct StoredResponse {
 /// The state change a valid request makes, computed before anything is mutated
 /// so that a violation leaves no trace.
 enum Change {
-    Authorize { amount: i64, currency: String },
+    /// `capture`: automatic capture, the whole amount is captured too.
+    Authorize { amount: i64, currency: String, capture: bool },
     SetAuthorized(i64),
     SetCaptured(i64),
     Void,
@@ -377,16 +391,23 @@ impl Ledger {
             amount: request.amount,
             currency: request.currency.clone(),
             details: request.details.clone(),
+            captured_amount: match change {
+                Change::Authorize { amount, capture: true, .. } => Some(amount),
+                _ => None,
+            },
             idempotency_key: key.map(str::to_owned),
             created_at_ms: now_ms,
         };
 
         let account = self.accounts.entry(account_key).or_default();
         match change {
-            Change::Authorize { amount, currency } => {
+            Change::Authorize { amount, currency, capture } => {
                 account.authorization = true;
                 account.authorized = amount;
                 account.currency = Some(currency);
+                if capture {
+                    account.captured = amount;
+                }
             }
             Change::SetAuthorized(total) => account.authorized = total,
             Change::SetCaptured(total) => account.captured = total,
@@ -475,7 +496,8 @@ impl Ledger {
                 if account.authorization {
                     return Err(RuleViolation::AlreadyAuthorized);
                 }
-                Ok(Change::Authorize { amount, currency })
+                let capture = request.capture_method == Some(CaptureMethod::Automatic);
+                Ok(Change::Authorize { amount, currency, capture })
             }
             ops::INCREMENTAL_AUTH => {
                 let amount = positive_amount()?;
@@ -665,6 +687,77 @@ mod tests {
         assert!(RuleViolation::AlreadyAuthorized.is_conflict());
         run(&mut l, req(ops::VOID)).unwrap();
         refused(&mut l, authorize(10), "already_authorized");
+    }
+
+    #[test]
+    fn automatic_capture_charges_in_one_effect() {
+        let mut l = Ledger::new();
+        let charge = authorize(1000).capture_method(CaptureMethod::Automatic);
+        let e = run(&mut l, charge).unwrap();
+        assert_eq!(l.effects(), std::slice::from_ref(&e), "exactly one effect");
+        assert_eq!(e.operation, ops::AUTHORIZE);
+        assert_eq!((e.amount, e.captured_amount), (Some(1000), Some(1000)));
+        let a = account(&l);
+        assert_eq!((a.authorized, a.captured), (1000, 1000));
+        assert_eq!(a.status, AccountStatus::Captured);
+        // Nothing is left to capture, and a charged payment cannot be voided.
+        refused(&mut l, req(ops::CAPTURE).amount(1), "amount_exceeds_capturable");
+        refused(&mut l, req(ops::VOID), "already_captured");
+        run(&mut l, req(ops::REFUND).amount(1000).reference("r1")).unwrap();
+        assert_eq!(account(&l).status, AccountStatus::Refunded);
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["captured_amount"], 1000);
+    }
+
+    #[test]
+    fn manual_or_absent_capture_method_only_authorizes() {
+        for request in [authorize(500), authorize(500).capture_method(CaptureMethod::Manual)] {
+            let mut l = Ledger::new();
+            let e = run(&mut l, request).unwrap();
+            assert_eq!(e.captured_amount, None);
+            assert!(serde_json::to_value(&e).unwrap().get("captured_amount").is_none(), "omitted when absent");
+            let a = account(&l);
+            assert_eq!((a.authorized, a.captured, a.status), (500, 0, AccountStatus::Authorized));
+        }
+        // Other operations ignore it.
+        let mut l = Ledger::new();
+        run(&mut l, authorize(500)).unwrap();
+        let e = run(&mut l, req(ops::INCREMENTAL_AUTH).amount(5).capture_method(CaptureMethod::Automatic)).unwrap();
+        assert_eq!(e.captured_amount, None);
+        assert_eq!((account(&l).authorized, account(&l).captured), (505, 0));
+    }
+
+    #[test]
+    fn a_refused_automatic_authorization_captures_nothing() {
+        let mut l = Ledger::new();
+        let auto = |r: EffectRequest| r.capture_method(CaptureMethod::Automatic);
+        refused(&mut l, auto(authorize(0)), "invalid_amount");
+        refused(&mut l, auto(req(ops::AUTHORIZE).amount(10)), "currency_required");
+        assert!(l.account(M, P).is_none());
+        run(&mut l, authorize(100)).unwrap();
+        refused(&mut l, auto(authorize(100)), "already_authorized");
+        let a = account(&l);
+        assert_eq!((a.authorized, a.captured), (100, 0));
+    }
+
+    #[test]
+    fn automatic_capture_replays_under_its_key() {
+        let mut l = Ledger::new();
+        let charge = authorize(10).capture_method(CaptureMethod::Automatic);
+        let Submission::Processed(Ok(effect)) = l.submit(&charge, Some("k1"), true, 1) else {
+            panic!("processed")
+        };
+        assert_eq!(
+            l.submit(&charge, Some("k1"), true, 2),
+            Submission::Replayed(Ok(effect.clone()))
+        );
+        assert_eq!(l.effects(), std::slice::from_ref(&effect));
+        assert_eq!(account(&l).captured, 10, "the replay captured nothing more");
+        // The capture method is part of the request: another one under the key is refused.
+        assert_eq!(l.submit(&authorize(10), Some("k1"), true, 3), Submission::KeyReused);
+        let manual = authorize(10).capture_method(CaptureMethod::Manual);
+        assert_eq!(l.submit(&manual, Some("k1"), true, 3), Submission::KeyReused);
+        assert_eq!(l.effects().len(), 1);
     }
 
     #[test]

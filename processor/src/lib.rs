@@ -9,7 +9,7 @@
 //!
 //! Modules:
 //! - [`types`] — wire types shared by server and client: [`EffectRequest`],
-//!   [`Effect`], [`Account`], [`ApiError`], [`ProcessorConfig`];
+//!   [`CaptureMethod`], [`Effect`], [`Account`], [`ApiError`], [`ProcessorConfig`];
 //! - [`ledger`] — state and rules, pure and synchronous: amount rules per
 //!   account, payout states, idempotent replay;
 //! - [`processor`] — [`Processor`], the shared handle on one ledger and its
@@ -30,5 +30,5 @@ pub use client::{ClientError, Created, ProcessorClient};
 pub use ledger::{Ledger, RuleViolation, Submission};
 pub use processor::Processor;
 pub use types::{
-    Account, AccountStatus, ApiError, Effect, EffectRequest, LedgerView, ProcessorConfig,
+    Account, AccountStatus, ApiError, CaptureMethod, Effect, EffectRequest, LedgerView, ProcessorConfig,
 };

@@ -40,6 +40,42 @@ pub struct EffectRequest {
     /// in the idempotency comparison like every other field.
     #[serde(default)]
     pub details: serde_json::Value,
+    /// How the payment is captured; only `payments.authorize` reads it. With
+    /// [`CaptureMethod::Automatic`] the authorization also captures the whole
+    /// authorized amount, in the same effect (a charge in one call); absent or
+    /// [`CaptureMethod::Manual`], it only authorizes. Omitted from the JSON when
+    /// absent, and part of the idempotency comparison like every other field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_method: Option<CaptureMethod>,
+}
+
+/// Capture method of a `payments.authorize` request ([`EffectRequest::capture_method`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMethod {
+    /// Authorize and capture the whole amount in one effect.
+    Automatic,
+    /// Authorize only; captures come later (`payments.capture`).
+    Manual,
+}
+
+impl CaptureMethod {
+    /// The wire name (`automatic`, `manual`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMethod::Automatic => "automatic",
+            CaptureMethod::Manual => "manual",
+        }
+    }
+
+    /// Parses a wire name; `None` for any other.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "automatic" => Some(CaptureMethod::Automatic),
+            "manual" => Some(CaptureMethod::Manual),
+            _ => None,
+        }
+    }
 }
 
 impl EffectRequest {
@@ -58,6 +94,7 @@ impl EffectRequest {
             amount: None,
             currency: None,
             details: serde_json::Value::Null,
+            capture_method: None,
         }
     }
 
@@ -82,6 +119,12 @@ impl EffectRequest {
     /// Sets the free-form details.
     pub fn details(mut self, details: serde_json::Value) -> Self {
         self.details = details;
+        self
+    }
+
+    /// Sets the capture method (read by `payments.authorize` only).
+    pub fn capture_method(mut self, capture_method: CaptureMethod) -> Self {
+        self.capture_method = Some(capture_method);
         self
     }
 }
@@ -113,6 +156,14 @@ pub struct Effect {
     /// Details as requested; omitted from the JSON when null.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub details: serde_json::Value,
+    /// Set only on a `payments.authorize` with automatic capture: the amount it
+    /// captured in the same change, the whole authorized amount. Absent (and
+    /// omitted from the JSON) on every other effect, `payments.capture` included,
+    /// whose `amount` is what it captured. An authorization without it captured
+    /// nothing: a caller that wanted automatic capture and gets none (a worker
+    /// that did not pass `capture_method` on) must capture separately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured_amount: Option<i64>,
     /// `Idempotency-Key` the request carried, recorded even when idempotency is
     /// off so checkers can spot two effects made under one key.
     #[serde(default)]

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use mock_processor::ledger::ops;
 use mock_processor::{
-    serve, AccountStatus, ClientError, EffectRequest, Processor, ProcessorClient, ProcessorConfig,
+    serve, AccountStatus, CaptureMethod, ClientError, EffectRequest, Processor, ProcessorClient,
+    ProcessorConfig,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -279,6 +280,36 @@ async fn payout_rules() {
 }
 
 #[tokio::test]
+async fn automatic_capture_is_one_effect_over_http() {
+    let server = Server::start(ProcessorConfig::default()).await;
+    let c = &server.client;
+    let charge = authorize("p1", 250).capture_method(CaptureMethod::Automatic);
+    let effect = c.create_effect(&charge, Some("k-auto")).await.unwrap();
+    assert_eq!((effect.amount, effect.captured_amount), (Some(250), Some(250)));
+    // The same request again: replayed, nothing more recorded or captured.
+    let again = c.create_effect(&charge, Some("k-auto")).await.unwrap();
+    assert_eq!(again, effect);
+    assert_eq!(server.processor.ledger(), vec![effect]);
+    let account = c.account(M, "p1").await.unwrap().expect("account");
+    assert_eq!(
+        (account.authorized, account.captured, account.status),
+        (250, 250, AccountStatus::Captured)
+    );
+    // The wire names, and nothing sent for a request without a capture method.
+    let json = serde_json::to_value(&charge).unwrap();
+    assert_eq!(json["capture_method"], "automatic");
+    assert!(serde_json::to_value(authorize("p2", 1)).unwrap().get("capture_method").is_none());
+    let manual = c
+        .create_effect(&authorize("p2", 90).capture_method(CaptureMethod::Manual), None)
+        .await
+        .unwrap();
+    assert_eq!(manual.captured_amount, None);
+    let account = c.account(M, "p2").await.unwrap().expect("account");
+    assert_eq!((account.captured, account.status), (0, AccountStatus::Authorized));
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn malformed_requests_are_400() {
     let server = Server::start(ProcessorConfig::default()).await;
     let url = |path: &str| {
@@ -300,6 +331,7 @@ async fn malformed_requests_are_400() {
         r#"{"operation":"x","merchant_id":"m","payment_id":"p","ammount":5}"#,
         r#"{"operation":"","merchant_id":"m","payment_id":"p"}"#,
         r#"{"operation":"x","merchant_id":"m","payment_id":"p","amount":"5"}"#,
+        r#"{"operation":"payments.authorize","merchant_id":"m","payment_id":"p","amount":5,"currency":"EUR","capture_method":"later"}"#,
     ] {
         let response = post(body).await.unwrap();
         assert_eq!(response.status(), 400, "{body}");

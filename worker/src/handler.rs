@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mock_processor::{ClientError, Effect, EffectRequest, ProcessorClient};
+use mock_processor::{CaptureMethod, ClientError, Effect, EffectRequest, ProcessorClient};
 use nats_bridge::{catalogue::Pattern, Operation, RequestEnvelope, ResponseEnvelope, ResponseStatus};
 use serde_json::json;
 use tracing::{info, warn};
@@ -143,6 +143,33 @@ fn amount(env: &RequestEnvelope) -> Option<i64> {
 
 fn currency(env: &RequestEnvelope) -> Option<String> {
     env.router_data.get("currency").and_then(|v| v.as_str()).map(str::to_string)
+}
+
+/// The capture method of an authorization, passed on to the processor so that an automatic
+/// one is charged in one call (authorized and captured in one effect). Only `automatic` and
+/// `manual` are known; any other value, or none, is not passed on (the processor then only
+/// authorizes, and the orchestrator captures separately).
+fn capture_method(op: Operation, env: &RequestEnvelope) -> Option<CaptureMethod> {
+    if op.name != "payments.authorize" {
+        return None;
+    }
+    env.router_data.get("capture_method").and_then(|v| v.as_str()).and_then(CaptureMethod::parse)
+}
+
+/// The processor request for a durable operation: the operation instance (`attempt_id`) as the
+/// reference, the amount and currency of `router_data`, and for an authorization its capture
+/// method.
+pub fn effect_request(op: Operation, env: &RequestEnvelope) -> EffectRequest {
+    EffectRequest {
+        operation: op.name.to_string(),
+        merchant_id: env.merchant_id.clone(),
+        payment_id: env.payment_id.clone(),
+        reference: Some(env.attempt_id.clone()),
+        amount: amount(env),
+        currency: currency(env),
+        details: serde_json::Value::Null,
+        capture_method: capture_method(op, env),
+    }
 }
 
 /// Operations that move money, subject to declines.
@@ -378,15 +405,7 @@ impl Handler {
         } else if draw.decline && moves_money(op) {
             ResponseEnvelope::failure(env, "card_declined", "the issuer declined the operation")
         } else {
-            let request = EffectRequest {
-                operation: op.name.to_string(),
-                merchant_id: env.merchant_id.clone(),
-                payment_id: env.payment_id.clone(),
-                reference: Some(env.attempt_id.clone()),
-                amount: amount(env),
-                currency: currency(env),
-                details: serde_json::Value::Null,
-            };
+            let request = effect_request(op, env);
             match self.processor.create_effect(&request, Some(key)).await {
                 Ok(effect) => success(env, &effect),
                 Err(ClientError::Rejected { code, message, .. }) => ResponseEnvelope::failure(env, code, message),
@@ -522,5 +541,37 @@ impl Handler {
     /// The ack delay fault.
     pub(crate) fn ack_delay(&self) -> Duration {
         Duration::from_millis(self.faults.ack_delay_ms.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nats_bridge::{catalogue, OperationRequest};
+
+    fn envelope(op: Operation, router_data: serde_json::Value) -> RequestEnvelope {
+        OperationRequest::new(op, "m1", "pay_1", "pay_1_1").router_data(router_data).envelope().clone()
+    }
+
+    #[test]
+    fn an_authorization_passes_its_capture_method_on() {
+        let op = catalogue::ops::authorize();
+        for (method, want) in [("automatic", Some(CaptureMethod::Automatic)), ("manual", Some(CaptureMethod::Manual)), ("scheduled", None)] {
+            let env = envelope(op, json!({ "amount": 700, "currency": "EUR", "capture_method": method }));
+            let request = effect_request(op, &env);
+            assert_eq!(request.capture_method, want, "{method}");
+            assert_eq!((request.amount, request.currency.as_deref(), request.reference.as_deref()), (Some(700), Some("EUR"), Some("pay_1_1")));
+        }
+        let env = envelope(op, json!({ "amount": 700, "currency": "EUR" }));
+        assert_eq!(effect_request(op, &env).capture_method, None);
+    }
+
+    #[test]
+    fn other_operations_pass_no_capture_method() {
+        let op = catalogue::ops::capture();
+        let env = envelope(op, json!({ "amount": 700, "currency": "EUR", "capture_method": "automatic" }));
+        let request = effect_request(op, &env);
+        assert_eq!(request.capture_method, None);
+        assert!(serde_json::to_value(&request).unwrap().get("capture_method").is_none());
     }
 }

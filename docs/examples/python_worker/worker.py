@@ -9,6 +9,9 @@ worker/src/handler.rs) does:
   stored result is sent again, a reused key refused); otherwise the processor is called with
   the key (a 4xx is a `failure` reply; no answer or a 5xx is a nak, retried later); the result
   is stored, the reply published to `X-Reply-To` and flushed, and only then the message acked;
+- an authorization passes `router_data.capture_method` on to the processor, so an automatic
+  one is charged in one call; the processor's effect (with its `captured_amount`) is the
+  reply's `connector_response`;
 - each query (12) is served by a queue subscription and answered on the request's reply subject;
 - `hyperswitch.replies.lookup` is answered from the result store (`X-Lookup: hit` / `miss`);
 - poison messages are copied to `hyperswitch.dlq.<family>.<action>` and terminated, and so are
@@ -114,6 +117,13 @@ def currency(env):
     return v if isinstance(v, str) else None
 
 
+def capture_method(env):
+    """An authorization's capture method, passed on to the processor: `automatic` is charged in
+    one call (one effect that authorizes and captures). Only `automatic` and `manual` are known."""
+    v = router_data(env).get("capture_method")
+    return v if env["operation"] == "payments.authorize" and v in ("automatic", "manual") else None
+
+
 def fingerprint(env):
     """'The same request': operation, merchant, payment, instance and router data (FNV-1a of
     their canonical JSON, as the mock worker's store does)."""
@@ -195,6 +205,8 @@ async def call_processor(env):
     """The effect of a durable operation, asked with the idempotency key."""
     request = {"operation": env["operation"], "merchant_id": env["merchant_id"], "payment_id": env["payment_id"],
                "reference": env["attempt_id"], "amount": amount(env), "currency": currency(env), "details": None}
+    if capture_method(env) is not None:
+        request["capture_method"] = capture_method(env)
     try:
         effect = await processor("POST", ["v1", "effects"], body=request, key=env["idempotency_key"])
     except Rejected as e:

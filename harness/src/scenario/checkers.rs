@@ -242,6 +242,14 @@ pub fn accounting(o: &Observations) -> (Accounting, Vec<Violation>) {
         *effects.entry((e.payment_id.as_str(), e.operation.as_str())).or_default() += 1;
     }
     let has = |p: &str, op: &str| effects.get(&(p, op)).copied().unwrap_or(0) > 0;
+    // Payments the processor captured something of: by a capture, or by an authorization with
+    // automatic capture (one effect that authorized and captured).
+    let captured: BTreeSet<&str> = o
+        .ledger
+        .iter()
+        .filter(|e| e.operation == "payments.capture" || (e.operation == "payments.authorize" && e.captured_amount.is_some_and(|c| c > 0)))
+        .map(|e| e.payment_id.as_str())
+        .collect();
     for (_, done) in pairs(&o.history) {
         let pid = done.payment_id.as_deref().unwrap_or_default();
         let intent = done.value["status"].as_str().unwrap_or_default();
@@ -249,7 +257,8 @@ pub fn accounting(o: &Observations) -> (Accounting, Vec<Violation>) {
             Kind::Ok => {
                 acc.ok += 1;
                 let lost = match done.f.as_str() {
-                    "create" | "confirm" => matches!(intent, "requires_capture" | "succeeded") && !has(pid, "payments.authorize"),
+                    "create" | "confirm" if intent == "succeeded" => !has(pid, "payments.authorize") || !captured.contains(pid),
+                    "create" | "confirm" => intent == "requires_capture" && !has(pid, "payments.authorize"),
                     "capture" => matches!(intent, "succeeded" | "partially_captured_and_capturable") && !has(pid, "payments.capture"),
                     "cancel" => intent == "cancelled" && !has(pid, "payments.void"),
                     "refund" => intent == "succeeded" && !has(pid, "refunds.execute"),
@@ -257,7 +266,8 @@ pub fn accounting(o: &Observations) -> (Accounting, Vec<Violation>) {
                 };
                 if lost {
                     acc.lost += 1;
-                    out.push(v("accounting", vec![pid.to_string()], format!("{} answered {intent} but the processor has no such effect", done.f)));
+                    let missing = if intent == "succeeded" && has(pid, "payments.authorize") { "captured nothing" } else { "has no such effect" };
+                    out.push(v("accounting", vec![pid.to_string()], format!("{} answered {intent} but the processor {missing}", done.f)));
                 }
             }
             Kind::Failed => {
@@ -587,6 +597,29 @@ mod tests {
         assert_eq!((acc.ok, acc.unknown, acc.lost, acc.recovered), (1, 1, 1, 1));
         assert_eq!(found.len(), 1, "p1 was answered authorized but nothing is in the ledger");
         assert!(integrity(&o).is_empty());
+    }
+
+    #[test]
+    fn a_charge_answered_succeeded_needs_a_capture_at_the_processor() {
+        let r = Recorder::new();
+        let e = |process, p: &str, value| Entry { process, f: "create".into(), payment_id: Some(p.into()), merchant_id: Some("m".into()), value, ..Default::default() };
+        for (process, p) in [(1, "p_one_call"), (2, "p_two_calls"), (3, "p_uncaptured")] {
+            r.record(Kind::Invoke, e(process, p, serde_json::Value::Null));
+            r.record(Kind::Ok, e(process, p, serde_json::json!({ "status": "succeeded", "payment_id": p, "merchant_id": "m" })));
+        }
+        let mut charged = effect("k1", "payments.authorize", "p_one_call", "p_one_call_1", 10);
+        charged.captured_amount = Some(10);
+        let ledger = vec![
+            charged,
+            effect("k2", "payments.authorize", "p_two_calls", "p_two_calls_1", 10),
+            effect("k3", "payments.capture", "p_two_calls", "p_two_calls_cap_1", 10),
+            effect("k4", "payments.authorize", "p_uncaptured", "p_uncaptured_1", 10),
+        ];
+        let o = Observations { history: r.events(), ledger, ..Default::default() };
+        let (acc, found) = accounting(&o);
+        assert_eq!((acc.ok, acc.lost), (3, 1), "{found:?}");
+        assert_eq!(found[0].payments, ["p_uncaptured"]);
+        assert!(found[0].message.contains("captured nothing"), "{found:?}");
     }
 
     #[test]

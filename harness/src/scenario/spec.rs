@@ -134,7 +134,7 @@ pub struct Workload {
     /// Payments in flight at most.
     pub concurrency: usize,
     /// Relative weights of payment flows: `manual` (authorize, capture in parts), `automatic`
-    /// (authorize + capture), `void`, `refund` (capture then refund), `sync` (retrieve with
+    /// (one authorization with automatic capture: charged in one call), `void`, `refund` (capture then refund), `sync` (retrieve with
     /// force_sync), `retry` (the same request twice with one Idempotency-Key), `concurrent`
     /// (the same request sent concurrently with one key).
     pub mix: BTreeMap<String, u32>,
