@@ -76,6 +76,17 @@ pub fn captured_with(effect: &Value) -> Option<i64> {
     effect.get("captured_amount").and_then(Value::as_i64)
 }
 
+/// The authorization of a payment: its router data plus amount, currency and capture method.
+fn authorize_request(p: &Payment) -> OperationRequest {
+    let mut router_data = p.router_data.clone();
+    if let Value::Object(m) = &mut router_data {
+        m.insert("amount".into(), json!(p.amount));
+        m.insert("currency".into(), json!(p.currency));
+        m.insert("capture_method".into(), json!(p.capture_method.as_str()));
+    }
+    new_request(catalogue::ops::authorize(), &p.merchant_id, &p.payment_id, &p.attempt_id).router_data(router_data)
+}
+
 /// What a call returned, as the store understands it.
 pub fn resolution(result: &Result<ResponseEnvelope, CallError>) -> Resolution {
     match result {
@@ -159,7 +170,13 @@ impl Gateway {
     pub async fn create(&self, merchant_id: &str, new: NewPayment, confirm: bool) -> Result<Payment, ApiError> {
         let payment_id = new.payment_id.unwrap_or_else(|| format!("pay_{}", uuid::Uuid::new_v4().simple()));
         let payment = Payment::new(merchant_id, &payment_id, new.amount, &new.currency, new.capture_method, new.router_data);
-        match self.store.insert_payment(&payment) {
+        // Created and confirmed at once: the payment and its authorization in one commit.
+        let authorization = confirm.then(|| authorize_request(&payment));
+        let inserted = match &authorization {
+            Some(request) => self.store.insert_payment_and_begin(&payment, &record(request, &payment.attempt_id, Some(payment.amount))).map(|_| ()),
+            None => self.store.insert_payment(&payment),
+        };
+        match inserted {
             Ok(()) => {}
             // A client-chosen id is an idempotency key too: the same payment again is answered
             // with its current state (confirmed if asked and not yet), another one is refused.
@@ -178,10 +195,10 @@ impl Gateway {
             }
             Err(e) => return Err(e.into()),
         }
-        if confirm {
-            return self.confirm(merchant_id, &payment_id).await;
+        match authorization {
+            Some(request) => self.authorize(merchant_id, &payment_id, request).await,
+            None => Ok(self.store.payment(merchant_id, &payment_id)?),
         }
-        Ok(self.store.payment(merchant_id, &payment_id)?)
     }
 
     /// Authorizes a created payment. With automatic capture that one operation charges it: the
@@ -192,14 +209,13 @@ impl Gateway {
     /// no automatic payment is left authorized but not captured.
     pub async fn confirm(&self, merchant_id: &str, payment_id: &str) -> Result<Payment, ApiError> {
         let p = self.store.payment(merchant_id, payment_id)?;
-        let mut router_data = p.router_data.clone();
-        if let Value::Object(m) = &mut router_data {
-            m.insert("amount".into(), json!(p.amount));
-            m.insert("currency".into(), json!(p.currency));
-            m.insert("capture_method".into(), json!(p.capture_method.as_str()));
-        }
-        let request = new_request(catalogue::ops::authorize(), merchant_id, payment_id, &p.attempt_id).router_data(router_data);
+        let request = authorize_request(&p);
         self.store.begin_operation(&record(&request, &p.attempt_id, Some(p.amount)))?;
+        self.authorize(merchant_id, payment_id, request).await
+    }
+
+    /// Sends a begun authorization and applies its outcome (see [`Gateway::confirm`]).
+    async fn authorize(&self, merchant_id: &str, payment_id: &str, request: OperationRequest) -> Result<Payment, ApiError> {
         self.execute(&request).await.ok();
         let p = self.store.payment(merchant_id, payment_id)?;
         if p.capture_method == CaptureMethod::Automatic && p.status == AttemptStatus::Authorized {

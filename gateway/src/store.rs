@@ -513,6 +513,69 @@ fn set_status(c: &Connection, p: &mut Payment, status: AttemptStatus) -> Result<
     Ok(())
 }
 
+/// Inserts a new payment; `Exists` if the id is taken.
+fn insert_payment_in(c: &Connection, p: &Payment) -> Result<(), StoreError> {
+    let n = exec(
+        c,
+        "INSERT OR IGNORE INTO payments (merchant_id, payment_id, attempt_id, amount, currency, capture_method, status,
+         router_data, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+        params![p.merchant_id, p.payment_id, p.attempt_id, p.amount, p.currency, p.capture_method.as_str(), p.status.as_str(), p.router_data.to_string(), p.created_ms],
+    )?;
+    if n == 0 {
+        return Err(StoreError::Exists(format!("payment {}", p.payment_id)));
+    }
+    Ok(())
+}
+
+/// Starts an operation inside a transaction (see [`Store::begin_operation`]).
+fn begin_in(c: &Connection, op: &OperationRecord) -> Result<Payment, StoreError> {
+    let mut p = get_payment(c, &op.merchant_id, &op.payment_id)?;
+    let amount = op.amount.unwrap_or(0);
+    use AttemptStatus::*;
+    match op.operation.as_str() {
+        "payments.authorize" => {
+            check_from(&p, &[Started])?;
+            set_status(c, &mut p, Authorizing)?;
+        }
+        "payments.complete_authorize" => check_from(&p, &[AuthenticationPending])?,
+        "payments.capture" => {
+            check_from(&p, &[Authorized, PartialCharged])?;
+            let capturable = p.amount_authorized - p.amount_captured;
+            if amount <= 0 || amount > capturable {
+                return Err(StoreError::Amount(format!(
+                    "amount_to_capture {amount} exceeds the capturable amount {capturable}"
+                )));
+            }
+            set_status(c, &mut p, CaptureInitiated)?;
+        }
+        "payments.void" => {
+            check_from(&p, &[Authorized])?;
+            set_status(c, &mut p, VoidInitiated)?;
+        }
+        "payments.incremental_auth" => {
+            check_from(&p, &[Authorized, PartialCharged])?;
+            if amount <= 0 {
+                return Err(StoreError::Amount("additional amount must be positive".into()));
+            }
+        }
+        _ => {}
+    }
+    exec(
+        c,
+        "INSERT INTO operations (message_id, merchant_id, payment_id, operation, object_id, amount, status, request,
+         created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_flight', ?7, ?8, ?8)",
+        params![op.message_id, op.merchant_id, op.payment_id, op.operation, op.object_id, op.amount, op.request, now_ms()],
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            StoreError::Exists(format!("operation {}", op.message_id))
+        }
+        e => e.into(),
+    })?;
+    // `p` carries the status set above: no second read.
+    Ok(p)
+}
+
 /// What a capture, void or incremental authorization may start from.
 fn check_from(p: &Payment, allowed: &[AttemptStatus]) -> Result<(), StoreError> {
     if allowed.contains(&p.status) {
@@ -567,28 +630,7 @@ impl Store {
 
     /// Records a new payment (status `started`).
     pub fn insert_payment(&self, p: &Payment) -> Result<(), StoreError> {
-        self.with(|c| {
-            let n = exec(
-                c,
-                "INSERT OR IGNORE INTO payments (merchant_id, payment_id, attempt_id, amount, currency, capture_method, status,
-                 router_data, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-                params![
-                    p.merchant_id,
-                    p.payment_id,
-                    p.attempt_id,
-                    p.amount,
-                    p.currency,
-                    p.capture_method.as_str(),
-                    p.status.as_str(),
-                    p.router_data.to_string(),
-                    p.created_ms
-                ],
-            )?;
-            if n == 0 {
-                return Err(StoreError::Exists(format!("payment {}", p.payment_id)));
-            }
-            Ok(())
-        })
+        self.with(|c| insert_payment_in(c, p))
     }
 
     /// A payment.
@@ -601,50 +643,20 @@ impl Store {
     pub fn begin_operation(&self, op: &OperationRecord) -> Result<Payment, StoreError> {
         self.with(|c| {
             let tx = Tx::begin(c)?;
-            let mut p = get_payment(&tx, &op.merchant_id, &op.payment_id)?;
-            let amount = op.amount.unwrap_or(0);
-            use AttemptStatus::*;
-            match op.operation.as_str() {
-                "payments.authorize" => {
-                    check_from(&p, &[Started])?;
-                    set_status(&tx, &mut p, Authorizing)?;
-                }
-                "payments.complete_authorize" => check_from(&p, &[AuthenticationPending])?,
-                "payments.capture" => {
-                    check_from(&p, &[Authorized, PartialCharged])?;
-                    let capturable = p.amount_authorized - p.amount_captured;
-                    if amount <= 0 || amount > capturable {
-                        return Err(StoreError::Amount(format!(
-                            "amount_to_capture {amount} exceeds the capturable amount {capturable}"
-                        )));
-                    }
-                    set_status(&tx, &mut p, CaptureInitiated)?;
-                }
-                "payments.void" => {
-                    check_from(&p, &[Authorized])?;
-                    set_status(&tx, &mut p, VoidInitiated)?;
-                }
-                "payments.incremental_auth" => {
-                    check_from(&p, &[Authorized, PartialCharged])?;
-                    if amount <= 0 {
-                        return Err(StoreError::Amount("additional amount must be positive".into()));
-                    }
-                }
-                _ => {}
-            }
-            exec(
-                &tx,
-                "INSERT INTO operations (message_id, merchant_id, payment_id, operation, object_id, amount, status, request,
-                 created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_flight', ?7, ?8, ?8)",
-                params![op.message_id, op.merchant_id, op.payment_id, op.operation, op.object_id, op.amount, op.request, now_ms()],
-            )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    StoreError::Exists(format!("operation {}", op.message_id))
-                }
-                e => e.into(),
-            })?;
-            // `p` carries the status set above: no second read.
+            let p = begin_in(&tx, op)?;
+            tx.commit()?;
+            Ok(p)
+        })
+    }
+
+    /// Records a new payment and starts its first operation (a confirm at creation), in one
+    /// transaction: one commit instead of two, and never a payment without its authorization
+    /// when the process dies in between.
+    pub fn insert_payment_and_begin(&self, p: &Payment, op: &OperationRecord) -> Result<Payment, StoreError> {
+        self.with(|c| {
+            let tx = Tx::begin(c)?;
+            insert_payment_in(&tx, p)?;
+            let p = begin_in(&tx, op)?;
             tx.commit()?;
             Ok(p)
         })

@@ -10,7 +10,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     // The generator's threads carry a name of their own, so the report can tell their CPU from
     // the system under test's (loadtest::cost).
+    // One thread: the generator needs about a sixth of a core at 1000 req/s, and a second
+    // thread only added wake-ups (loadtest/README.md, "Cost of a request").
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .thread_name(loadtest::cost::THREAD_ROLES[0].0)
         .thread_keep_alive(std::time::Duration::from_secs(3600))
         .enable_all()
