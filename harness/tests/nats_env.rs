@@ -102,7 +102,8 @@ fn docker_output(args: &[&str]) -> (bool, String) {
     )
 }
 
-/// Drops the environment and checks that its containers and network are gone.
+/// Drops the environment and checks that its containers, store volumes and
+/// network are gone.
 fn assert_docker_teardown(env: NatsEnv) {
     let id = env.id().to_owned();
     let network = env.network_name().expect("network").to_owned();
@@ -110,10 +111,16 @@ fn assert_docker_teardown(env: NatsEnv) {
     let (ok, before) = docker_output(&["ps", "-aq", "--filter", &filter]);
     assert!(ok);
     assert_eq!(before.lines().count(), env.node_count());
+    let (ok, volumes) = docker_output(&["volume", "ls", "-q", "--filter", &filter]);
+    assert!(ok);
+    assert_eq!(volumes.lines().count(), env.node_count(), "one store volume per node");
     drop(env);
     let (ok, after) = docker_output(&["ps", "-aq", "--filter", &filter]);
     assert!(ok);
     assert!(after.is_empty(), "containers left behind: {after}");
+    let (ok, after) = docker_output(&["volume", "ls", "-q", "--filter", &filter]);
+    assert!(ok);
+    assert!(after.is_empty(), "store volumes left behind: {after}");
     let (exists, _) = docker_output(&["network", "inspect", &network]);
     assert!(!exists, "network {network} left behind");
 }

@@ -10,7 +10,8 @@ use testcontainers::bollard::models::{
 use testcontainers::bollard::query_parameters::{
     KillContainerOptionsBuilder, RemoveContainerOptionsBuilder,
 };
-use testcontainers::core::IntoContainerPort;
+use testcontainers::bollard::models::MountVolumeOptions;
+use testcontainers::core::{IntoContainerPort, Mount};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, CopyTargetOptions, GenericImage, ImageExt};
 
@@ -23,7 +24,13 @@ pub const CLIENT_PORT: u16 = 4222;
 pub const CLUSTER_PORT: u16 = 6222;
 /// Monitoring port inside the container.
 pub const MONITORING_PORT: u16 = 8222;
-/// JetStream store directory inside the container.
+/// JetStream store directory inside the container. Every container gets an
+/// anonymous Docker volume mounted here (a plain directory under the
+/// engine's data root, labelled like the container), not a directory of
+/// the container's overlay filesystem (slow copy-on-write; here even
+/// fuse-overlayfs). The volume belongs to the container: it stays across
+/// stop, kill and start, and goes when the container is removed (with
+/// `v`, as testcontainers and the [`reaper`] remove them).
 pub const STORE_DIR: &str = "/data";
 
 /// Label put on every container and network (value: the environment id),
@@ -225,7 +232,8 @@ fn container_name(env_id: &str, server_name: &str) -> String {
 /// Starts one container per node on the environment's own network (created
 /// here, labelled like the containers; the caller removes it, see
 /// [`remove_network_blocking`]), with the client and monitoring ports
-/// published on 127.0.0.1 at the host ports in `specs`. With
+/// published on 127.0.0.1 at the host ports in `specs` and the store on an
+/// anonymous volume (see [`STORE_DIR`]). With
 /// `server_config`, that text is copied into every container at
 /// [`server_config::CONTAINER_PATH`] before it starts and passed with `-c`;
 /// it stays there across stop and start; so do `files` (path in the
@@ -244,8 +252,15 @@ pub(crate) async fn start(
     let owner_labels = reaper::owner_labels();
     create_network(&network, env_id, &owner_labels).await?;
 
+    let mut volume_labels: HashMap<String, String> = owner_labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    volume_labels.insert(ENV_LABEL.to_owned(), env_id.to_owned());
+
     let starts = specs.iter().map(|spec| {
         let name = container_name(env_id, &spec.name);
+        let volume_labels = volume_labels.clone();
         // Routes to the other nodes only: listing a node's own address makes
         // it dial itself, and the resulting route churn regularly made the
         // first meta leader election fail (costing a 4-9s election timeout).
@@ -299,11 +314,24 @@ pub(crate) async fn start(
             .with_label("hs.nats.server", spec.name.clone())
             .with_mapped_port(spec.client_port, CLIENT_PORT.tcp())
             .with_mapped_port(spec.monitoring_port, MONITORING_PORT.tcp())
-            .with_host_config_modifier(|host_config| {
+            // An empty volume name makes the engine create an anonymous
+            // volume, removed with the container.
+            .with_mount(Mount::volume_mount("", STORE_DIR))
+            .with_host_config_modifier(move |host_config| {
                 // Publish on loopback only.
                 if let Some(bindings) = host_config.port_bindings.as_mut() {
                     for binding in bindings.values_mut().flatten().flatten() {
                         binding.host_ip = Some("127.0.0.1".into());
+                    }
+                }
+                // Label the store volume like the container, so the reaper
+                // finds it should it ever outlive its container.
+                for mount in host_config.mounts.iter_mut().flatten() {
+                    if mount.target.as_deref() == Some(STORE_DIR) {
+                        mount.volume_options = Some(MountVolumeOptions {
+                            labels: Some(volume_labels.clone()),
+                            ..Default::default()
+                        });
                     }
                 }
             })

@@ -15,6 +15,7 @@
 //! | [`rolling_restart`](NatsEnv::rolling_restart) | one node at a time | same | the same, after each node |
 //!
 //! The JetStream store survives every verb: a container keeps its `/data`
+//! (an anonymous volume of that container, see [`STORE_DIR`](super::STORE_DIR))
 //! across stop, kill and start (it is the same container), a process is
 //! started again on the same store directory. Host ports never change.
 //!

@@ -6,7 +6,8 @@
 //! * **Docker** ([`Backend::Docker`]): one container per node from the
 //!   locally built `hs-nats:<version>` image (see [`image`]), each
 //!   environment on its own Docker network, client and monitoring ports
-//!   published on 127.0.0.1. Cluster nodes route to each other by container
+//!   published on 127.0.0.1, the JetStream store on an anonymous volume of
+//!   the container (not its overlay filesystem; see [`STORE_DIR`]). Cluster nodes route to each other by container
 //!   name and run with `--no_advertise`, so clients only ever see the
 //!   published loopback ports.
 //! * **Process** ([`Backend::Process`]): local `nats-server` processes on
