@@ -220,6 +220,32 @@ async fn process_cluster() {
     assert_process_teardown(env);
 }
 
+/// `gomaxprocs` of the node's `/varz`: what its Go runtime runs with.
+async fn varz_gomaxprocs(node: &harness::nats::NatsNode) -> u64 {
+    let varz: serde_json::Value = reqwest::get(format!("{}/varz", node.monitoring_url()))
+        .await
+        .expect("varz")
+        .json()
+        .await
+        .expect("varz json");
+    varz["gomaxprocs"].as_u64().expect("gomaxprocs in /varz")
+}
+
+/// `EnvConfig::gomaxprocs` reaches the server, also after a restart.
+#[tokio::test]
+async fn process_gomaxprocs() {
+    let env = common::start_nats(
+        EnvConfig::single()
+            .with_backend(BackendChoice::Process)
+            .with_gomaxprocs(1),
+    )
+    .await;
+    let node = &env.nodes()[0];
+    assert_eq!(varz_gomaxprocs(node).await, 1);
+    env.restart(node.name()).await.expect("restart");
+    assert_eq!(varz_gomaxprocs(node).await, 1);
+}
+
 /// Environment marker telling [`fallback_child`] that it runs as the child
 /// process of [`auto_backend_falls_back_to_processes`].
 const FALLBACK_CHILD: &str = "HS_NATS_FALLBACK_CHILD";

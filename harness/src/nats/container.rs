@@ -238,7 +238,9 @@ fn container_name(env_id: &str, server_name: &str) -> String {
 /// [`server_config::CONTAINER_PATH`] before it starts and passed with `-c`;
 /// it stays there across stop and start; so do `files` (path in the
 /// container, contents: certificates and keys the configuration names).
-/// Readiness is not awaited here.
+/// `env` is set in every container's environment. Readiness is not awaited
+/// here.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn start(
     env_id: &str,
     image: &ImageRef,
@@ -246,6 +248,7 @@ pub(crate) async fn start(
     cluster_name: Option<&str>,
     server_config: Option<&str>,
     files: &[(String, Vec<u8>)],
+    env: &[(String, String)],
     startup_timeout: Duration,
 ) -> Result<Vec<DockerNode>, NatsError> {
     let network = network_name(env_id);
@@ -336,6 +339,9 @@ pub(crate) async fn start(
                 }
             })
             .with_startup_timeout(startup_timeout);
+        for (key, value) in env {
+            request = request.with_env_var(key.as_str(), value.as_str());
+        }
         if let Some(text) = server_config {
             request = request.with_copy_to(
                 CopyTargetOptions::new(server_config::CONTAINER_PATH).with_mode(0o644),

@@ -186,6 +186,14 @@ pub struct EnvConfig {
     /// or generated NKeys and optional per-user permissions; empty (the
     /// default) means no authentication. Single-node environments only.
     pub users: Vec<NatsUser>,
+    /// `GOMAXPROCS` for every node's nats-server: set in its environment
+    /// (process backend) or the container's (Docker backend), and kept
+    /// across the fault verbs. `None` (the default) leaves Go's own choice,
+    /// one per CPU. Under load on a small machine a good part of the
+    /// server's CPU can go to the Go scheduler spinning between its threads
+    /// (nanosleep, futex); fewer may cost less. Must be at least 1; the
+    /// servers' `/varz` reports it as `gomaxprocs`.
+    pub gomaxprocs: Option<usize>,
 }
 
 impl Default for EnvConfig {
@@ -199,6 +207,7 @@ impl Default for EnvConfig {
             sync_always: false,
             tls: None,
             users: Vec::new(),
+            gomaxprocs: None,
         }
     }
 }
@@ -269,6 +278,20 @@ impl EnvConfig {
         self
     }
 
+    /// Sets [`EnvConfig::gomaxprocs`].
+    pub fn with_gomaxprocs(mut self, gomaxprocs: usize) -> Self {
+        self.gomaxprocs = Some(gomaxprocs);
+        self
+    }
+
+    /// Environment variables every server runs with.
+    fn server_env(&self) -> Vec<(String, String)> {
+        self.gomaxprocs
+            .map(|n| ("GOMAXPROCS".to_owned(), n.to_string()))
+            .into_iter()
+            .collect()
+    }
+
     /// Whether TLS or users are configured.
     fn secured(&self) -> bool {
         self.tls.is_some() || !self.users.is_empty()
@@ -286,6 +309,11 @@ impl EnvConfig {
                 "unsupported node count {}: expected 1 or {CLUSTER_SIZE}",
                 self.nodes
             )));
+        }
+        if self.gomaxprocs == Some(0) {
+            return Err(NatsError::InvalidConfig(
+                "gomaxprocs must be at least 1".into(),
+            ));
         }
         if self.startup_timeout.is_zero() {
             return Err(NatsError::InvalidConfig(
@@ -446,7 +474,8 @@ impl NatsNode {
     }
 
     /// The binary and arguments the process was started with, for the
-    /// process backend; running them again restarts the node with the same
+    /// process backend; running them again (with `GOMAXPROCS` set as in
+    /// [`EnvConfig::gomaxprocs`], if it is) restarts the node with the same
     /// ports and store.
     pub fn command_line(&self) -> Option<(&Path, &[String])> {
         match &self.runtime {
@@ -609,6 +638,7 @@ impl NatsEnv {
             cluster_name.as_deref(),
             server_config::render(config, security_text.as_deref()).as_deref(),
             &files,
+            &config.server_env(),
             config.startup_timeout,
         )
         .await?;
@@ -667,6 +697,7 @@ impl NatsEnv {
             &specs,
             cluster_name.as_deref(),
             server_config::render(config, security_text.as_deref()).as_deref(),
+            &config.server_env(),
         )?;
         let nodes = specs
             .into_iter()
@@ -1050,6 +1081,7 @@ mod tests {
             EnvConfig::cluster().with_server_names(["a", "b", "a"]),
             EnvConfig::single().with_server_name("has space"),
             EnvConfig::single().with_startup_timeout(Duration::ZERO),
+            EnvConfig::single().with_gomaxprocs(0),
         ];
         for config in bad {
             assert!(config.resolved_names().is_err(), "{config:?} accepted");
