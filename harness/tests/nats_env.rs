@@ -172,6 +172,105 @@ async fn docker_single_node() {
     assert_docker_teardown(env);
 }
 
+/// A single node on the host network: no Docker network or published
+/// ports, the server itself on 127.0.0.1 at the reported ports, its store
+/// on a volume kept across restart and kill/start, GOMAXPROCS passed on,
+/// partition refused, and nothing left behind once dropped.
+#[tokio::test]
+async fn docker_host_network_single_node() {
+    let env = common::start_nats(
+        EnvConfig::single()
+            .with_backend(BackendChoice::Docker)
+            .with_host_network(true)
+            .with_gomaxprocs(1),
+    )
+    .await;
+    assert_eq!(env.backend(), Backend::Docker);
+    assert!(env.host_network());
+    assert_eq!(env.network_name(), None);
+    let node = &env.nodes()[0];
+    let id = node.container_id().expect("container").to_owned();
+    let inspect = |format: &str| {
+        let (ok, out) = docker_output(&["inspect", "--format", format, &id]);
+        assert!(ok, "docker inspect {id}");
+        out
+    };
+    assert_eq!(inspect("{{.HostConfig.NetworkMode}}"), "host");
+    let (ok, published) = docker_output(&["port", &id]);
+    assert!(ok && published.is_empty(), "published ports: {published}");
+    assert_eq!(inspect("{{range .Mounts}}{{.Type}} {{.Destination}}{{end}}"), "volume /data");
+    assert_eq!(env.client_url(), format!("nats://127.0.0.1:{}", node.client_port()));
+    assert_eq!(varz_gomaxprocs(node).await, 1);
+
+    stream_round_trip(&env, "HOST_R1").await;
+    let kept = |verb: &'static str| {
+        let env = &env;
+        async move {
+            let js = jetstream::new(env.connect().await.expect("connect"));
+            let mut stream = js.get_stream("HOST_R1").await.unwrap_or_else(|e| panic!("stream after {verb}: {e}"));
+            assert_eq!(stream.info().await.expect("info").state.messages, 1, "after {verb}");
+            let message = stream.get_raw_message(1).await.expect("read back");
+            assert_eq!(message.payload.as_ref(), b"hello", "after {verb}");
+        }
+    };
+    env.restart("n1").await.expect("restart");
+    kept("restart").await;
+    env.kill("n1").await.expect("kill");
+    env.start_node("n1").await.expect("start");
+    kept("kill and start").await;
+    env.pause("n1").await.expect("pause");
+    env.unpause("n1").await.expect("unpause");
+    assert_eq!(varz_gomaxprocs(node).await, 1);
+
+    for error in [
+        env.partition("n1").await.expect_err("partition on the host network"),
+        env.heal("n1").await.expect_err("heal on the host network"),
+    ] {
+        assert!(
+            matches!(error, harness::nats::NatsError::Unsupported { backend: Backend::Docker, .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("host network"), "{error}");
+    }
+    assert_eq!(node.state(), harness::nats::NodeState::Running);
+
+    // Dropping removes the container and its store volume.
+    let filter = format!("label={ENV_LABEL}={}", env.id());
+    let (ok, volumes) = docker_output(&["volume", "ls", "-q", "--filter", &filter]);
+    assert!(ok);
+    assert_eq!(volumes.lines().count(), 1, "one store volume");
+    drop(env);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok_c, containers) = docker_output(&["ps", "-aq", "--filter", &filter]);
+        let (ok_v, volumes) = docker_output(&["volume", "ls", "-q", "--filter", &filter]);
+        assert!(ok_c && ok_v);
+        if containers.is_empty() && volumes.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: containers [{containers}], volumes [{volumes}]"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A cluster cannot run on the host network, whatever the backend.
+#[tokio::test]
+async fn host_network_cluster_is_refused() {
+    for backend in [BackendChoice::Docker, BackendChoice::Process] {
+        let error = NatsEnv::start(EnvConfig::cluster().with_backend(backend).with_host_network(true))
+            .await
+            .expect_err("a host-network cluster must be refused");
+        assert!(
+            matches!(&error, harness::nats::NatsError::InvalidConfig(m) if m.contains("host_network")),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("single-node environments only"), "{error}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_cluster() {
     let env = common::start_nats(EnvConfig::cluster().with_backend(BackendChoice::Docker)).await;
