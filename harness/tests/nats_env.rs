@@ -102,7 +102,8 @@ fn docker_output(args: &[&str]) -> (bool, String) {
     )
 }
 
-/// Drops the environment and checks that its containers and network are gone.
+/// Drops the environment and checks that its containers, store volumes and
+/// network are gone.
 fn assert_docker_teardown(env: NatsEnv) {
     let id = env.id().to_owned();
     let network = env.network_name().expect("network").to_owned();
@@ -110,10 +111,16 @@ fn assert_docker_teardown(env: NatsEnv) {
     let (ok, before) = docker_output(&["ps", "-aq", "--filter", &filter]);
     assert!(ok);
     assert_eq!(before.lines().count(), env.node_count());
+    let (ok, volumes) = docker_output(&["volume", "ls", "-q", "--filter", &filter]);
+    assert!(ok);
+    assert_eq!(volumes.lines().count(), env.node_count(), "one store volume per node");
     drop(env);
     let (ok, after) = docker_output(&["ps", "-aq", "--filter", &filter]);
     assert!(ok);
     assert!(after.is_empty(), "containers left behind: {after}");
+    let (ok, after) = docker_output(&["volume", "ls", "-q", "--filter", &filter]);
+    assert!(ok);
+    assert!(after.is_empty(), "store volumes left behind: {after}");
     let (exists, _) = docker_output(&["network", "inspect", &network]);
     assert!(!exists, "network {network} left behind");
 }
@@ -165,6 +172,105 @@ async fn docker_single_node() {
     assert_docker_teardown(env);
 }
 
+/// A single node on the host network: no Docker network or published
+/// ports, the server itself on 127.0.0.1 at the reported ports, its store
+/// on a volume kept across restart and kill/start, GOMAXPROCS passed on,
+/// partition refused, and nothing left behind once dropped.
+#[tokio::test]
+async fn docker_host_network_single_node() {
+    let env = common::start_nats(
+        EnvConfig::single()
+            .with_backend(BackendChoice::Docker)
+            .with_host_network(true)
+            .with_gomaxprocs(1),
+    )
+    .await;
+    assert_eq!(env.backend(), Backend::Docker);
+    assert!(env.host_network());
+    assert_eq!(env.network_name(), None);
+    let node = &env.nodes()[0];
+    let id = node.container_id().expect("container").to_owned();
+    let inspect = |format: &str| {
+        let (ok, out) = docker_output(&["inspect", "--format", format, &id]);
+        assert!(ok, "docker inspect {id}");
+        out
+    };
+    assert_eq!(inspect("{{.HostConfig.NetworkMode}}"), "host");
+    let (ok, published) = docker_output(&["port", &id]);
+    assert!(ok && published.is_empty(), "published ports: {published}");
+    assert_eq!(inspect("{{range .Mounts}}{{.Type}} {{.Destination}}{{end}}"), "volume /data");
+    assert_eq!(env.client_url(), format!("nats://127.0.0.1:{}", node.client_port()));
+    assert_eq!(varz_gomaxprocs(node).await, 1);
+
+    stream_round_trip(&env, "HOST_R1").await;
+    let kept = |verb: &'static str| {
+        let env = &env;
+        async move {
+            let js = jetstream::new(env.connect().await.expect("connect"));
+            let mut stream = js.get_stream("HOST_R1").await.unwrap_or_else(|e| panic!("stream after {verb}: {e}"));
+            assert_eq!(stream.info().await.expect("info").state.messages, 1, "after {verb}");
+            let message = stream.get_raw_message(1).await.expect("read back");
+            assert_eq!(message.payload.as_ref(), b"hello", "after {verb}");
+        }
+    };
+    env.restart("n1").await.expect("restart");
+    kept("restart").await;
+    env.kill("n1").await.expect("kill");
+    env.start_node("n1").await.expect("start");
+    kept("kill and start").await;
+    env.pause("n1").await.expect("pause");
+    env.unpause("n1").await.expect("unpause");
+    assert_eq!(varz_gomaxprocs(node).await, 1);
+
+    for error in [
+        env.partition("n1").await.expect_err("partition on the host network"),
+        env.heal("n1").await.expect_err("heal on the host network"),
+    ] {
+        assert!(
+            matches!(error, harness::nats::NatsError::Unsupported { backend: Backend::Docker, .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("host network"), "{error}");
+    }
+    assert_eq!(node.state(), harness::nats::NodeState::Running);
+
+    // Dropping removes the container and its store volume.
+    let filter = format!("label={ENV_LABEL}={}", env.id());
+    let (ok, volumes) = docker_output(&["volume", "ls", "-q", "--filter", &filter]);
+    assert!(ok);
+    assert_eq!(volumes.lines().count(), 1, "one store volume");
+    drop(env);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok_c, containers) = docker_output(&["ps", "-aq", "--filter", &filter]);
+        let (ok_v, volumes) = docker_output(&["volume", "ls", "-q", "--filter", &filter]);
+        assert!(ok_c && ok_v);
+        if containers.is_empty() && volumes.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: containers [{containers}], volumes [{volumes}]"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A cluster cannot run on the host network, whatever the backend.
+#[tokio::test]
+async fn host_network_cluster_is_refused() {
+    for backend in [BackendChoice::Docker, BackendChoice::Process] {
+        let error = NatsEnv::start(EnvConfig::cluster().with_backend(backend).with_host_network(true))
+            .await
+            .expect_err("a host-network cluster must be refused");
+        assert!(
+            matches!(&error, harness::nats::NatsError::InvalidConfig(m) if m.contains("host_network")),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("single-node environments only"), "{error}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_cluster() {
     let env = common::start_nats(EnvConfig::cluster().with_backend(BackendChoice::Docker)).await;
@@ -211,6 +317,32 @@ async fn process_cluster() {
     assert_cluster_info(&info);
 
     assert_process_teardown(env);
+}
+
+/// `gomaxprocs` of the node's `/varz`: what its Go runtime runs with.
+async fn varz_gomaxprocs(node: &harness::nats::NatsNode) -> u64 {
+    let varz: serde_json::Value = reqwest::get(format!("{}/varz", node.monitoring_url()))
+        .await
+        .expect("varz")
+        .json()
+        .await
+        .expect("varz json");
+    varz["gomaxprocs"].as_u64().expect("gomaxprocs in /varz")
+}
+
+/// `EnvConfig::gomaxprocs` reaches the server, also after a restart.
+#[tokio::test]
+async fn process_gomaxprocs() {
+    let env = common::start_nats(
+        EnvConfig::single()
+            .with_backend(BackendChoice::Process)
+            .with_gomaxprocs(1),
+    )
+    .await;
+    let node = &env.nodes()[0];
+    assert_eq!(varz_gomaxprocs(node).await, 1);
+    env.restart(node.name()).await.expect("restart");
+    assert_eq!(varz_gomaxprocs(node).await, 1);
 }
 
 /// Environment marker telling [`fallback_child`] that it runs as the child

@@ -246,6 +246,8 @@ async fn reaper_removes_leftovers_of_a_killed_process() {
     let leftover = docker(&["ps", "-aq", "--filter", &filter]);
     assert_eq!(leftover.lines().count(), 1, "the child's container");
     assert!(network_exists(&network), "the child's network {network}");
+    let volumes = || docker(&["volume", "ls", "-q", "--filter", &filter]);
+    assert_eq!(volumes().lines().count(), 1, "the child's store volume");
     let labels = docker(&[
         "inspect",
         "--format",
@@ -282,6 +284,7 @@ async fn reaper_removes_leftovers_of_a_killed_process() {
         "leftover container"
     );
     assert!(!network_exists(&network), "leftover network {network}");
+    assert_eq!(volumes(), "", "leftover store volume");
 
     // A live environment is never reaped.
     let reap_started = Instant::now();

@@ -51,9 +51,8 @@ pub struct Options {
     pub workers: u64,
 
     /// NATS of the environment started here: process (a local nats-server, the default),
-    /// docker, or auto (docker when an engine answers). Docker's userland port proxy and
-    /// overlay storage add tens to hundreds of ms per call on a small machine, which would be
-    /// measured as the bridge's.
+    /// docker, or auto (docker when an engine answers). The container runs on the host
+    /// network (no userland port proxy) with its store on a volume (not the overlay).
     #[arg(long, default_value = "process", value_parser = parse_backend, conflicts_with = "url")]
     pub nats_backend: BackendChoice,
 

@@ -128,7 +128,9 @@ async fn start_environment(workers: usize, backend: harness::nats::BackendChoice
     let mut bridge = BridgeConfig { ack_timeout_ms: timing::ACK_MS, request_timeout_ms: timing::REQUEST_MS, query_timeout_ms: timing::QUERY_MS, ..Default::default() };
     bridge.circuit_breaker.open_ms = timing::BREAKER_OPEN_MS;
     let worker = WorkerConfig { max_request_age_ms: timing::MAX_REQUEST_AGE_MS, ..Default::default() };
-    let env = Environment::start(EnvironmentConfig { nats: EnvConfig::single().with_backend(backend), bridge, worker, workers, placement: runtimes.placement(), ..Default::default() }).await?;
+    // A Docker node runs on the host network (no userland port proxy); the process backend ignores it.
+    let nats = EnvConfig::single().with_backend(backend).with_host_network(true);
+    let env = Environment::start(EnvironmentConfig { nats, bridge, worker, workers, placement: runtimes.placement(), ..Default::default() }).await?;
     let gateway = env
         .start_gateway(GatewayConfig {
             database: dir.join("gateway.db"),
@@ -141,7 +143,8 @@ async fn start_environment(workers: usize, backend: harness::nats::BackendChoice
             ..Default::default()
         })
         .await?;
-    let description = format!("environment started here: NATS {} x{}, {workers} in-process worker(s), processor latency 0", env.nats().backend(), env.nats().node_count());
+    let network = if env.nats().host_network() { " (host network)" } else { "" };
+    let description = format!("environment started here: NATS {}{network} x{}, {workers} in-process worker(s), processor latency 0", env.nats().backend(), env.nats().node_count());
     Ok(Target::Own { env: Arc::new(Mutex::new(env)), gateway, description, runtimes })
 }
 

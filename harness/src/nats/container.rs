@@ -10,7 +10,8 @@ use testcontainers::bollard::models::{
 use testcontainers::bollard::query_parameters::{
     KillContainerOptionsBuilder, RemoveContainerOptionsBuilder,
 };
-use testcontainers::core::IntoContainerPort;
+use testcontainers::bollard::models::MountVolumeOptions;
+use testcontainers::core::{IntoContainerPort, Mount};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, CopyTargetOptions, GenericImage, ImageExt};
 
@@ -23,7 +24,13 @@ pub const CLIENT_PORT: u16 = 4222;
 pub const CLUSTER_PORT: u16 = 6222;
 /// Monitoring port inside the container.
 pub const MONITORING_PORT: u16 = 8222;
-/// JetStream store directory inside the container.
+/// JetStream store directory inside the container. Every container gets an
+/// anonymous Docker volume mounted here (a plain directory under the
+/// engine's data root, labelled like the container), not a directory of
+/// the container's overlay filesystem (slow copy-on-write; here even
+/// fuse-overlayfs). The volume belongs to the container: it stays across
+/// stop, kill and start, and goes when the container is removed (with
+/// `v`, as testcontainers and the [`reaper`] remove them).
 pub const STORE_DIR: &str = "/data";
 
 /// Label put on every container and network (value: the environment id),
@@ -52,10 +59,17 @@ pub(crate) async fn available() -> Result<(), String> {
     }
 }
 
+/// Why a container on the host network cannot be partitioned.
+pub(crate) const HOST_NETWORK_PARTITION: &str = "the container runs on the host network \
+     (EnvConfig::host_network), so there is no docker network to detach it from; \
+     start the environment without host_network to cut a node off";
+
 /// A node running in a container.
 pub(crate) struct DockerNode {
     pub(crate) container: ContainerAsync<GenericImage>,
     pub(crate) container_name: String,
+    /// Runs on the host's network (see [`start`]), not the environment's.
+    pub(crate) host_network: bool,
 }
 
 impl std::fmt::Debug for DockerNode {
@@ -63,6 +77,7 @@ impl std::fmt::Debug for DockerNode {
         f.debug_struct("DockerNode")
             .field("container_id", &self.container.id())
             .field("container_name", &self.container_name)
+            .field("host_network", &self.host_network)
             .finish()
     }
 }
@@ -133,7 +148,10 @@ impl DockerNode {
     }
 
     /// Detaches the container from `network` (`docker network disconnect`).
+    /// Refused on the host network: detaching a container from `host`
+    /// would not cut it off, the engine refuses it anyway.
     pub(crate) async fn disconnect(&self, node: &str, network: &str) -> Result<(), NatsError> {
+        self.refuse_on_host_network("disconnect")?;
         let request = NetworkDisconnectRequest {
             container: self.container.id().to_owned(),
             force: Some(true),
@@ -149,7 +167,9 @@ impl DockerNode {
     }
 
     /// Attaches the container to `network` again (`docker network connect`).
+    /// Refused on the host network, like [`DockerNode::disconnect`].
     pub(crate) async fn connect(&self, node: &str, network: &str) -> Result<(), NatsError> {
+        self.refuse_on_host_network("connect")?;
         let request = NetworkConnectRequest {
             container: self.container.id().to_owned(),
             endpoint_config: None,
@@ -162,6 +182,17 @@ impl DockerNode {
                 context: format!("failed to connect the container of {node} to {network}"),
                 source,
             })
+    }
+
+    fn refuse_on_host_network(&self, verb: &'static str) -> Result<(), NatsError> {
+        if self.host_network {
+            return Err(NatsError::Unsupported {
+                verb,
+                backend: super::Backend::Docker,
+                reason: HOST_NETWORK_PARTITION,
+            });
+        }
+        Ok(())
     }
 
     /// What the engine says about the container now.
@@ -225,12 +256,25 @@ fn container_name(env_id: &str, server_name: &str) -> String {
 /// Starts one container per node on the environment's own network (created
 /// here, labelled like the containers; the caller removes it, see
 /// [`remove_network_blocking`]), with the client and monitoring ports
-/// published on 127.0.0.1 at the host ports in `specs`. With
+/// published on 127.0.0.1 at the host ports in `specs` and the store on an
+/// anonymous volume (see [`STORE_DIR`]).
+///
+/// With `host_network` (a single node only) no network is created: the
+/// container runs on the host's network namespace (`--network host`) and
+/// nats-server itself listens on 127.0.0.1 at the host ports in `specs`,
+/// with nothing published. Published ports reach the container through
+/// Docker's userland proxy (a `docker-proxy` process per port copying
+/// every byte between two sockets); on the host network clients reach the
+/// server as they reach a local process.
+///
+/// With
 /// `server_config`, that text is copied into every container at
 /// [`server_config::CONTAINER_PATH`] before it starts and passed with `-c`;
 /// it stays there across stop and start; so do `files` (path in the
 /// container, contents: certificates and keys the configuration names).
-/// Readiness is not awaited here.
+/// `env` is set in every container's environment. Readiness is not awaited
+/// here.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn start(
     env_id: &str,
     image: &ImageRef,
@@ -238,14 +282,30 @@ pub(crate) async fn start(
     cluster_name: Option<&str>,
     server_config: Option<&str>,
     files: &[(String, Vec<u8>)],
+    env: &[(String, String)],
+    host_network: bool,
     startup_timeout: Duration,
 ) -> Result<Vec<DockerNode>, NatsError> {
+    if host_network && (specs.len() != 1 || cluster_name.is_some()) {
+        return Err(NatsError::InvalidConfig(
+            "host_network is supported on single-node environments only".into(),
+        ));
+    }
     let network = network_name(env_id);
     let owner_labels = reaper::owner_labels();
-    create_network(&network, env_id, &owner_labels).await?;
+    if !host_network {
+        create_network(&network, env_id, &owner_labels).await?;
+    }
+
+    let mut volume_labels: HashMap<String, String> = owner_labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    volume_labels.insert(ENV_LABEL.to_owned(), env_id.to_owned());
 
     let starts = specs.iter().map(|spec| {
         let name = container_name(env_id, &spec.name);
+        let volume_labels = volume_labels.clone();
         // Routes to the other nodes only: listing a node's own address makes
         // it dial itself, and the resulting route churn regularly made the
         // first meta leader election fail (costing a 4-9s election timeout).
@@ -260,19 +320,28 @@ pub(crate) async fn start(
             })
             .collect::<Vec<_>>()
             .join(",");
+        // On the host network the server binds the host ports itself, on
+        // loopback only (`--addr` also applies to the monitoring port).
+        let (client_port, monitoring_port) = match host_network {
+            true => (spec.client_port, spec.monitoring_port),
+            false => (CLIENT_PORT, MONITORING_PORT),
+        };
         let mut cmd: Vec<String> = [
             "--jetstream",
             "--store_dir",
             STORE_DIR,
             "--port",
-            &CLIENT_PORT.to_string(),
+            &client_port.to_string(),
             "--http_port",
-            &MONITORING_PORT.to_string(),
+            &monitoring_port.to_string(),
             "--server_name",
             &spec.name,
         ]
         .map(String::from)
         .to_vec();
+        if host_network {
+            cmd.extend(["--addr", "127.0.0.1"].map(String::from));
+        }
         if server_config.is_some() {
             cmd.extend(["-c", server_config::CONTAINER_PATH].map(String::from));
         }
@@ -293,21 +362,47 @@ pub(crate) async fn start(
         let mut request = GenericImage::new(image.name.as_str(), image.tag.as_str())
             .with_cmd(cmd)
             .with_container_name(name.clone())
-            .with_network(network.clone())
+            .with_network(if host_network { "host".to_owned() } else { network.clone() })
             .with_label(ENV_LABEL, env_id)
             .with_labels(owner_labels.iter().cloned())
             .with_label("hs.nats.server", spec.name.clone())
-            .with_mapped_port(spec.client_port, CLIENT_PORT.tcp())
-            .with_mapped_port(spec.monitoring_port, MONITORING_PORT.tcp())
-            .with_host_config_modifier(|host_config| {
+            // An empty volume name makes the engine create an anonymous
+            // volume, removed with the container.
+            .with_mount(Mount::volume_mount("", STORE_DIR));
+        if !host_network {
+            request = request
+                .with_mapped_port(spec.client_port, CLIENT_PORT.tcp())
+                .with_mapped_port(spec.monitoring_port, MONITORING_PORT.tcp());
+        }
+        request = request
+            .with_host_config_modifier(move |host_config| {
+                if host_network {
+                    // Nothing to publish (testcontainers would ask the
+                    // engine to publish every exposed port).
+                    host_config.publish_all_ports = Some(false);
+                    host_config.port_bindings = None;
+                }
                 // Publish on loopback only.
                 if let Some(bindings) = host_config.port_bindings.as_mut() {
                     for binding in bindings.values_mut().flatten().flatten() {
                         binding.host_ip = Some("127.0.0.1".into());
                     }
                 }
+                // Label the store volume like the container, so the reaper
+                // finds it should it ever outlive its container.
+                for mount in host_config.mounts.iter_mut().flatten() {
+                    if mount.target.as_deref() == Some(STORE_DIR) {
+                        mount.volume_options = Some(MountVolumeOptions {
+                            labels: Some(volume_labels.clone()),
+                            ..Default::default()
+                        });
+                    }
+                }
             })
             .with_startup_timeout(startup_timeout);
+        for (key, value) in env {
+            request = request.with_env_var(key.as_str(), value.as_str());
+        }
         if let Some(text) = server_config {
             request = request.with_copy_to(
                 CopyTargetOptions::new(server_config::CONTAINER_PATH).with_mode(0o644),
@@ -325,6 +420,7 @@ pub(crate) async fn start(
                 Ok(container) => Ok(DockerNode {
                     container,
                     container_name: name,
+                    host_network,
                 }),
                 Err(e) => {
                     // A container that was created but failed to start is
@@ -354,7 +450,9 @@ pub(crate) async fn start(
             // Dropping the started containers removes them; then the
             // network can go.
             drop(nodes);
-            remove_network(&network).await;
+            if !host_network {
+                remove_network(&network).await;
+            }
             Err(e)
         }
         None => Ok(nodes),

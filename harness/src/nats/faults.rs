@@ -9,12 +9,13 @@
 //! | [`kill`](NatsNode::kill) | `docker kill` (SIGKILL) | SIGKILL | the container / process is gone |
 //! | [`pause`](NatsNode::pause) | `docker pause` (cgroup freezer) | SIGSTOP | the engine / kernel reports it frozen |
 //! | [`unpause`](NatsNode::unpause) | `docker unpause` | SIGCONT | `/healthz` answers 200 |
-//! | [`partition`](NatsEnv::partition) | `docker network disconnect` | unsupported | no route, no client port |
-//! | [`heal`](NatsEnv::heal) | `docker network connect` | unsupported | the environment is ready, replicas current |
+//! | [`partition`](NatsEnv::partition) | `docker network disconnect` (unsupported on the host network) | unsupported | no route, no client port |
+//! | [`heal`](NatsEnv::heal) | `docker network connect` (unsupported on the host network) | unsupported | the environment is ready, replicas current |
 //! | [`restart_all`](NatsEnv::restart_all) | every node stopped, then started | same | the environment is ready, replicas current |
 //! | [`rolling_restart`](NatsEnv::rolling_restart) | one node at a time | same | the same, after each node |
 //!
 //! The JetStream store survives every verb: a container keeps its `/data`
+//! (an anonymous volume of that container, see [`STORE_DIR`](super::STORE_DIR))
 //! across stop, kill and start (it is the same container), a process is
 //! started again on the same store directory. Host ports never change.
 //!
@@ -48,6 +49,9 @@
 //! On the process backend all nodes share the host's loopback interface;
 //! cutting one off would need packet filtering (root) or proxies between
 //! the nodes, so `partition` and `heal` return [`NatsError::Unsupported`].
+//! So do they for a container on the host network
+//! ([`EnvConfig::host_network`](super::EnvConfig::host_network)): it has no
+//! Docker network of its own to be detached from.
 //!
 //! Every verb logs a `tracing` info line when it begins and one when its
 //! post-condition holds, with the verb, the node and the backend.
@@ -62,7 +66,7 @@ use futures::future::join_all;
 use futures::TryStreamExt;
 use tokio::io::AsyncReadExt;
 
-use super::container::DockerNode;
+use super::container::{DockerNode, HOST_NETWORK_PARTITION};
 use super::{ready, NatsEnv, NatsError, NatsNode, NodeRuntime};
 
 /// How long a stopped server may take to exit after SIGTERM before it gets
@@ -633,20 +637,23 @@ impl NatsEnv {
     }
 
     /// The container of `node` and the environment's network, or
-    /// [`NatsError::Unsupported`] on the process backend.
+    /// [`NatsError::Unsupported`] on the process backend and on the host
+    /// network.
     fn docker_network<'a>(
         &'a self,
         verb: &'static str,
         node: &'a NatsNode,
     ) -> Result<(&'a DockerNode, &'a str), NatsError> {
-        match (&node.runtime, self.network.as_deref()) {
-            (NodeRuntime::Docker(d), Some(network)) => Ok((d, network)),
-            _ => Err(NatsError::Unsupported {
-                verb,
-                backend: node.backend(),
-                reason: PROCESS_PARTITION,
-            }),
-        }
+        let reason = match (&node.runtime, self.network.as_deref()) {
+            (NodeRuntime::Docker(d), Some(network)) if !d.host_network => return Ok((d, network)),
+            (NodeRuntime::Docker(_), _) => HOST_NETWORK_PARTITION,
+            (NodeRuntime::Process(_), _) => PROCESS_PARTITION,
+        };
+        Err(NatsError::Unsupported {
+            verb,
+            backend: node.backend(),
+            reason,
+        })
     }
 
     /// Waits for readiness and current stream replicas after `verb`

@@ -6,9 +6,14 @@
 //! * **Docker** ([`Backend::Docker`]): one container per node from the
 //!   locally built `hs-nats:<version>` image (see [`image`]), each
 //!   environment on its own Docker network, client and monitoring ports
-//!   published on 127.0.0.1. Cluster nodes route to each other by container
-//!   name and run with `--no_advertise`, so clients only ever see the
-//!   published loopback ports.
+//!   published on 127.0.0.1, the JetStream store on an anonymous volume of
+//!   the container (not its overlay filesystem; see [`STORE_DIR`]). Cluster
+//!   nodes route to each other by container name and run with
+//!   `--no_advertise`, so clients only ever see the published loopback
+//!   ports. A single node can instead run on the host's network
+//!   ([`EnvConfig::host_network`]): no Docker network, nothing published,
+//!   the server listening on 127.0.0.1 itself, so clients do not go
+//!   through Docker's userland proxy.
 //! * **Process** ([`Backend::Process`]): local `nats-server` processes on
 //!   loopback ports, with store directories and logs in a temporary
 //!   directory.
@@ -185,6 +190,33 @@ pub struct EnvConfig {
     /// or generated NKeys and optional per-user permissions; empty (the
     /// default) means no authentication. Single-node environments only.
     pub users: Vec<NatsUser>,
+    /// Docker backend, single node: run the container on the host's
+    /// network (`--network host`), nats-server listening on 127.0.0.1 at
+    /// the environment's ports itself, instead of on the environment's own
+    /// Docker network with its ports published. Published loopback ports go
+    /// through Docker's userland proxy, a `docker-proxy` process per port
+    /// that copies every byte between two sockets (CPU and latency on every
+    /// message, and a process outside the server whose CPU nobody counts);
+    /// on the host network clients reach the server as they reach a local
+    /// process. `false` (the default) keeps the own network.
+    ///
+    /// The price: there is no Docker network to detach the node from, so
+    /// [`NatsEnv::partition`] and [`NatsEnv::heal`] return
+    /// [`NatsError::Unsupported`] (every other fault verb works, and the
+    /// store is kept as usual), and the engine must share this machine's
+    /// network (a local Linux engine; a remote one or Docker Desktop's VM
+    /// has its own). Clusters are refused with [`NatsError::InvalidConfig`]
+    /// (their nodes route to each other by name over their network). The
+    /// process backend ignores it: its servers are on the host anyway.
+    pub host_network: bool,
+    /// `GOMAXPROCS` for every node's nats-server: set in its environment
+    /// (process backend) or the container's (Docker backend), and kept
+    /// across the fault verbs. `None` (the default) leaves Go's own choice,
+    /// one per CPU. Under load on a small machine a good part of the
+    /// server's CPU can go to the Go scheduler spinning between its threads
+    /// (nanosleep, futex); fewer may cost less. Must be at least 1; the
+    /// servers' `/varz` reports it as `gomaxprocs`.
+    pub gomaxprocs: Option<usize>,
 }
 
 impl Default for EnvConfig {
@@ -198,6 +230,8 @@ impl Default for EnvConfig {
             sync_always: false,
             tls: None,
             users: Vec::new(),
+            host_network: false,
+            gomaxprocs: None,
         }
     }
 }
@@ -268,6 +302,26 @@ impl EnvConfig {
         self
     }
 
+    /// Sets [`EnvConfig::host_network`] (Docker backend, single node).
+    pub fn with_host_network(mut self, host_network: bool) -> Self {
+        self.host_network = host_network;
+        self
+    }
+
+    /// Sets [`EnvConfig::gomaxprocs`].
+    pub fn with_gomaxprocs(mut self, gomaxprocs: usize) -> Self {
+        self.gomaxprocs = Some(gomaxprocs);
+        self
+    }
+
+    /// Environment variables every server runs with.
+    fn server_env(&self) -> Vec<(String, String)> {
+        self.gomaxprocs
+            .map(|n| ("GOMAXPROCS".to_owned(), n.to_string()))
+            .into_iter()
+            .collect()
+    }
+
     /// Whether TLS or users are configured.
     fn secured(&self) -> bool {
         self.tls.is_some() || !self.users.is_empty()
@@ -280,11 +334,23 @@ impl EnvConfig {
                 "tls and users are supported on single-node environments only".into(),
             ));
         }
+        if self.host_network && self.nodes != 1 {
+            return Err(NatsError::InvalidConfig(
+                "host_network is supported on single-node environments only: cluster nodes \
+                 route to each other over their own docker network"
+                    .into(),
+            ));
+        }
         if self.nodes != 1 && self.nodes != CLUSTER_SIZE {
             return Err(NatsError::InvalidConfig(format!(
                 "unsupported node count {}: expected 1 or {CLUSTER_SIZE}",
                 self.nodes
             )));
+        }
+        if self.gomaxprocs == Some(0) {
+            return Err(NatsError::InvalidConfig(
+                "gomaxprocs must be at least 1".into(),
+            ));
         }
         if self.startup_timeout.is_zero() {
             return Err(NatsError::InvalidConfig(
@@ -427,7 +493,7 @@ impl NatsNode {
     }
 
     /// The container name (also its host name on the environment's
-    /// network), for the Docker backend.
+    /// network, if it has one), for the Docker backend.
     pub fn container_name(&self) -> Option<&str> {
         match &self.runtime {
             NodeRuntime::Docker(d) => Some(&d.container_name),
@@ -445,7 +511,8 @@ impl NatsNode {
     }
 
     /// The binary and arguments the process was started with, for the
-    /// process backend; running them again restarts the node with the same
+    /// process backend; running them again (with `GOMAXPROCS` set as in
+    /// [`EnvConfig::gomaxprocs`], if it is) restarts the node with the same
     /// ports and store.
     pub fn command_line(&self) -> Option<(&Path, &[String])> {
         match &self.runtime {
@@ -505,6 +572,8 @@ pub struct NatsEnv {
     sync_always: bool,
     /// Generated certificates and keys ([`EnvConfig::tls`], [`EnvConfig::users`]).
     security: Option<SecurityFiles>,
+    /// The container runs on the host network ([`EnvConfig::host_network`]).
+    host_network: bool,
 }
 
 impl NatsEnv {
@@ -608,6 +677,8 @@ impl NatsEnv {
             cluster_name.as_deref(),
             server_config::render(config, security_text.as_deref()).as_deref(),
             &files,
+            &config.server_env(),
+            config.host_network,
             config.startup_timeout,
         )
         .await?;
@@ -624,7 +695,7 @@ impl NatsEnv {
             })
             .collect();
         let env = NatsEnv {
-            network: Some(container::network_name(&id)),
+            network: (!config.host_network).then(|| container::network_name(&id)),
             id,
             backend: Backend::Docker,
             nodes,
@@ -633,6 +704,7 @@ impl NatsEnv {
             ready_timeout: config.startup_timeout,
             sync_always: config.sync_always,
             security,
+            host_network: config.host_network,
         };
         env.wait_ready(config.startup_timeout).await?;
         Ok(env)
@@ -666,6 +738,7 @@ impl NatsEnv {
             &specs,
             cluster_name.as_deref(),
             server_config::render(config, security_text.as_deref()).as_deref(),
+            &config.server_env(),
         )?;
         let nodes = specs
             .into_iter()
@@ -684,6 +757,7 @@ impl NatsEnv {
             ready_timeout: config.startup_timeout,
             sync_always: config.sync_always,
             security,
+            host_network: false,
         };
         env.wait_ready(config.startup_timeout).await?;
         Ok(env)
@@ -827,9 +901,16 @@ impl NatsEnv {
         self.nodes.iter().map(NatsNode::monitoring_url).collect()
     }
 
-    /// The Docker network of the environment (Docker backend only).
+    /// The Docker network of the environment (Docker backend only; `None`
+    /// on the host network).
     pub fn network_name(&self) -> Option<&str> {
         self.network.as_deref()
+    }
+
+    /// Whether the container runs on the host's network
+    /// ([`EnvConfig::host_network`]; always `false` on the process backend).
+    pub fn host_network(&self) -> bool {
+        self.host_network
     }
 
     /// The cluster name (clusters only).
@@ -1049,6 +1130,8 @@ mod tests {
             EnvConfig::cluster().with_server_names(["a", "b", "a"]),
             EnvConfig::single().with_server_name("has space"),
             EnvConfig::single().with_startup_timeout(Duration::ZERO),
+            EnvConfig::single().with_gomaxprocs(0),
+            EnvConfig::cluster().with_host_network(true),
         ];
         for config in bad {
             assert!(config.resolved_names().is_err(), "{config:?} accepted");

@@ -24,6 +24,9 @@ pub(crate) struct ProcessNode {
     /// started again with the same ports and store.
     pub(crate) binary: PathBuf,
     pub(crate) args: Vec<String>,
+    /// Environment variables set for the process on top of this one's
+    /// (`GOMAXPROCS`, see [`super::EnvConfig::gomaxprocs`]).
+    pub(crate) env: Vec<(String, String)>,
     pub(crate) store_dir: PathBuf,
     pub(crate) log_path: PathBuf,
 }
@@ -189,7 +192,7 @@ impl ProcessNode {
                 });
             }
         }
-        let child = spawn(&self.binary, &self.args, &self.log_path, true)?;
+        let child = spawn(&self.binary, &self.args, &self.env, &self.log_path, true)?;
         self.pid.store(child.id(), Ordering::Relaxed);
         *guard = Some(child);
         Ok(())
@@ -252,14 +255,15 @@ fn args_for(
 
 /// Spawns one process per node below `workdir`. With `server_config`, that
 /// text is written to [`server_config::FILE_NAME`] in `workdir` and every
-/// node is started with `-c` on it (also when started again). Readiness is
-/// not awaited here.
+/// node is started with `-c` on it (also when started again). `env` is set
+/// for every node's process. Readiness is not awaited here.
 pub(crate) fn start(
     binary: &Path,
     workdir: &Path,
     specs: &[NodeSpec],
     cluster_name: Option<&str>,
     server_config: Option<&str>,
+    env: &[(String, String)],
 ) -> Result<Vec<ProcessNode>, NatsError> {
     let config_file = match server_config {
         Some(text) => {
@@ -290,12 +294,13 @@ pub(crate) fn start(
             cluster_name.map(|c| (c, routes.as_str())),
             config_file.as_deref(),
         );
-        let child = spawn(binary, &args, &log_path, false)?;
+        let child = spawn(binary, &args, env, &log_path, false)?;
         nodes.push(ProcessNode {
             pid: AtomicU32::new(child.id()),
             child: Mutex::new(Some(child)),
             binary: binary.to_path_buf(),
             args,
+            env: env.to_vec(),
             store_dir,
             log_path,
         });
@@ -303,11 +308,12 @@ pub(crate) fn start(
     Ok(nodes)
 }
 
-/// Spawns `binary args` with stdout and stderr going to `log_path`
-/// (truncated, or appended to when `append`).
+/// Spawns `binary args` with `env` added to the environment and stdout and
+/// stderr going to `log_path` (truncated, or appended to when `append`).
 fn spawn(
     binary: &Path,
     args: &[String],
+    env: &[(String, String)],
     log_path: &Path,
     append: bool,
 ) -> Result<Child, NatsError> {
@@ -323,6 +329,7 @@ fn spawn(
         .map_err(|e| NatsError::io("failed to duplicate a log file handle", e))?;
     Command::new(binary)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err))

@@ -1,14 +1,16 @@
-//! Removes the containers and networks of test processes that died without
-//! cleaning up (killed with SIGKILL, say, so no `Drop` ran).
+//! Removes the containers, networks and store volumes of test processes that
+//! died without cleaning up (killed with SIGKILL, say, so no `Drop` ran).
 //!
-//! Every container and network of the Docker backend carries, besides
+//! Every container, network and store volume of the Docker backend carries, besides
 //! [`ENV_LABEL`], the identity of the process that created it:
 //! [`OWNER_PID_LABEL`], [`OWNER_START_LABEL`] (when that process started,
 //! so a reused pid is not mistaken for the owner) and [`OWNER_SCOPE_LABEL`]
 //! (boot id, pid namespace and user). [`reap_leftovers`] lists everything
-//! labelled [`ENV_LABEL`] (one list call for containers, one for networks)
-//! and removes what belongs to a process of this scope that no longer
-//! exists. Objects of another scope (another machine or container sharing
+//! labelled [`ENV_LABEL`] (one list call each for containers, networks and
+//! volumes) and removes what belongs to a process of this scope that no
+//! longer exists. A store volume normally goes with its container (it is
+//! anonymous, and containers are removed with their volumes); the volume
+//! sweep catches one whose container was removed some other way. Objects of another scope (another machine or container sharing
 //! the engine, another user, an earlier boot) and objects without owner
 //! labels are never touched: their owner cannot be checked from here.
 //! [`NatsEnv::start`](super::NatsEnv::start) runs it before starting
@@ -19,7 +21,8 @@ use std::sync::OnceLock;
 
 use futures::future::join_all;
 use testcontainers::bollard::query_parameters::{
-    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptions,
 };
 
 use super::container::{engine, ENV_LABEL};
@@ -188,16 +191,19 @@ pub struct Reaped {
     pub containers: Vec<String>,
     /// Names of the removed networks.
     pub networks: Vec<String>,
+    /// Names of the removed store volumes (left behind by a container
+    /// removed without its volumes).
+    pub volumes: Vec<String>,
 }
 
 impl Reaped {
     /// Whether nothing was removed.
     pub fn is_empty(&self) -> bool {
-        self.containers.is_empty() && self.networks.is_empty()
+        self.containers.is_empty() && self.networks.is_empty() && self.volumes.is_empty()
     }
 }
 
-/// Removes the containers and networks labelled [`ENV_LABEL`] whose owning
+/// Removes the containers, networks and volumes labelled [`ENV_LABEL`] whose owning
 /// process (same boot, pid namespace and user as this one) no longer
 /// exists, and logs each removal. Everything else is left alone. Returns
 /// what was removed; failing to remove one object is logged and skipped.
@@ -288,10 +294,37 @@ pub async fn reap_leftovers() -> Result<Reaped, NatsError> {
             }
         }
     }
+    // Volumes after the containers: listed now, those the removals above
+    // took with them are gone, and what is left has no container.
+    let volumes = docker
+        .list_volumes(Some(
+            ListVolumesOptionsBuilder::new().filters(&filters).build(),
+        ))
+        .await
+        .map_err(api_error("failed to list nats volumes"))?;
+    for volume in volumes.volumes.unwrap_or_default() {
+        let Verdict::Dead(why) = judge(&volume.labels, me, process_start_ticks) else {
+            continue;
+        };
+        match docker.remove_volume(&volume.name, None::<RemoveVolumeOptions>).await {
+            Ok(()) => {
+                tracing::info!(volume = %volume.name, "removed leftover nats volume: {why}");
+                reaped.volumes.push(volume.name);
+            }
+            // 409: still in use, by a container another reaper is removing.
+            Err(e) if another_reaper_got_there(&e) => {
+                tracing::debug!(volume = %volume.name, error = %e, "leftover nats volume already being removed");
+            }
+            Err(e) => {
+                tracing::warn!(volume = %volume.name, error = %e, "failed to remove leftover nats volume");
+            }
+        }
+    }
     if !reaped.is_empty() {
         tracing::info!(
             containers = reaped.containers.len(),
             networks = reaped.networks.len(),
+            volumes = reaped.volumes.len(),
             "removed leftovers of dead nats environments"
         );
     }
