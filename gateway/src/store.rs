@@ -4,7 +4,7 @@
 //! operation already resolved changes nothing.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -271,8 +271,9 @@ type KeyRow = (String, String, String, Option<u16>, Option<String>);
 
 /// The store. Cheap operations under one connection lock.
 pub struct Store {
-    /// One connection; SQLite serializes writers anyway.
-    conn: Mutex<Connection>,
+    /// One connection; SQLite serializes writers anyway. Shared with the checkpointer, which
+    /// holds the lock for a moment to restart the WAL.
+    conn: Arc<Mutex<Connection>>,
     /// This process's id on idempotency keys it claims: a key left in progress by another
     /// (dead) instance may be taken over, one held by this instance may not.
     instance: String,
@@ -285,30 +286,53 @@ pub struct Store {
 /// How often the background checkpointer runs.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// A thread with its own connection that checkpoints the WAL every [`CHECKPOINT_EVERY`].
+/// A thread with its own connection that checkpoints the WAL every [`CHECKPOINT_EVERY`] and
+/// keeps it from growing.
 ///
 /// SQLite's automatic checkpoint runs inside the commit that crosses 1000 WAL pages: under load
-/// that commit, and every request queued on the store's lock behind it, waits for a copy of
-/// megabytes (the latency spikes of a load run). A passive checkpoint on another connection
-/// copies the same pages without blocking writers. Durability is unchanged: a commit is durable
-/// once in the WAL, checkpointed or not. The thread stops when the store is dropped.
+/// that commit, and every request queued on the store's lock behind it, waits for the copy.
+/// Each round here has two steps:
+/// 1. a passive checkpoint on this thread's connection copies the WAL into the database while
+///    the store keeps writing (no lock taken);
+/// 2. with the store's lock held for a moment (no request can write), a restart checkpoint
+///    copies the few frames written during step 1; the next commit then writes the WAL from
+///    its start again.
+///
+/// Without step 2 a passive checkpoint never catches up with a store that never pauses: the
+/// WAL only grows (1.6 GB after 45 s at 1000 req/s) and every page read searches a longer
+/// WAL index, so latency climbed through a load run. Durability is unchanged: a commit is
+/// durable once in the WAL, checkpointed or not. The thread stops when the store is dropped.
 struct Checkpointer {
     /// Dropped with the store: the thread sees the channel close and exits.
     _stop: std::sync::mpsc::Sender<()>,
 }
 
+/// `PRAGMA wal_checkpoint` answers (busy, WAL frames, frames checkpointed).
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+}
+
 impl Checkpointer {
-    fn start(path: &Path) -> Result<Checkpointer, StoreError> {
+    fn start(path: &Path, store: std::sync::Weak<Mutex<Connection>>) -> Result<Checkpointer, StoreError> {
         let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Step 2 runs under the store's lock: never wait there, try again next round.
+        conn.busy_timeout(std::time::Duration::ZERO)?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             // "gateway-wal": load reports count this thread's CPU as the gateway's.
             .name("gateway-wal".into())
             .spawn(move || {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    if let Err(e) = checkpoint(&conn, "PASSIVE") {
                         warn!(error = %e, "wal checkpoint failed");
+                        continue;
+                    }
+                    let Some(store) = store.upgrade() else { break };
+                    let _writer = store.lock().unwrap_or_else(|p| p.into_inner());
+                    match checkpoint(&conn, "RESTART") {
+                        Ok((0, _, _)) => {}
+                        Ok((_, frames, done)) => tracing::debug!(frames, done, "wal restart checkpoint busy, next round"),
+                        Err(e) => warn!(error = %e, "wal restart checkpoint failed"),
                     }
                 }
             })
@@ -595,7 +619,7 @@ impl Store {
         let mut store = Self::init(conn)?;
         // Checkpoints happen on the checkpointer's thread, not in a request's commit.
         store.with(|c| Ok(c.pragma_update(None, "wal_autocheckpoint", 0)?))?;
-        store._checkpointer = Some(Checkpointer::start(path)?);
+        store._checkpointer = Some(Checkpointer::start(path, Arc::downgrade(&store.conn))?);
         Ok(store)
     }
 
@@ -612,7 +636,7 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         // Every statement of this file stays prepared (the default cache holds 16).
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Store { conn: Mutex::new(conn), instance: uuid::Uuid::new_v4().simple().to_string(), defects: Default::default(), _checkpointer: None })
+        Ok(Store { conn: Arc::new(Mutex::new(conn)), instance: uuid::Uuid::new_v4().simple().to_string(), defects: Default::default(), _checkpointer: None })
     }
 
     /// The store with deliberate defects switched on (harness only).
@@ -1038,6 +1062,63 @@ mod tests {
         // Reopened, every payment is there.
         let store = Store::open(&path).unwrap();
         assert_eq!(store.all_payments().unwrap().len(), 200);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The WAL's checkpoint sequence number (header bytes 12..16), which SQLite increments
+    /// each time the WAL is restarted from its start.
+    fn wal_restarts(wal: &Path) -> Option<u32> {
+        let bytes = std::fs::read(wal).ok()?;
+        Some(u32::from_be_bytes(bytes.get(12..16)?.try_into().ok()?))
+    }
+
+    /// Under writes that never pause (two threads, so the store's lock is never free for
+    /// long), the WAL is still restarted from its start (the checkpointer's second step), so
+    /// it stops growing however long the load lasts.
+    #[test]
+    fn the_wal_restarts_under_writes_that_never_pause() {
+        let dir = std::env::temp_dir().join(format!("gateway-store-restart-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.db");
+        let wal = dir.join("gateway.db-wal");
+        let store = Arc::new(Store::open(&path).unwrap());
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let writers: Vec<_> = (0..2)
+            .map(|t| {
+                let (store, done) = (store.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                        store.insert_payment(&payment(&format!("t{t}p{n}"))).unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        // A WAL that only grows is stopped at 512 MiB rather than filling the disk.
+        let wal_size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let mut first = None;
+        let restarted = loop {
+            if let Some(seq) = wal_restarts(&wal) {
+                if seq >= *first.get_or_insert(seq) + 2 {
+                    break true;
+                }
+            }
+            if std::time::Instant::now() >= deadline || wal_size() > 512 << 20 {
+                break false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let written: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+        assert!(restarted, "after {written} commits the WAL was never restarted: it only grows ({} bytes)", wal_size());
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.all_payments().unwrap().len() as u64, written);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
