@@ -67,12 +67,19 @@ pub fn router(processor: Processor) -> Router {
 /// waits for requests in flight to finish.
 ///
 /// The caller binds the listener (so it can bind port 0 and read the address
-/// first) and owns the shutdown signal.
+/// first) and owns the shutdown signal. Connections get `TCP_NODELAY` (axum
+/// leaves Nagle's algorithm on, which can hold an answer up to 40 ms).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     processor: Processor,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(processor))
         .with_graceful_shutdown(shutdown)
         .await
