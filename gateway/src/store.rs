@@ -1033,13 +1033,19 @@ mod tests {
         Payment::new("m", id, 100, "USD", CaptureMethod::Manual, serde_json::json!({}))
     }
 
+    /// An empty directory of this test process's own under the system's temporary directory.
+    fn fresh_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("gateway-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     /// The request path never checkpoints; the checkpointer thread moves the WAL into the
     /// database file by itself.
     #[test]
     fn the_wal_is_checkpointed_off_the_request_path() {
-        let dir = std::env::temp_dir().join(format!("gateway-store-ckpt-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("ckpt");
         let path = dir.join("gateway.db");
         let store = Store::open(&path).unwrap();
         let auto: i64 = store.with(|c| Ok(c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?)).unwrap();
@@ -1078,9 +1084,7 @@ mod tests {
     /// it stops growing however long the load lasts.
     #[test]
     fn the_wal_restarts_under_writes_that_never_pause() {
-        let dir = std::env::temp_dir().join(format!("gateway-store-restart-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("restart");
         let path = dir.join("gateway.db");
         let wal = dir.join("gateway.db-wal");
         let store = Arc::new(Store::open(&path).unwrap());
