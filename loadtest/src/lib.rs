@@ -123,13 +123,14 @@ impl Target {
 /// Timeouts are the scenario runner's (short, ordered so recovery never races a waiting call),
 /// so that whatever a fault leaves open settles within the run.
 /// Each role runs on its own runtime (see [`cost::SutRuntimes`]) so its CPU can be measured.
-async fn start_environment(workers: usize, backend: harness::nats::BackendChoice, dir: &std::path::Path) -> Result<Target, LoadError> {
+async fn start_environment(workers: usize, backend: harness::nats::BackendChoice, gomaxprocs: Option<usize>, dir: &std::path::Path) -> Result<Target, LoadError> {
     let runtimes = cost::SutRuntimes::new().map_err(LoadError::Runtime)?;
     let mut bridge = BridgeConfig { ack_timeout_ms: timing::ACK_MS, request_timeout_ms: timing::REQUEST_MS, query_timeout_ms: timing::QUERY_MS, ..Default::default() };
     bridge.circuit_breaker.open_ms = timing::BREAKER_OPEN_MS;
     let worker = WorkerConfig { max_request_age_ms: timing::MAX_REQUEST_AGE_MS, ..Default::default() };
     // A Docker node runs on the host network (no userland port proxy); the process backend ignores it.
-    let nats = EnvConfig::single().with_backend(backend).with_host_network(true);
+    let mut nats = EnvConfig::single().with_backend(backend).with_host_network(true);
+    nats.gomaxprocs = gomaxprocs;
     let env = Environment::start(EnvironmentConfig { nats, bridge, worker, workers, placement: runtimes.placement(), ..Default::default() }).await?;
     let gateway = env
         .start_gateway(GatewayConfig {
@@ -144,7 +145,8 @@ async fn start_environment(workers: usize, backend: harness::nats::BackendChoice
         })
         .await?;
     let network = if env.nats().host_network() { " (host network)" } else { "" };
-    let description = format!("environment started here: NATS {}{network} x{}, {workers} in-process worker(s), processor latency 0", env.nats().backend(), env.nats().node_count());
+    let procs = gomaxprocs.map_or_else(|| "auto".to_string(), |n| n.to_string());
+    let description = format!("environment started here: NATS {}{network} x{} (GOMAXPROCS {procs}), {workers} in-process worker(s), processor latency 0", env.nats().backend(), env.nats().node_count());
     Ok(Target::Own { env: Arc::new(Mutex::new(env)), gateway, description, runtimes })
 }
 
@@ -183,7 +185,7 @@ pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError>
 
     let target = match &opts.url {
         Some(url) => Target::External { url: url.clone() },
-        None => start_environment(opts.workers as usize, opts.nats_backend, &dir).await?,
+        None => start_environment(opts.workers as usize, opts.nats_backend, opts.nats_gomaxprocs.0, &dir).await?,
     };
     let (api_key, target_text) = match &target {
         Target::Own { description, .. } => (API_KEY.0.to_string(), description.clone()),
