@@ -412,6 +412,9 @@ macro_rules! operation_columns {
     };
 }
 
+/// The operations of a payment, oldest first ([`Store::operations_of`]).
+const OPERATIONS_OF: &str = concat!("SELECT ", operation_columns!(), " FROM operations WHERE merchant_id = ?1 AND payment_id = ?2 ORDER BY created_ms, rowid");
+
 fn operation_row(r: &Row<'_>) -> rusqlite::Result<OperationRecord> {
     let status: String = r.get(6)?;
     Ok(OperationRecord {
@@ -633,6 +636,10 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Plans never depend on bound values. Without this, SQLite marks a parameter compared
+        // with `=` outside the chosen index as plan-relevant and prepares the statement again
+        // whenever it is bound to a new value: every payment read re-parsed its SELECT.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         conn.execute_batch(SCHEMA)?;
         // Every statement of this file stays prepared (the default cache holds 16).
         conn.set_prepared_statement_cache_capacity(64);
@@ -816,7 +823,7 @@ impl Store {
     /// The operations of a payment, oldest first.
     pub fn operations_of(&self, merchant_id: &str, payment_id: &str) -> Result<Vec<OperationRecord>, StoreError> {
         self.with(|c| {
-            Ok(all(c, concat!("SELECT ", operation_columns!(), " FROM operations WHERE merchant_id = ?1 AND payment_id = ?2 ORDER BY created_ms, rowid"), params![merchant_id, payment_id], operation_row)?)
+            Ok(all(c, OPERATIONS_OF, params![merchant_id, payment_id], operation_row)?)
         })
     }
 
@@ -1128,6 +1135,20 @@ mod tests {
         assert_eq!(store.all_payments().unwrap().len() as u64, written);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A cached statement stays prepared when it is bound to new values: reading the
+    /// operations of one payment after another re-parses nothing.
+    #[test]
+    fn reads_are_not_prepared_again_for_new_values() {
+        let (store, _) = authorizing(CaptureMethod::Manual);
+        for i in 0..5 {
+            store.insert_payment(&payment(&format!("p{i}"))).unwrap();
+            assert!(store.operations_of("m", &format!("p{i}")).unwrap().is_empty());
+        }
+        assert_eq!(store.operations_of("m", "p").unwrap().len(), 1);
+        let reprepared = store.with(|c| Ok(c.prepare_cached(OPERATIONS_OF)?.get_status(rusqlite::StatementStatus::RePrepare))).unwrap();
+        assert_eq!(reprepared, 0, "the statement was prepared again {reprepared} times");
     }
 
     /// A store with one confirmed payment of 1000 whose authorization is in flight; returns
