@@ -119,7 +119,14 @@ impl ProcessorClient {
         }
         Ok(Self {
             base,
-            http: reqwest::Client::new(),
+            // The processor is named by its URL: no proxy from the environment (HTTP_PROXY
+            // would otherwise route even a loopback processor through it) and no redirects,
+            // which also spares every call reqwest's proxy and redirect bookkeeping.
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| invalid(&format!("cannot build the http client: {e}")))?,
             timeout: DEFAULT_TIMEOUT,
         })
     }

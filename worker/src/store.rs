@@ -68,11 +68,22 @@ pub struct ResultStore {
 /// What identifies "the same request" for a key: operation, merchant, payment, instance and
 /// router data (serde_json sorts object keys, so the JSON text is canonical).
 pub fn fingerprint(env: &RequestEnvelope) -> String {
-    let text = serde_json::json!([env.operation, env.merchant_id, env.payment_id, env.attempt_id, env.router_data]).to_string();
-    let h = text
-        .bytes()
-        .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
-    format!("{h:016x}")
+    // FNV-1a over the JSON text of the array, hashed as it is written: no copy of the router
+    // data and no text in memory (this runs for every operation).
+    struct Fnv(u64);
+    impl std::io::Write for Fnv {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = buf.iter().fold(self.0, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3));
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Fnv(0xcbf29ce484222325);
+    // Writing to memory cannot fail, and every part is plain JSON.
+    let _ = serde_json::to_writer(&mut h, &(&env.operation, &env.merchant_id, &env.payment_id, &env.attempt_id, &env.router_data));
+    format!("{:016x}", h.0)
 }
 
 /// Bucket keys allow few characters; hex keeps every idempotency key exact and valid.
@@ -163,6 +174,24 @@ impl ResultStore {
 
 #[cfg(test)]
 mod tests {
+    /// The fingerprint is FNV-1a of `[operation, merchant, payment, attempt, router_data]` as
+    /// compact JSON with sorted keys: records written by earlier workers keep matching.
+    #[test]
+    fn fingerprints_hash_the_canonical_json_array() {
+        let op = nats_bridge::catalogue::ops::capture();
+        let env = nats_bridge::OperationRequest::new(op, "m1", "pay_1", "cap_1")
+            .router_data(serde_json::json!({ "currency": "EUR", "amount": 700, "note": "caf\u{e9} \"x\"" }))
+            .envelope()
+            .clone();
+        let text = serde_json::json!([env.operation, env.merchant_id, env.payment_id, env.attempt_id, env.router_data]).to_string();
+        assert!(text.starts_with(r#"["payments.capture","m1","pay_1","cap_1",{"amount":700"#), "{text}");
+        let want = text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+        assert_eq!(super::fingerprint(&env), format!("{want:016x}"));
+        let mut other = env.clone();
+        other.router_data["amount"] = serde_json::json!(701);
+        assert_ne!(super::fingerprint(&other), super::fingerprint(&env));
+    }
+
     #[test]
     fn keys_are_lower_case_hex_of_every_byte() {
         assert_eq!(super::key("m:p_1"), "6d3a705f31");
