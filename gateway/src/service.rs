@@ -290,6 +290,10 @@ impl Gateway {
                 .into_iter()
                 .filter(|o| !o.status.is_final())
                 .collect();
+            if open.is_empty() {
+                // Nothing to resolve: the payment just read is current.
+                return Ok(p);
+            }
             for op in open {
                 self.reconcile(&op, false).await;
             }
