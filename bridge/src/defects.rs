@@ -1,5 +1,5 @@
 //! Deliberate defects, so the harness can prove it catches each class of bug this bridge was
-//! built to avoid (DESIGN section 8). They can be set only from code, never from a config file
+//! built to avoid (docs/architecture.md section 8). They can be set only from code, never from a config file
 //! or the environment, and are all off by default. Never turn one on outside the harness.
 
 /// The bridge's defect switches.

@@ -124,7 +124,7 @@ pub enum Action {
         #[arg(long, default_value = "reports")]
         dir: PathBuf,
     },
-    /// Measures the bridge against DESIGN.md section 7: authorize round trip beside raw
+    /// Measures the bridge against docs/architecture.md section 7: authorize round trip beside raw
     /// async-nats (same run), maximum sustainable authorize rate (open-model steps), memory with
     /// many calls in flight, NATS connections per bridge; exits non-zero when a target fails.
     Bench {

@@ -68,7 +68,7 @@ pub struct Options {
     #[arg(long, default_value = "reports")]
     pub report_dir: PathBuf,
 
-    /// Our p99 target per operation, ms (DESIGN 7: 20). The seeds' targets are checked too.
+    /// Our p99 target per operation, ms (docs/architecture.md section 7: 20). The seeds' targets are checked too.
     #[arg(long, default_value_t = 20.0, value_parser = parse_positive_ms)]
     pub p99_target_ms: f64,
 
@@ -78,7 +78,7 @@ pub struct Options {
     #[arg(long, value_parser = parse_positive_ms)]
     pub disruption_p99_ms: Option<f64>,
 
-    /// Errors allowed over the whole run (DESIGN 7: zero).
+    /// Errors allowed over the whole run (docs/architecture.md section 7: zero).
     #[arg(long, default_value_t = 0)]
     pub max_errors: u64,
 

@@ -68,7 +68,7 @@ impl Operation {
         }
     }
 
-    /// The seeds' p99 target (DESIGN section 7), in ms: authorize < 2 s, capture < 1 s,
+    /// The seeds' p99 target (docs/architecture.md section 7), in ms: authorize < 2 s, capture < 1 s,
     /// sync < 500 ms, refund < 3 s. A refund sync is a sync. The seeds name none for a void.
     pub fn seed_target_ms(self) -> Option<f64> {
         match self {

@@ -88,7 +88,7 @@ async fn a_short_run_is_valid_and_reported() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The measurement of DESIGN section 7: 1000 req/s for 60 s, gates on. Release build only:
+/// The measurement of docs/architecture.md section 7: 1000 req/s for 60 s, gates on. Release build only:
 /// `cargo test --release -p loadtest -- --ignored`.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a minute of full load; run with --release -- --ignored"]

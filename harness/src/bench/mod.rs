@@ -2,7 +2,7 @@
 //! publish + inbox reply, measured in the same run against the same responder; the bridge's
 //! maximum sustainable authorize rate; its memory with many calls in flight; and its NATS
 //! connection count. Every number goes to `reports/bench-<time>/summary.{md,json}` with the
-//! targets of DESIGN.md section 7 and a PASS/FAIL per target.
+//! targets of docs/architecture.md section 7 and a PASS/FAIL per target.
 //!
 //! Phases, in order, on one environment (NATS, processor, streams):
 //! 1. Raw and bridge round trips alternate in blocks, both answered by one minimal echo
@@ -97,7 +97,7 @@ impl Default for BenchConfig {
     }
 }
 
-/// One target of DESIGN.md section 7 and whether this run met it.
+/// One target of docs/architecture.md section 7 and whether this run met it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TargetCheck {
     /// What is measured.
@@ -377,7 +377,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, CliError> {
     Ok(report)
 }
 
-/// The targets of DESIGN.md section 7 that this benchmark measures, with PASS/FAIL.
+/// The targets of docs/architecture.md section 7 that this benchmark measures, with PASS/FAIL.
 pub fn targets(r: &BenchReport) -> Vec<TargetCheck> {
     let mut t = Vec::new();
     for (name, ratio) in [("p50", r.ratio_p50), ("p99", r.ratio_p99)] {

@@ -1,4 +1,4 @@
-//! The invariants (DESIGN section 5) as pure functions over what a run observed: the history,
+//! The invariants (docs/architecture.md section 5) as pure functions over what a run observed: the history,
 //! the processor's ledger, the gateway's store and the streams' audit trail. They run after the
 //! faults stop and the system has settled.
 
