@@ -75,8 +75,7 @@ impl Default for Profile {
 }
 
 fn fnv(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    crate::store::fnv1a(crate::store::FNV_OFFSET, s.as_bytes())
 }
 
 impl Profile {

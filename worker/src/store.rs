@@ -65,6 +65,14 @@ pub struct ResultStore {
     kv: kv::Store,
 }
 
+/// The FNV-1a 64-bit offset basis: the hash of no bytes.
+pub(crate) const FNV_OFFSET: u64 = 0xcbf29ce484222325;
+
+/// FNV-1a 64: `h` (the hash so far) extended by `bytes`.
+pub(crate) fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}
+
 /// What identifies "the same request" for a key: operation, merchant, payment, instance and
 /// router data (serde_json sorts object keys, so the JSON text is canonical).
 pub fn fingerprint(env: &RequestEnvelope) -> String {
@@ -73,14 +81,14 @@ pub fn fingerprint(env: &RequestEnvelope) -> String {
     struct Fnv(u64);
     impl std::io::Write for Fnv {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 = buf.iter().fold(self.0, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3));
+            self.0 = fnv1a(self.0, buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
-    let mut h = Fnv(0xcbf29ce484222325);
+    let mut h = Fnv(FNV_OFFSET);
     // Writing to memory cannot fail, and every part is plain JSON.
     let _ = serde_json::to_writer(&mut h, &(&env.operation, &env.merchant_id, &env.payment_id, &env.attempt_id, &env.router_data));
     format!("{:016x}", h.0)
