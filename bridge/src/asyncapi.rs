@@ -438,11 +438,8 @@ pub fn document(config: &BridgeConfig) -> Value {
         }),
     );
 
-    let host = config
-        .server_urls()
-        .first()
-        .map(|u| u.split("://").last().unwrap_or(u).to_string())
-        .unwrap_or_else(|| "127.0.0.1:4222".into());
+    let host =
+        config.server_urls().first().map(|u| u.split("://").last().unwrap_or(u).to_string()).unwrap_or_else(|| "127.0.0.1:4222".into());
     json!({
         "asyncapi": ASYNCAPI_VERSION,
         "info": {

@@ -226,9 +226,7 @@ impl Breakers {
     pub(crate) fn new(config: &CircuitBreakerConfig) -> Self {
         Breakers {
             enabled: config.enabled,
-            by_operation: catalogue::all()
-                .map(|op| (op.name, Mutex::new(CircuitBreaker::new(config))))
-                .collect(),
+            by_operation: catalogue::all().map(|op| (op.name, Mutex::new(CircuitBreaker::new(config)))).collect(),
         }
     }
 
@@ -251,9 +249,7 @@ impl Breakers {
 
     /// The state of `op`'s breaker now (`Closed` when breakers are disabled).
     pub(crate) fn state(&self, op: Operation) -> BreakerState {
-        self.cell(op)
-            .map(|c| c.lock().expect("breaker lock").state(Instant::now()))
-            .unwrap_or(BreakerState::Closed)
+        self.cell(op).map(|c| c.lock().expect("breaker lock").state(Instant::now())).unwrap_or(BreakerState::Closed)
     }
 
     fn cell(&self, op: Operation) -> Option<&Mutex<CircuitBreaker>> {

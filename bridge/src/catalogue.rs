@@ -161,12 +161,33 @@ pub static CATALOGUE: [OperationSpec; 35] = [
     op!("payments.void", Payments, "void", "PaymentVoid", Durable, "cancels an authorization"),
     op!("payments.sync", Payments, "sync", "PaymentSync", Query, "reads the payment's status at the processor"),
     op!("payments.session", Payments, "session", "PaymentSession", Query, "creates payment session tokens"),
-    op!("payments.complete_authorize", Payments, "complete_authorize", "PaymentCompleteAuthorize", Durable, "completes a 3DS / 2FA authorization"),
+    op!(
+        "payments.complete_authorize",
+        Payments,
+        "complete_authorize",
+        "PaymentCompleteAuthorize",
+        Durable,
+        "completes a 3DS / 2FA authorization"
+    ),
     op!("payments.approve", Payments, "approve", "PaymentApprove", Durable, "approves a payment held for manual review"),
     op!("payments.reject", Payments, "reject", "PaymentReject", Durable, "rejects a payment held for manual review"),
     op!("payments.post_session_tokens", Payments, "post_session_tokens", "PaymentPostSessionTokens", Query, "updates session tokens"),
-    op!("payments.incremental_auth", Payments, "incremental_auth", "PaymentIncrementalAuthorization", Durable, "increases the authorized amount"),
-    op!("payments.update_metadata", Payments, "update_metadata", "PaymentUpdateMetadata", Durable, "updates the payment's metadata at the processor"),
+    op!(
+        "payments.incremental_auth",
+        Payments,
+        "incremental_auth",
+        "PaymentIncrementalAuthorization",
+        Durable,
+        "increases the authorized amount"
+    ),
+    op!(
+        "payments.update_metadata",
+        Payments,
+        "update_metadata",
+        "PaymentUpdateMetadata",
+        Durable,
+        "updates the payment's metadata at the processor"
+    ),
     op!("refunds.execute", Refunds, "execute", "RefundExecute", Durable, "refunds captured funds, fully or partially"),
     op!("refunds.sync", Refunds, "sync", "RefundSync", Query, "reads a refund's status"),
     op!("refunds.update", Refunds, "update", "RefundUpdate", Durable, "updates a refund's details"),
@@ -218,9 +239,7 @@ pub fn family(family: Family) -> impl Iterator<Item = Operation> {
 
 /// The families that own a stream (those with at least one durable operation).
 pub fn durable_families() -> impl Iterator<Item = Family> {
-    Family::ALL
-        .into_iter()
-        .filter(|f| family(*f).any(|op| op.pattern == Pattern::Durable))
+    Family::ALL.into_iter().filter(|f| family(*f).any(|op| op.pattern == Pattern::Durable))
 }
 
 /// Shorthands for the rows the gateway and tests use most.

@@ -125,21 +125,10 @@ impl Bridge {
             metrics.late_replies_dropped.clone(),
             metrics.late_replies_rejected.clone(),
         );
-        let inbox = ReplyInbox::start(&client, stats.clone(), late)
-            .await
-            .map_err(ConnectError::Inbox)?;
+        let inbox = ReplyInbox::start(&client, stats.clone(), late).await.map_err(ConnectError::Inbox)?;
         let js = jetstream::new(client.clone());
         Ok(Bridge {
-            inner: Arc::new(Inner {
-                client,
-                js,
-                config,
-                inbox,
-                stats,
-                breakers,
-                metrics,
-                late_replies: Mutex::new(Some(late_rx)),
-            }),
+            inner: Arc::new(Inner { client, js, config, inbox, stats, breakers, metrics, late_replies: Mutex::new(Some(late_rx)) }),
         })
     }
 
@@ -202,12 +191,7 @@ impl Bridge {
     pub fn subject(&self, request: &OperationRequest) -> Result<String, CallError> {
         let env = request.envelope();
         let template = self.inner.config.subject_template(request.operation());
-        subjects::render(
-            &template,
-            &env.merchant_id,
-            env.connector.as_deref().unwrap_or("default"),
-        )
-        .map_err(CallError::InvalidRequest)
+        subjects::render(&template, &env.merchant_id, env.connector.as_deref().unwrap_or("default")).map_err(CallError::InvalidRequest)
     }
 
     /// The headers of a request (`reply_to` only for durable calls).
@@ -280,9 +264,7 @@ impl Bridge {
     }
 
     fn payload(request: &OperationRequest) -> Result<Bytes, CallError> {
-        serde_json::to_vec(request.envelope())
-            .map(Bytes::from)
-            .map_err(|e| CallError::InvalidRequest(e.to_string()))
+        serde_json::to_vec(request.envelope()).map(Bytes::from).map_err(|e| CallError::InvalidRequest(e.to_string()))
     }
 
     /// JetStream publish (short ack timeout, retried with the same id), then the reply inbox.
@@ -294,9 +276,7 @@ impl Bridge {
         let mut waiter = self.inner.inbox.register(request.message_id());
         let headers = self.headers(request, Some(&reply_subject));
         let payload = Self::payload(request)?;
-        let ack = self
-            .publish(op, &subject, headers, payload, timeouts.ack.unwrap_or(timeouts.reply), request.message_id())
-            .await?;
+        let ack = self.publish(op, &subject, headers, payload, timeouts.ack.unwrap_or(timeouts.reply), request.message_id()).await?;
         let deadline = Instant::now() + timeouts.reply;
         // A duplicate was stored earlier: its reply may have gone to a caller that gave up,
         // so ask the workers for the stored result instead of waiting for a reply that may
@@ -350,11 +330,7 @@ impl Bridge {
             }
         }
         self.inner.stats.reply_timeouts.fetch_add(1, Ordering::Relaxed);
-        Err(CallError::ReplyTimeout {
-            message_id: request.message_id().to_string(),
-            timeout: timeouts.reply,
-            in_progress,
-        })
+        Err(CallError::ReplyTimeout { message_id: request.message_id().to_string(), timeout: timeouts.reply, in_progress })
     }
 
     async fn publish(
@@ -378,16 +354,10 @@ impl Bridge {
                 // stream leader election, which answer "no stream" meanwhile.
                 tokio::time::sleep(Duration::from_millis(250 << (attempt - 1).min(4))).await;
             }
-            let sent = self
-                .inner
-                .js
-                .publish_with_headers(subject.to_string(), headers.clone(), payload.clone())
-                .await;
+            let sent = self.inner.js.publish_with_headers(subject.to_string(), headers.clone(), payload.clone()).await;
             let ack_future = match sent {
                 Ok(f) => f,
-                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                    return Err(CallError::InvalidRequest(e.to_string()))
-                }
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => return Err(CallError::InvalidRequest(e.to_string())),
                 Err(e) => {
                     metrics.publish_errors.inc();
                     nothing_stored = false;
@@ -422,11 +392,7 @@ impl Bridge {
         if nothing_stored {
             return Err(CallError::NoStream { subject: subject.to_string() });
         }
-        Err(CallError::PublishUnacknowledged {
-            message_id: message_id.to_string(),
-            attempts,
-            reason,
-        })
+        Err(CallError::PublishUnacknowledged { message_id: message_id.to_string(), attempts, reason })
     }
 
     /// Decodes and checks a reply; `Err(why)` for one that is oversized, undecodable or not
@@ -476,18 +442,13 @@ impl Bridge {
     async fn query(&self, request: &OperationRequest, subject: String) -> Result<ResponseEnvelope, CallError> {
         self.inner.stats.queries.fetch_add(1, Ordering::Relaxed);
         let timeout = self.inner.config.timeouts(request.operation()).reply;
-        let req = async_nats::Request::new()
-            .headers(self.headers(request, None))
-            .payload(Self::payload(request)?)
-            .timeout(Some(timeout));
+        let req = async_nats::Request::new().headers(self.headers(request, None)).payload(Self::payload(request)?).timeout(Some(timeout));
         match self.inner.client.send_request(subject.clone(), req).await {
             Ok(msg) => self.accept(request, &msg.payload).map_err(CallError::InvalidReply),
             Err(e) => Err(match e.kind() {
                 RequestErrorKind::NoResponders => CallError::NoResponders { subject },
                 RequestErrorKind::TimedOut => CallError::QueryTimeout { subject, timeout },
-                RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
-                    CallError::InvalidRequest(e.to_string())
-                }
+                RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => CallError::InvalidRequest(e.to_string()),
                 RequestErrorKind::Other => CallError::Transport(e.to_string()),
             }),
         }

@@ -195,16 +195,10 @@ pub fn validate_security(table: &str, tls: &TlsConfig, auth: &AuthConfig) -> Res
             return invalid(format!("{table}.tls.{key} is empty"));
         }
     }
-    let methods = [
-        auth.user.is_some() || auth.password.is_some(),
-        auth.token.is_some(),
-        auth.nkey_seed_file.is_some(),
-        auth.creds_file.is_some(),
-    ];
+    let methods =
+        [auth.user.is_some() || auth.password.is_some(), auth.token.is_some(), auth.nkey_seed_file.is_some(), auth.creds_file.is_some()];
     if methods.iter().filter(|m| **m).count() > 1 {
-        return invalid(format!(
-            "{table}.auth: set only one of user + password, token, nkey_seed_file, creds_file"
-        ));
+        return invalid(format!("{table}.auth: set only one of user + password, token, nkey_seed_file, creds_file"));
     }
     match (&auth.user, &auth.password) {
         (Some(u), _) if u.is_empty() => return invalid(format!("{table}.auth.user is empty")),
@@ -309,10 +303,9 @@ pub fn explain_connect_error(err: &async_nats::ConnectError, tls: &TlsConfig, au
     let lower = text.to_lowercase();
     let tls_hint = if tls.ca_file.is_none() { " (is tls.ca_file set to the server's CA?)" } else { "" };
     match err.kind() {
-        K::AuthorizationViolation => format!(
-            "authorization violation: the server refused the credentials ({})",
-            auth.method().unwrap_or("none configured")
-        ),
+        K::AuthorizationViolation => {
+            format!("authorization violation: the server refused the credentials ({})", auth.method().unwrap_or("none configured"))
+        }
         K::Authentication => format!("authentication failed: cannot sign the server's nonce ({text})"),
         K::TimedOut => format!(
             "timed out after {}ms (server unreachable, or a tls/plain-text mismatch between client and server)",
@@ -325,10 +318,9 @@ pub fn explain_connect_error(err: &async_nats::ConnectError, tls: &TlsConfig, au
         _ if ["certificate", "tls", "handshake", "alert", "corrupt message"].iter().any(|w| lower.contains(w)) => {
             format!("tls handshake failed: {lower}{tls_hint}")
         }
-        _ if lower.contains("authorization") => format!(
-            "authorization violation: the server refused the credentials ({})",
-            auth.method().unwrap_or("none configured")
-        ),
+        _ if lower.contains("authorization") => {
+            format!("authorization violation: the server refused the credentials ({})", auth.method().unwrap_or("none configured"))
+        }
         _ => lower,
     }
 }
@@ -356,10 +348,7 @@ pub struct SubjectConfig {
 
 impl Default for SubjectConfig {
     fn default() -> Self {
-        SubjectConfig {
-            prefix: "hyperswitch".into(),
-            scheme: SubjectScheme::Shared,
-        }
+        SubjectConfig { prefix: "hyperswitch".into(), scheme: SubjectScheme::Shared }
     }
 }
 
@@ -433,12 +422,7 @@ pub struct CircuitBreakerConfig {
 
 impl Default for CircuitBreakerConfig {
     fn default() -> Self {
-        CircuitBreakerConfig {
-            enabled: true,
-            failure_threshold: 5,
-            open_ms: 30_000,
-            half_open_probes: 1,
-        }
+        CircuitBreakerConfig { enabled: true, failure_threshold: 5, open_ms: 30_000, half_open_probes: 1 }
     }
 }
 
@@ -582,10 +566,8 @@ impl BridgeConfig {
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut config = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
                 Self::from_toml(&text)?
             }
             None => Self::default(),
@@ -596,10 +578,7 @@ impl BridgeConfig {
     }
 
     /// Applies `NATS_BRIDGE_*` overrides from the given variables; others are ignored.
-    pub fn apply_env(
-        &mut self,
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<(), ConfigError> {
+    pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
         fn num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
             value.parse().map_err(|_| ConfigError::Env {
                 name: name.into(),
@@ -624,13 +603,7 @@ impl BridgeConfig {
                     self.circuit_breaker.enabled = match value.as_str() {
                         "true" | "1" => true,
                         "false" | "0" => false,
-                        _ => {
-                            return Err(ConfigError::Env {
-                                name,
-                                value,
-                                reason: "expected true or false".into(),
-                            })
-                        }
+                        _ => return Err(ConfigError::Env { name, value, reason: "expected true or false".into() }),
                     }
                 }
                 "CIRCUIT_BREAKER_FAILURE_THRESHOLD" => self.circuit_breaker.failure_threshold = num(&name, &value)?,
@@ -641,13 +614,7 @@ impl BridgeConfig {
                     self.subjects.scheme = match value.as_str() {
                         "shared" => SubjectScheme::Shared,
                         "per_merchant" => SubjectScheme::PerMerchant,
-                        _ => {
-                            return Err(ConfigError::Env {
-                                name,
-                                value,
-                                reason: "expected shared or per_merchant".into(),
-                            })
-                        }
+                        _ => return Err(ConfigError::Env { name, value, reason: "expected shared or per_merchant".into() }),
                     }
                 }
                 "STREAM_PREFIX" => self.jetstream.stream_prefix = value,
@@ -657,19 +624,11 @@ impl BridgeConfig {
                 _ if key.starts_with("TLS_") || key.starts_with("AUTH_") => {
                     match apply_security_env(key, &value, &mut self.tls, &mut self.auth) {
                         Ok(true) => {}
-                        Ok(false) => {
-                            return Err(ConfigError::Env { name, value, reason: "unknown NATS_BRIDGE_ variable".into() })
-                        }
+                        Ok(false) => return Err(ConfigError::Env { name, value, reason: "unknown NATS_BRIDGE_ variable".into() }),
                         Err(reason) => return Err(ConfigError::Env { name, value, reason }),
                     }
                 }
-                _ => {
-                    return Err(ConfigError::Env {
-                        name,
-                        value,
-                        reason: "unknown NATS_BRIDGE_ variable".into(),
-                    })
-                }
+                _ => return Err(ConfigError::Env { name, value, reason: "unknown NATS_BRIDGE_ variable".into() }),
             }
         }
         Ok(())
@@ -699,10 +658,7 @@ impl BridgeConfig {
             ));
         }
         if !(1..=MAX_LATE_REPLY_BUFFER).contains(&self.late_reply_buffer) {
-            return invalid(format!(
-                "late_reply_buffer must be 1..={MAX_LATE_REPLY_BUFFER}, got {}",
-                self.late_reply_buffer
-            ));
+            return invalid(format!("late_reply_buffer must be 1..={MAX_LATE_REPLY_BUFFER}, got {}", self.late_reply_buffer));
         }
         if !(1024..=MAX_REPLY_BYTES).contains(&self.max_reply_bytes) {
             return invalid(format!("max_reply_bytes must be 1024..={MAX_REPLY_BYTES}, got {}", self.max_reply_bytes));
@@ -814,15 +770,11 @@ impl BridgeConfig {
             Pattern::Durable => {
                 let ack = o.and_then(|o| o.ack_timeout_ms).unwrap_or(self.ack_timeout_ms);
                 let total = o.and_then(|o| o.timeout_ms).unwrap_or(self.request_timeout_ms);
-                Timeouts {
-                    ack: Some(Duration::from_millis(ack)),
-                    reply: Duration::from_millis(total.saturating_sub(ack)),
-                }
+                Timeouts { ack: Some(Duration::from_millis(ack)), reply: Duration::from_millis(total.saturating_sub(ack)) }
             }
-            Pattern::Query => Timeouts {
-                ack: None,
-                reply: Duration::from_millis(o.and_then(|o| o.timeout_ms).unwrap_or(self.query_timeout_ms)),
-            },
+            Pattern::Query => {
+                Timeouts { ack: None, reply: Duration::from_millis(o.and_then(|o| o.timeout_ms).unwrap_or(self.query_timeout_ms)) }
+            }
         }
     }
 
@@ -917,20 +869,14 @@ mod tests {
     #[test]
     fn circuit_breaker_and_late_reply_keys() {
         let c = BridgeConfig::default();
-        assert_eq!(
-            c.circuit_breaker,
-            CircuitBreakerConfig { enabled: true, failure_threshold: 5, open_ms: 30_000, half_open_probes: 1 }
-        );
+        assert_eq!(c.circuit_breaker, CircuitBreakerConfig { enabled: true, failure_threshold: 5, open_ms: 30_000, half_open_probes: 1 });
         assert_eq!(c.late_reply_buffer, 1024);
         let c = BridgeConfig::from_toml(
             "[nats_bridge]\nlate_reply_buffer = 16\n[nats_bridge.circuit_breaker]\nfailure_threshold = 3\nopen_ms = 250\nhalf_open_probes = 2\n",
         )
         .unwrap();
         assert_eq!(c.late_reply_buffer, 16);
-        assert_eq!(
-            c.circuit_breaker,
-            CircuitBreakerConfig { enabled: true, failure_threshold: 3, open_ms: 250, half_open_probes: 2 }
-        );
+        assert_eq!(c.circuit_breaker, CircuitBreakerConfig { enabled: true, failure_threshold: 3, open_ms: 250, half_open_probes: 2 });
         let err = BridgeConfig::from_toml("[nats_bridge.circuit_breaker]\nthreshold = 3\n").unwrap_err();
         assert!(err.to_string().contains("threshold"), "{err}");
         let err = BridgeConfig::from_toml("[nats_bridge.circuit_breaker]\nopen_ms = -1\n").unwrap_err();
@@ -945,14 +891,9 @@ mod tests {
             ("NATS_BRIDGE_LATE_REPLY_BUFFER".to_string(), "8".to_string()),
         ])
         .unwrap();
-        assert_eq!(
-            c.circuit_breaker,
-            CircuitBreakerConfig { enabled: false, failure_threshold: 7, open_ms: 1000, half_open_probes: 3 }
-        );
+        assert_eq!(c.circuit_breaker, CircuitBreakerConfig { enabled: false, failure_threshold: 7, open_ms: 1000, half_open_probes: 3 });
         assert_eq!(c.late_reply_buffer, 8);
-        let err = c
-            .apply_env([("NATS_BRIDGE_CIRCUIT_BREAKER_ENABLED".to_string(), "maybe".to_string())])
-            .unwrap_err();
+        let err = c.apply_env([("NATS_BRIDGE_CIRCUIT_BREAKER_ENABLED".to_string(), "maybe".to_string())]).unwrap_err();
         assert!(err.to_string().contains("expected true or false"), "{err}");
     }
 
@@ -1045,37 +986,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hs-sec-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let tls = TlsConfig { ca_file: Some(dir.join("nope.pem")), ..Default::default() };
-        let err = apply_security("nats_bridge", async_nats::ConnectOptions::new(), &tls, &AuthConfig::default())
-            .await
-            .err()
-            .unwrap()
-            .to_string();
+        let err =
+            apply_security("nats_bridge", async_nats::ConnectOptions::new(), &tls, &AuthConfig::default()).await.err().unwrap().to_string();
         assert!(err.contains("nats_bridge.tls.ca_file") && err.contains("nope.pem") && err.contains("cannot read"), "{err}");
 
         std::fs::write(dir.join("ca.pem"), "hello").unwrap();
         let tls = TlsConfig { ca_file: Some(dir.join("ca.pem")), ..Default::default() };
-        let err = apply_security("worker", async_nats::ConnectOptions::new(), &tls, &AuthConfig::default())
-            .await
-            .err()
-            .unwrap()
-            .to_string();
+        let err =
+            apply_security("worker", async_nats::ConnectOptions::new(), &tls, &AuthConfig::default()).await.err().unwrap().to_string();
         assert!(err.contains("worker.tls.ca_file") && err.contains("not a pem file with a certificate"), "{err}");
 
         std::fs::write(dir.join("seed.nk"), "not a seed\n").unwrap();
         let auth = AuthConfig { nkey_seed_file: Some(dir.join("seed.nk")), ..Default::default() };
-        let err = apply_security("nats_bridge", async_nats::ConnectOptions::new(), &TlsConfig::default(), &auth)
-            .await
-            .err()
-            .unwrap()
-            .to_string();
+        let err =
+            apply_security("nats_bridge", async_nats::ConnectOptions::new(), &TlsConfig::default(), &auth).await.err().unwrap().to_string();
         assert!(err.contains("nats_bridge.auth.nkey_seed_file") && err.contains("no nkey user seed"), "{err}");
 
         let auth = AuthConfig { creds_file: Some(dir.join("missing.creds")), ..Default::default() };
-        let err = apply_security("nats_bridge", async_nats::ConnectOptions::new(), &TlsConfig::default(), &auth)
-            .await
-            .err()
-            .unwrap()
-            .to_string();
+        let err =
+            apply_security("nats_bridge", async_nats::ConnectOptions::new(), &TlsConfig::default(), &auth).await.err().unwrap().to_string();
         assert!(err.contains("nats_bridge.auth.creds_file") && err.contains("missing.creds"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -101,20 +101,14 @@ impl ResponseEnvelope {
     /// A failure reply to `request`.
     pub fn failure(request: &RequestEnvelope, code: impl Into<String>, message: impl Into<String>) -> Self {
         let mut r = Self::reply_to(request, ResponseStatus::Failure);
-        r.error = Some(ErrorBody {
-            code: code.into(),
-            message: message.into(),
-        });
+        r.error = Some(ErrorBody { code: code.into(), message: message.into() });
         r
     }
 
     /// Why this reply does not belong to `request`, if it does not.
     pub fn mismatch(&self, request: &RequestEnvelope) -> Option<String> {
         if self.correlation_id != request.correlation_id {
-            return Some(format!(
-                "correlation id {} does not match {}",
-                self.correlation_id, request.correlation_id
-            ));
+            return Some(format!("correlation id {} does not match {}", self.correlation_id, request.correlation_id));
         }
         if let Some(m) = &self.merchant_id {
             if *m != request.merchant_id {
@@ -136,8 +130,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_ignored_and_optional_ones_default() {
-        let r: ResponseEnvelope =
-            serde_json::from_str(r#"{"status":"success","correlation_id":"c","extra":1}"#).unwrap();
+        let r: ResponseEnvelope = serde_json::from_str(r#"{"status":"success","correlation_id":"c","extra":1}"#).unwrap();
         assert_eq!(r.status, ResponseStatus::Success);
         assert!(r.error.is_none());
         let s: ResponseStatus = serde_json::from_str("\"requires_customer_action\"").unwrap();

@@ -103,10 +103,9 @@ impl CallError {
     /// Whether the operation definitely did not happen, or may have.
     pub fn outcome(&self) -> Outcome {
         match self {
-            CallError::InvalidRequest(_)
-            | CallError::NoResponders { .. }
-            | CallError::NoStream { .. }
-            | CallError::CircuitOpen { .. } => Outcome::NotApplied,
+            CallError::InvalidRequest(_) | CallError::NoResponders { .. } | CallError::NoStream { .. } | CallError::CircuitOpen { .. } => {
+                Outcome::NotApplied
+            }
             CallError::PublishUnacknowledged { .. }
             | CallError::ReplyTimeout { .. }
             | CallError::QueryTimeout { .. }

@@ -27,17 +27,8 @@ pub const REPLY_TO: &str = "X-Reply-To";
 pub const LOOKUP: &str = "X-Lookup";
 
 /// Every header the bridge sets on a request.
-pub const REQUEST_HEADERS: [&str; 9] = [
-    NATS_MSG_ID,
-    MESSAGE_ID,
-    OPERATION,
-    MERCHANT_ID,
-    PAYMENT_ID,
-    ATTEMPT_ID,
-    CORRELATION_ID,
-    IDEMPOTENCY_KEY,
-    REPLY_TO,
-];
+pub const REQUEST_HEADERS: [&str; 9] =
+    [NATS_MSG_ID, MESSAGE_ID, OPERATION, MERCHANT_ID, PAYMENT_ID, ATTEMPT_ID, CORRELATION_ID, IDEMPOTENCY_KEY, REPLY_TO];
 
 /// `Nats-` headers that NATS itself defines and that a client may legitimately set or see.
 pub const STANDARD_NATS_HEADERS: [&str; 9] = [
@@ -54,9 +45,7 @@ pub const STANDARD_NATS_HEADERS: [&str; 9] = [
 
 /// Whether a header name misuses the reserved `Nats-` prefix (a `Nats-` name NATS does not define).
 pub fn misuses_reserved_prefix(name: &str) -> bool {
-    name.len() >= 5
-        && name[..5].eq_ignore_ascii_case("nats-")
-        && !STANDARD_NATS_HEADERS.iter().any(|s| s.eq_ignore_ascii_case(name))
+    name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-") && !STANDARD_NATS_HEADERS.iter().any(|s| s.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]

@@ -84,10 +84,7 @@ impl ReplyInbox {
     /// Subscribes the inbox and starts routing replies.
     pub(crate) async fn start(client: &Client, stats: Arc<Stats>, late: LateSink) -> Result<Self, String> {
         let prefix = format!("_INBOX.hsb.{}", uuid::Uuid::new_v4().simple());
-        let mut sub = client
-            .subscribe(format!("{prefix}.*"))
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut sub = client.subscribe(format!("{prefix}.*")).await.map_err(|e| e.to_string())?;
         let waiters: Arc<Mutex<Waiters>> = Arc::default();
         let routes = waiters.clone();
         let cut = prefix.len() + 1;
@@ -120,12 +117,7 @@ impl ReplyInbox {
                 }
             }
         });
-        Ok(ReplyInbox {
-            prefix,
-            waiters,
-            next_id: AtomicU64::new(0),
-            task,
-        })
+        Ok(ReplyInbox { prefix, waiters, next_id: AtomicU64::new(0), task })
     }
 
     /// The reply subject for a message id.
@@ -138,18 +130,8 @@ impl ReplyInbox {
         let token = token(message_id);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot::default());
-        self.waiters
-            .lock()
-            .expect("inbox lock")
-            .entry(token.clone())
-            .or_default()
-            .push((id, slot.clone()));
-        Waiter {
-            token,
-            id,
-            slot,
-            waiters: self.waiters.clone(),
-        }
+        self.waiters.lock().expect("inbox lock").entry(token.clone()).or_default().push((id, slot.clone()));
+        Waiter { token, id, slot, waiters: self.waiters.clone() }
     }
 
     /// How many calls wait for a reply now.

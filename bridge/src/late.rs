@@ -38,21 +38,11 @@ pub struct LateReply {
 impl LateReply {
     /// Decodes a reply from its headers and body.
     pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> LateReply {
-        let header = |name: &str| {
-            headers
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_string())
-                .filter(|v| !v.is_empty())
-        };
+        let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_string()).filter(|v| !v.is_empty());
         let response = serde_json::from_slice::<ResponseEnvelope>(payload).map_err(|e| format!("undecodable reply: {e}"));
-        let correlation_id = header(headers::CORRELATION_ID)
-            .or_else(|| response.as_ref().ok().map(|r| r.correlation_id.clone()).filter(|c| !c.is_empty()));
-        LateReply {
-            message_id: header(headers::MESSAGE_ID),
-            idempotency_key: header(headers::IDEMPOTENCY_KEY),
-            correlation_id,
-            response,
-        }
+        let correlation_id =
+            header(headers::CORRELATION_ID).or_else(|| response.as_ref().ok().map(|r| r.correlation_id.clone()).filter(|c| !c.is_empty()));
+        LateReply { message_id: header(headers::MESSAGE_ID), idempotency_key: header(headers::IDEMPOTENCY_KEY), correlation_id, response }
     }
 }
 

@@ -30,9 +30,7 @@ use crate::envelope::ResponseStatus;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Buckets of `nats_request_duration_seconds`, in seconds: 0.5 ms to 30 s (the durable budget).
-pub const DURATION_BUCKETS: [f64; 15] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+pub const DURATION_BUCKETS: [f64; 15] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Names of the bridge's metrics (seed names first).
 pub mod names {
@@ -176,9 +174,7 @@ impl Gauge {
 }
 
 fn add_f64(cell: &AtomicU64, d: f64) {
-    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-        Some((f64::from_bits(bits) + d).to_bits())
-    });
+    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| Some((f64::from_bits(bits) + d).to_bits()));
 }
 
 /// A histogram series. Cheap to clone; clones share the counts.
@@ -324,16 +320,8 @@ impl Registry {
     }
 
     /// The histogram `name` with these labels and bucket upper bounds (`+Inf` is implied).
-    pub fn try_histogram(
-        &self,
-        name: &str,
-        help: &str,
-        labels: &[(&str, &str)],
-        buckets: &[f64],
-    ) -> Result<Histogram, MetricError> {
-        let ok = !buckets.is_empty()
-            && buckets.iter().all(|b| b.is_finite())
-            && buckets.windows(2).all(|w| w[0] < w[1]);
+    pub fn try_histogram(&self, name: &str, help: &str, labels: &[(&str, &str)], buckets: &[f64]) -> Result<Histogram, MetricError> {
+        let ok = !buckets.is_empty() && buckets.iter().all(|b| b.is_finite()) && buckets.windows(2).all(|w| w[0] < w[1]);
         if !ok {
             return Err(MetricError::InvalidBuckets(name.to_string()));
         }
@@ -496,12 +484,8 @@ fn status_label(status: ResponseStatus) -> &'static str {
     }
 }
 
-const STATUSES: [ResponseStatus; 4] = [
-    ResponseStatus::Success,
-    ResponseStatus::Failure,
-    ResponseStatus::Processing,
-    ResponseStatus::RequiresCustomerAction,
-];
+const STATUSES: [ResponseStatus; 4] =
+    [ResponseStatus::Success, ResponseStatus::Failure, ResponseStatus::Processing, ResponseStatus::RequiresCustomerAction];
 
 /// The series of one operation, registered on its first call.
 pub(crate) struct OpMetrics {
@@ -566,7 +550,10 @@ impl BridgeMetrics {
     pub(crate) fn new(registry: Arc<Registry>, breakers: Arc<Breakers>) -> Self {
         let gauges: Vec<(Operation, Gauge)> = catalogue::all()
             .map(|op| {
-                (op, registry.gauge(names::BREAKER_STATE, "circuit breaker state: 0 closed, 1 open, 2 half-open", &[("operation", op.name)]))
+                (
+                    op,
+                    registry.gauge(names::BREAKER_STATE, "circuit breaker state: 0 closed, 1 open, 2 half-open", &[("operation", op.name)]),
+                )
             })
             .collect();
         registry.on_render(move || {
@@ -603,10 +590,7 @@ impl BridgeMetrics {
 
     /// The series of `op`, registered on first use.
     pub(crate) fn op(&self, op: Operation) -> &OpMetrics {
-        self.per_op
-            .get(op.name)
-            .expect("catalogue operation")
-            .get_or_init(|| OpMetrics::new(&self.registry, op))
+        self.per_op.get(op.name).expect("catalogue operation").get_or_init(|| OpMetrics::new(&self.registry, op))
     }
 }
 

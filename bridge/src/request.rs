@@ -29,22 +29,14 @@ pub fn message_id(merchant_id: &str, payment_id: &str, operation: Operation, att
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl OperationRequest {
     /// A new instance of `operation` for a payment. `attempt_id` names the instance: the
     /// attempt id for an authorization, the capture id for a capture, the refund id...
     /// A fresh correlation id is drawn; the idempotency key defaults to the message id.
-    pub fn new(
-        operation: Operation,
-        merchant_id: impl Into<String>,
-        payment_id: impl Into<String>,
-        attempt_id: impl Into<String>,
-    ) -> Self {
+    pub fn new(operation: Operation, merchant_id: impl Into<String>, payment_id: impl Into<String>, attempt_id: impl Into<String>) -> Self {
         let merchant_id = merchant_id.into();
         let payment_id = payment_id.into();
         let attempt_id = attempt_id.into();
@@ -101,11 +93,7 @@ impl OperationRequest {
     /// re-sending an attempt after restart).
     pub fn from_envelope(operation: Operation, envelope: RequestEnvelope) -> Self {
         let message_id = message_id(&envelope.merchant_id, &envelope.payment_id, operation, &envelope.attempt_id);
-        OperationRequest {
-            operation,
-            envelope,
-            message_id,
-        }
+        OperationRequest { operation, envelope, message_id }
     }
 
     /// The catalogue row.

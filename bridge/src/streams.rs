@@ -125,10 +125,9 @@ fn transient(error: &jetstream::context::CreateStreamError) -> bool {
     use jetstream::ErrorCode;
     match error.kind() {
         Kind::TimedOut | Kind::JetStreamUnavailable => true,
-        Kind::JetStream(e) => matches!(
-            e.error_code(),
-            ErrorCode::CLUSTER_NO_PEERS | ErrorCode::CLUSTER_NOT_AVAILABLE | ErrorCode::INSUFFICIENT_RESOURCES
-        ),
+        Kind::JetStream(e) => {
+            matches!(e.error_code(), ErrorCode::CLUSTER_NO_PEERS | ErrorCode::CLUSTER_NOT_AVAILABLE | ErrorCode::INSUFFICIENT_RESOURCES)
+        }
         _ => false,
     }
 }
@@ -136,10 +135,7 @@ fn transient(error: &jetstream::context::CreateStreamError) -> bool {
 /// Creates or updates one stream, retrying with backoff while the cluster settles (a freshly
 /// started or just-healed cluster refuses replicated streams with "no suitable peers for
 /// placement" for a moment); a refusal of the configuration fails at once.
-async fn create_or_update(
-    js: &jetstream::Context,
-    p: &StreamPlan,
-) -> Result<stream::Info, jetstream::context::CreateStreamError> {
+async fn create_or_update(js: &jetstream::Context, p: &StreamPlan) -> Result<stream::Info, jetstream::context::CreateStreamError> {
     let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
     let mut pause = Duration::from_millis(100);
     loop {
@@ -160,10 +156,7 @@ async fn create_or_update(
 pub async fn ensure(js: &jetstream::Context, config: &BridgeConfig) -> Result<Vec<StreamPlan>, StreamError> {
     let plans = plan(config);
     for p in &plans {
-        let provision = |reason: String| StreamError::Provision {
-            name: p.name.clone(),
-            reason,
-        };
+        let provision = |reason: String| StreamError::Provision { name: p.name.clone(), reason };
         let mut info = create_or_update(js, p).await.map_err(|e| provision(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + LEADER_TIMEOUT;
         while p.replicas > 1 && info.cluster.as_ref().and_then(|c| c.leader.as_ref()).is_none() {
@@ -187,11 +180,7 @@ pub async fn ensure(js: &jetstream::Context, config: &BridgeConfig) -> Result<Ve
 /// Asks the server (not the config) whether any stream captures a query subject or the
 /// reply-lookup subject.
 pub async fn verify_no_query_capture(js: &jetstream::Context, config: &BridgeConfig) -> Result<usize, StreamError> {
-    let infos: Vec<stream::Info> = js
-        .streams()
-        .try_collect()
-        .await
-        .map_err(|e| StreamError::List(e.to_string()))?;
+    let infos: Vec<stream::Info> = js.streams().try_collect().await.map_err(|e| StreamError::List(e.to_string()))?;
     let mut queries: Vec<(String, String)> = catalogue::all()
         .filter(|op| op.pattern == Pattern::Query)
         .map(|op| (op.name.to_string(), subjects::wildcard(&config.subject_template(op))))

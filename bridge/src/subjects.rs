@@ -8,10 +8,7 @@ pub const PLACEHOLDERS: [&str; 2] = ["{merchant_id}", "{connector}"];
 
 /// Whether `token` can stand as one subject token (no dots, wildcards or whitespace).
 pub fn is_valid_token(token: &str) -> bool {
-    !token.is_empty()
-        && !token
-            .chars()
-            .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control())
+    !token.is_empty() && !token.chars().any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control())
 }
 
 /// Checks a template: dot-separated tokens, each a valid token, a placeholder, or `*`/`>`.
@@ -28,11 +25,7 @@ pub fn validate_template(template: &str) -> Result<(), String> {
 
 /// The template with placeholders turned into `*`: what a stream or a worker subscribes to.
 pub fn wildcard(template: &str) -> String {
-    template
-        .split('.')
-        .map(|t| if PLACEHOLDERS.contains(&t) { "*" } else { t })
-        .collect::<Vec<_>>()
-        .join(".")
+    template.split('.').map(|t| if PLACEHOLDERS.contains(&t) { "*" } else { t }).collect::<Vec<_>>().join(".")
 }
 
 /// Fills the placeholders. Values must be valid tokens: a merchant id with a dot would

@@ -40,8 +40,11 @@ fn contract_is_in_sync_with_the_catalogue() {
     let current = checked_in();
     if current != fresh {
         let diff = similar::TextDiff::from_lines(&current, &fresh);
-        let shown = diff.unified_diff().context_radius(3).header("contract/asyncapi.json (checked in)", "generated from the catalogue").to_string();
-        panic!("contract/asyncapi.json is out of date with the catalogue. Regenerate it with `{REGENERATE}`, review and commit.\n\n{shown}");
+        let shown =
+            diff.unified_diff().context_radius(3).header("contract/asyncapi.json (checked in)", "generated from the catalogue").to_string();
+        panic!(
+            "contract/asyncapi.json is out of date with the catalogue. Regenerate it with `{REGENERATE}`, review and commit.\n\n{shown}"
+        );
     }
 }
 
@@ -52,12 +55,8 @@ fn contract_lists_every_operation_with_its_subjects() {
     let config = BridgeConfig::default();
     let mut per_merchant = config.clone();
     per_merchant.subjects.scheme = SubjectScheme::PerMerchant;
-    let named: BTreeSet<&str> = doc["operations"]
-        .as_object()
-        .expect("operations")
-        .values()
-        .filter_map(|o| o["x-operation"].as_str())
-        .collect();
+    let named: BTreeSet<&str> =
+        doc["operations"].as_object().expect("operations").values().filter_map(|o| o["x-operation"].as_str()).collect();
     let expected: BTreeSet<&str> = catalogue::all().map(|op| op.name).collect();
     assert_eq!(named, expected, "the contract's operations are not the catalogue's");
     assert_eq!(named.len(), 35);
@@ -145,10 +144,11 @@ fn status_enum_matches_the_type() {
         // A new variant fails to compile here: add it to the list and to the schema.
         ResponseStatus::Success | ResponseStatus::Failure | ResponseStatus::Processing | ResponseStatus::RequiresCustomerAction => s,
     };
-    let names: Vec<Value> = [ResponseStatus::Success, ResponseStatus::Failure, ResponseStatus::Processing, ResponseStatus::RequiresCustomerAction]
-        .into_iter()
-        .map(|s| serde_json::to_value(all(s)).unwrap())
-        .collect();
+    let names: Vec<Value> =
+        [ResponseStatus::Success, ResponseStatus::Failure, ResponseStatus::Processing, ResponseStatus::RequiresCustomerAction]
+            .into_iter()
+            .map(|s| serde_json::to_value(all(s)).unwrap())
+            .collect();
     let doc = asyncapi::document(&BridgeConfig::default());
     assert_eq!(doc["components"]["schemas"]["ResponseStatus"]["enum"], Value::Array(names));
 }
@@ -201,11 +201,8 @@ fn header_schemas_list_the_bridge_headers() {
     };
     let all: BTreeSet<String> = nats_bridge::headers::REQUEST_HEADERS.iter().map(|h| h.to_string()).collect();
     assert_eq!(required("DurableRequestHeaders"), all);
-    let query: BTreeSet<String> = all
-        .iter()
-        .filter(|h| *h != nats_bridge::headers::NATS_MSG_ID && *h != nats_bridge::headers::REPLY_TO)
-        .cloned()
-        .collect();
+    let query: BTreeSet<String> =
+        all.iter().filter(|h| *h != nats_bridge::headers::NATS_MSG_ID && *h != nats_bridge::headers::REPLY_TO).cloned().collect();
     assert_eq!(required("QueryRequestHeaders"), query);
     for h in all {
         assert!(!nats_bridge::headers::misuses_reserved_prefix(&h), "{h}");

@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use nats_bridge::envelope::{ErrorBody, RequestEnvelope, ResponseEnvelope, ResponseStatus};
 use nats_bridge::catalogue;
+use nats_bridge::envelope::{ErrorBody, RequestEnvelope, ResponseEnvelope, ResponseStatus};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -22,10 +22,7 @@ fn compat_dir() -> PathBuf {
 // ---- strategies -------------------------------------------------------------------------
 
 fn arb_text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[a-z0-9_.:-]{0,24}",
-        any::<String>(),
-    ]
+    prop_oneof!["[a-z0-9_.:-]{0,24}", any::<String>(),]
 }
 
 /// Arbitrary JSON (numbers: integers and binary fractions, which print and parse exactly).
@@ -47,10 +44,7 @@ fn arb_json() -> impl Strategy<Value = Value> {
 }
 
 fn arb_operation() -> impl Strategy<Value = String> {
-    prop_oneof![
-        prop::sample::select(catalogue::all().map(|op| op.name).collect::<Vec<_>>()).prop_map(str::to_string),
-        arb_text(),
-    ]
+    prop_oneof![prop::sample::select(catalogue::all().map(|op| op.name).collect::<Vec<_>>()).prop_map(str::to_string), arb_text(),]
 }
 
 prop_compose! {
@@ -182,8 +176,7 @@ fn check_sample(path: &Path) -> Result<(), String> {
     keeps_fields(&sample["request"], &serde_json::to_value(&request).unwrap(), "request")?;
     let responses = sample["responses"].as_object().ok_or("no responses")?;
     for (name, v) in responses {
-        let r: ResponseEnvelope =
-            serde_json::from_value(v.clone()).map_err(|e| format!("the {name} response no longer decodes: {e}"))?;
+        let r: ResponseEnvelope = serde_json::from_value(v.clone()).map_err(|e| format!("the {name} response no longer decodes: {e}"))?;
         if serde_json::to_value(r.status).unwrap() != json!(name) {
             return Err(format!("the {name} response decodes with status {:?}", r.status));
         }
@@ -207,7 +200,8 @@ fn released_samples_still_decode() {
     assert!(versions.iter().any(|v| v.ends_with("v1")), "the v1 samples are missing from {}", root.display());
     let mut errors = Vec::new();
     for version in &versions {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(version).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(version).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
         files.sort();
         assert!(files.len() >= 35, "{}: {} samples, expected one per operation of that release", version.display(), files.len());
         for f in files {

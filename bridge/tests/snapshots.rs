@@ -70,8 +70,7 @@ fn now_ms() -> u64 {
 }
 
 fn is_uuid(s: &str) -> bool {
-    s.len() == 36
-        && s.char_indices().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
+    s.len() == 36 && s.char_indices().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
 }
 
 /// Replaces the volatile values of one operation's messages, after checking them.
@@ -105,12 +104,9 @@ fn messages(bridge: &Bridge, per_merchant: &BridgeConfig, op: Operation, sample:
     let request = operations::request(op, sample);
     let env = request.envelope();
     let subject = bridge.subject(&request).expect("subject");
-    let subject_per_merchant = subjects::render(
-        &per_merchant.subject_template(op),
-        &env.merchant_id,
-        env.connector.as_deref().unwrap_or("default"),
-    )
-    .expect("per-merchant subject");
+    let subject_per_merchant =
+        subjects::render(&per_merchant.subject_template(op), &env.merchant_id, env.connector.as_deref().unwrap_or("default"))
+            .expect("per-merchant subject");
     // The inbox a durable call would wait on: random per bridge, redacted below.
     let reply_to = (op.pattern == Pattern::Durable).then(|| format!("_INBOX.hsb.{}.token", uuid::Uuid::new_v4().simple()));
     let mut headers = BTreeMap::new();

@@ -125,7 +125,13 @@ pub async fn serve_durable(client: Client, config: BridgeConfig, op: Operation, 
 }
 
 /// Copies a message to the dead-letter stream, then terminates it (no more redeliveries).
-async fn dead_letter(js: &jetstream::Context, config: &BridgeConfig, op: Operation, msg: &jetstream::Message, reason: &str) -> Result<(), Error> {
+async fn dead_letter(
+    js: &jetstream::Context,
+    config: &BridgeConfig,
+    op: Operation,
+    msg: &jetstream::Message,
+    reason: &str,
+) -> Result<(), Error> {
     let seq = msg.info()?.stream_sequence;
     let mut h = msg.headers.clone().unwrap_or_default();
     h.insert(headers::NATS_MSG_ID, format!("dlq:{}:{seq}", config.stream_name(op.family)));
@@ -147,15 +153,18 @@ pub async fn serve_query(client: Client, config: BridgeConfig, op: Operation, pr
                 let response = process(&env).unwrap_or_else(|e| ResponseEnvelope::failure(&env, "PROCESSOR_UNAVAILABLE", e));
                 (reply_headers(&env), response)
             }
-            Err(e) => (HeaderMap::new(), ResponseEnvelope {
-                status: ResponseStatus::Failure,
-                correlation_id: String::new(),
-                merchant_id: None,
-                payment_id: None,
-                transaction_id: None,
-                connector_response: serde_json::Value::Null,
-                error: Some(ErrorBody { code: "INVALID_REQUEST".into(), message: e.to_string() }),
-            }),
+            Err(e) => (
+                HeaderMap::new(),
+                ResponseEnvelope {
+                    status: ResponseStatus::Failure,
+                    correlation_id: String::new(),
+                    merchant_id: None,
+                    payment_id: None,
+                    transaction_id: None,
+                    connector_response: serde_json::Value::Null,
+                    error: Some(ErrorBody { code: "INVALID_REQUEST".into(), message: e.to_string() }),
+                },
+            ),
         };
         client.publish_with_headers(reply, headers, serde_json::to_vec(&response)?.into()).await?;
     }

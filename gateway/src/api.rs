@@ -74,15 +74,9 @@ fn refund_json(r: &Refund) -> Value {
 }
 
 fn merchant(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let key = headers
-        .get("api-key")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::new(401, "unauthorized", "missing api-key header"))?;
-    state
-        .api_keys
-        .get(key)
-        .cloned()
-        .ok_or_else(|| ApiError::new(401, "unauthorized", "invalid api-key"))
+    let key =
+        headers.get("api-key").and_then(|v| v.to_str().ok()).ok_or_else(|| ApiError::new(401, "unauthorized", "missing api-key header"))?;
+    state.api_keys.get(key).cloned().ok_or_else(|| ApiError::new(401, "unauthorized", "invalid api-key"))
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -103,7 +97,15 @@ fn fnv(parts: &[&[u8]]) -> String {
 
 /// Runs a mutating handler under the request's `Idempotency-Key`, if any: the same key with the
 /// same request replays the first response; with another request it is a 409.
-async fn idempotent<F, Fut>(state: &AppState, merchant_id: &str, headers: &HeaderMap, method: &Method, uri: &Uri, body: &Bytes, run: F) -> Response
+async fn idempotent<F, Fut>(
+    state: &AppState,
+    merchant_id: &str,
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &Uri,
+    body: &Bytes,
+    run: F,
+) -> Response
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(u16, Value), ApiError>>,
@@ -118,8 +120,12 @@ where
     let store = &state.gateway.store;
     match store.claim_key(merchant_id, &key, &fingerprint) {
         Err(e) => ApiError::from(e).into_response(),
-        Ok(KeyState::Mismatch) => ApiError::new(409, "idempotency_key_reused", "this Idempotency-Key was used with a different request").into_response(),
-        Ok(KeyState::InProgress) => ApiError::new(409, "idempotency_key_in_use", "a request with this Idempotency-Key is in progress").into_response(),
+        Ok(KeyState::Mismatch) => {
+            ApiError::new(409, "idempotency_key_reused", "this Idempotency-Key was used with a different request").into_response()
+        }
+        Ok(KeyState::InProgress) => {
+            ApiError::new(409, "idempotency_key_in_use", "a request with this Idempotency-Key is in progress").into_response()
+        }
         Ok(KeyState::Done { status, body }) => {
             let mut r = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
             r.headers_mut().insert("content-type", "application/json".parse().expect("header"));
@@ -132,7 +138,11 @@ where
                 Ok((s, v)) => (*s, v.clone()),
                 Err(e) => (e.status, json!({ "error": { "type": "invalid_request_error", "code": e.code, "message": e.message } })),
             };
-            let stored = if status >= 500 { store.release_key(merchant_id, &key) } else { store.finish_key(merchant_id, &key, status, &value.to_string()) };
+            let stored = if status >= 500 {
+                store.release_key(merchant_id, &key)
+            } else {
+                store.finish_key(merchant_id, &key, status, &value.to_string())
+            };
             if let Err(e) = stored {
                 tracing::warn!(error = %e, "cannot store idempotent response");
             }
@@ -249,7 +259,14 @@ struct IncrementalBody {
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
-async fn payment_action(State(s): State<AppState>, Path((id, action)): Path<(String, String)>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn payment_action(
+    State(s): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let merchant_id = match merchant(&s, &headers) {
         Ok(m) => m,
         Err(e) => return e.into_response(),
@@ -294,7 +311,12 @@ struct RetrieveQuery {
     force_sync: bool,
 }
 
-async fn retrieve_payment(State(s): State<AppState>, Path(id): Path<String>, Query(q): Query<RetrieveQuery>, headers: HeaderMap) -> Response {
+async fn retrieve_payment(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<RetrieveQuery>,
+    headers: HeaderMap,
+) -> Response {
     let result = async {
         let merchant_id = merchant(&s, &headers)?;
         let p = s.gateway.retrieve(&merchant_id, &id, q.force_sync).await?;
@@ -351,7 +373,14 @@ struct FlowBody {
 }
 
 /// Any other catalogue operation: `POST /flows/{operation}` with `{payment_id, object_id, data}`.
-async fn run_flow(State(s): State<AppState>, Path(operation): Path<String>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn run_flow(
+    State(s): State<AppState>,
+    Path(operation): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let merchant_id = match merchant(&s, &headers) {
         Ok(m) => m,
         Err(e) => return e.into_response(),
@@ -401,9 +430,7 @@ async fn correlate(request: axum::extract::Request, next: axum::middleware::Next
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let span = tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), correlation_id = %id);
-    let mut response = CORRELATION_ID
-        .scope(id.clone(), tracing::Instrument::instrument(next.run(request), span))
-        .await;
+    let mut response = CORRELATION_ID.scope(id.clone(), tracing::Instrument::instrument(next.run(request), span)).await;
     if let Ok(v) = id.parse() {
         response.headers_mut().insert("x-correlation-id", v);
     }
@@ -431,7 +458,11 @@ pub fn router(state: AppState) -> Router {
 /// Every connection gets `TCP_NODELAY` (axum leaves Nagle's algorithm on): an answer written
 /// while the previous one waits for its delayed acknowledgement would otherwise wait up to
 /// 40 ms.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {

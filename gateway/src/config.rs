@@ -122,7 +122,8 @@ impl GatewayConfig {
     pub fn load(path: Option<&Path>) -> Result<(GatewayConfig, BridgeConfig), ConfigError> {
         let (mut g, mut b) = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read { path: p.display().to_string(), reason: e.to_string() })?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| ConfigError::Read { path: p.display().to_string(), reason: e.to_string() })?;
                 Self::from_toml(&text)?
             }
             None => (GatewayConfig::default(), BridgeConfig::default()),

@@ -9,11 +9,11 @@
 //! - [`recovery`]: the stuck-payment recovery job.
 
 pub mod api;
+pub mod config;
 pub mod model;
+pub mod recovery;
 pub mod service;
 pub mod store;
-pub mod config;
-pub mod recovery;
 
 use std::sync::Arc;
 
@@ -65,9 +65,5 @@ pub fn start_with(config: config::GatewayConfig, bridge: Bridge) -> Result<Runni
         tasks.spawn(service::apply_late_replies(gateway.clone(), late));
     }
     recovery::register_metrics(&gateway.bridge.metrics(), &counters);
-    Ok(Running {
-        state: api::AppState { gateway, api_keys: Arc::new(config.api_keys.into_iter().collect()) },
-        recovery: counters,
-        tasks,
-    })
+    Ok(Running { state: api::AppState { gateway, api_keys: Arc::new(config.api_keys.into_iter().collect()) }, recovery: counters, tasks })
 }

@@ -74,18 +74,12 @@ impl AttemptStatus {
 
     /// Waiting for an answer: must not stay so after the recovery window.
     pub fn is_transitional(self) -> bool {
-        matches!(
-            self,
-            AttemptStatus::Authorizing | AttemptStatus::CaptureInitiated | AttemptStatus::VoidInitiated | AttemptStatus::Pending
-        )
+        matches!(self, AttemptStatus::Authorizing | AttemptStatus::CaptureInitiated | AttemptStatus::VoidInitiated | AttemptStatus::Pending)
     }
 
     /// Nothing moves the attempt out of these (refunds live on their own objects).
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            AttemptStatus::Charged | AttemptStatus::Voided | AttemptStatus::AuthorizationFailed | AttemptStatus::Failure
-        )
+        matches!(self, AttemptStatus::Charged | AttemptStatus::Voided | AttemptStatus::AuthorizationFailed | AttemptStatus::Failure)
     }
 
     /// The intent status a client sees (Hyperswitch `IntentStatus`).
@@ -129,9 +123,7 @@ impl RefundStatus {
 
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        [RefundStatus::Pending, RefundStatus::Success, RefundStatus::Failure]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        [RefundStatus::Pending, RefundStatus::Success, RefundStatus::Failure].into_iter().find(|r| r.as_str() == s)
     }
 }
 

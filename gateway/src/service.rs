@@ -91,7 +91,9 @@ fn authorize_request(p: &Payment) -> OperationRequest {
 pub fn resolution(result: &Result<ResponseEnvelope, CallError>) -> Resolution {
     match result {
         Ok(r) => match r.status {
-            ResponseStatus::Success => Resolution::Succeeded { transaction_id: r.transaction_id.clone(), captured: captured_with(&r.connector_response) },
+            ResponseStatus::Success => {
+                Resolution::Succeeded { transaction_id: r.transaction_id.clone(), captured: captured_with(&r.connector_response) }
+            }
             ResponseStatus::Failure => {
                 let (code, message) = r
                     .error
@@ -173,7 +175,9 @@ impl Gateway {
         // Created and confirmed at once: the payment and its authorization in one commit.
         let authorization = confirm.then(|| authorize_request(&payment));
         let inserted = match &authorization {
-            Some(request) => self.store.insert_payment_and_begin(&payment, &record(request, &payment.attempt_id, Some(payment.amount))).map(|_| ()),
+            Some(request) => {
+                self.store.insert_payment_and_begin(&payment, &record(request, &payment.attempt_id, Some(payment.amount))).map(|_| ())
+            }
             None => self.store.insert_payment(&payment),
         };
         match inserted {
@@ -240,8 +244,7 @@ impl Gateway {
         let amount = amount.unwrap_or(p.amount_authorized - p.amount_captured);
         let n = self.store.count_operations(merchant_id, payment_id, "payments.capture")?;
         let capture_id = format!("{payment_id}_cap_{}", n + 1);
-        let request = new_request(catalogue::ops::capture(), merchant_id, payment_id, &capture_id)
-            .router_data(money(amount, &p.currency));
+        let request = new_request(catalogue::ops::capture(), merchant_id, payment_id, &capture_id).router_data(money(amount, &p.currency));
         self.store.begin_operation(&record(&request, &capture_id, Some(amount)))?;
         self.execute(&request).await.ok();
         Ok(self.store.payment(merchant_id, payment_id)?)
@@ -284,12 +287,7 @@ impl Gateway {
     pub async fn retrieve(&self, merchant_id: &str, payment_id: &str, force_sync: bool) -> Result<Payment, ApiError> {
         let p = self.store.payment(merchant_id, payment_id)?;
         if force_sync {
-            let open: Vec<_> = self
-                .store
-                .operations_of(merchant_id, payment_id)?
-                .into_iter()
-                .filter(|o| !o.status.is_final())
-                .collect();
+            let open: Vec<_> = self.store.operations_of(merchant_id, payment_id)?.into_iter().filter(|o| !o.status.is_final()).collect();
             if open.is_empty() {
                 // Nothing to resolve: the payment just read is current.
                 return Ok(p);
@@ -303,7 +301,14 @@ impl Gateway {
     }
 
     /// Creates a refund.
-    pub async fn refund(&self, merchant_id: &str, payment_id: &str, refund_id: Option<String>, amount: Option<i64>, reason: Option<String>) -> Result<Refund, ApiError> {
+    pub async fn refund(
+        &self,
+        merchant_id: &str,
+        payment_id: &str,
+        refund_id: Option<String>,
+        amount: Option<i64>,
+        reason: Option<String>,
+    ) -> Result<Refund, ApiError> {
         let p = self.store.payment(merchant_id, payment_id)?;
         let refund_id = refund_id.unwrap_or_else(|| format!("ref_{}", uuid::Uuid::new_v4().simple()));
         let amount = amount.unwrap_or(p.amount_captured - p.amount_refunded - p.amount_refund_pending);
@@ -340,7 +345,14 @@ impl Gateway {
     }
 
     /// Runs any other catalogue operation for a payment and returns the worker's reply.
-    pub async fn flow(&self, merchant_id: &str, operation: &str, payment_id: &str, object_id: &str, router_data: Value) -> Result<ResponseEnvelope, ApiError> {
+    pub async fn flow(
+        &self,
+        merchant_id: &str,
+        operation: &str,
+        payment_id: &str,
+        object_id: &str,
+        router_data: Value,
+    ) -> Result<ResponseEnvelope, ApiError> {
         let op = catalogue::find(operation).ok_or_else(|| ApiError::new(404, "unknown_operation", format!("no operation {operation}")))?;
         if let Some(route) = DEDICATED.iter().find(|(name, _)| *name == operation).map(|(_, r)| r) {
             // These move the payment's state: only their own routes keep the store in step.
@@ -382,7 +394,8 @@ impl Gateway {
         let res = match resent {
             Resolution::Unknown { reason } => {
                 // Ask the processor, through the workers, whether the effect exists.
-                let sync = OperationRequest::new(catalogue::ops::payment_sync(), &op.merchant_id, &op.payment_id, format!("sync_{}", now_ms()));
+                let sync =
+                    OperationRequest::new(catalogue::ops::payment_sync(), &op.merchant_id, &op.payment_id, format!("sync_{}", now_ms()));
                 match self.bridge.call_unguarded(&sync).await {
                     Ok(reply) if reply.status == ResponseStatus::Success && effect_of(&reply, &envelope.idempotency_key).is_some() => {
                         // An authorization charged in the same call (automatic capture) must
@@ -543,7 +556,8 @@ mod tests {
         // Authorized only, or captured by a separate capture: nothing captured by the authorization.
         let authorized = sync(0, vec![effect("k_auth", "payments.authorize", 700, None)]);
         assert_eq!(captured_by_authorization(&authorized, "k_auth"), None);
-        let captured_later = sync(700, vec![effect("k_auth", "payments.authorize", 700, None), effect("k_cap", "payments.capture", 700, None)]);
+        let captured_later =
+            sync(700, vec![effect("k_auth", "payments.authorize", 700, None), effect("k_cap", "payments.capture", 700, None)]);
         assert_eq!(captured_by_authorization(&captured_later, "k_auth"), None);
         assert!(effect_of(&captured_later, "k_cap").is_some() && effect_of(&captured_later, "k_other").is_none());
     }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use tracing::warn;
 use serde::Serialize;
+use tracing::warn;
 
 use crate::model::{AttemptStatus, CaptureMethod, RefundStatus};
 
@@ -87,7 +87,14 @@ pub struct Payment {
 
 impl Payment {
     /// A new payment, `started`, nothing authorized yet; its first attempt is `<payment_id>_1`.
-    pub fn new(merchant_id: &str, payment_id: &str, amount: i64, currency: &str, capture_method: CaptureMethod, router_data: serde_json::Value) -> Payment {
+    pub fn new(
+        merchant_id: &str,
+        payment_id: &str,
+        amount: i64,
+        currency: &str,
+        capture_method: CaptureMethod,
+        router_data: serde_json::Value,
+    ) -> Payment {
         let now = now_ms();
         Payment {
             merchant_id: merchant_id.to_string(),
@@ -413,7 +420,8 @@ macro_rules! operation_columns {
 }
 
 /// The operations of a payment, oldest first ([`Store::operations_of`]).
-const OPERATIONS_OF: &str = concat!("SELECT ", operation_columns!(), " FROM operations WHERE merchant_id = ?1 AND payment_id = ?2 ORDER BY created_ms, rowid");
+const OPERATIONS_OF: &str =
+    concat!("SELECT ", operation_columns!(), " FROM operations WHERE merchant_id = ?1 AND payment_id = ?2 ORDER BY created_ms, rowid");
 
 fn operation_row(r: &Row<'_>) -> rusqlite::Result<OperationRecord> {
     let status: String = r.get(6)?;
@@ -523,8 +531,13 @@ impl Drop for Tx<'_> {
 }
 
 fn get_payment(c: &Connection, merchant_id: &str, payment_id: &str) -> Result<Payment, StoreError> {
-    one(c, concat!("SELECT ", payment_columns!(), " FROM payments WHERE merchant_id = ?1 AND payment_id = ?2"), params![merchant_id, payment_id], payment_row)?
-        .ok_or_else(|| StoreError::NotFound(format!("payment {payment_id}")))
+    one(
+        c,
+        concat!("SELECT ", payment_columns!(), " FROM payments WHERE merchant_id = ?1 AND payment_id = ?2"),
+        params![merchant_id, payment_id],
+        payment_row,
+    )?
+    .ok_or_else(|| StoreError::NotFound(format!("payment {payment_id}")))
 }
 
 /// Moves a payment to `status`, in the store and in `p`.
@@ -546,7 +559,17 @@ fn insert_payment_in(c: &Connection, p: &Payment) -> Result<(), StoreError> {
         c,
         "INSERT OR IGNORE INTO payments (merchant_id, payment_id, attempt_id, amount, currency, capture_method, status,
          router_data, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-        params![p.merchant_id, p.payment_id, p.attempt_id, p.amount, p.currency, p.capture_method.as_str(), p.status.as_str(), p.router_data.to_string(), p.created_ms],
+        params![
+            p.merchant_id,
+            p.payment_id,
+            p.attempt_id,
+            p.amount,
+            p.currency,
+            p.capture_method.as_str(),
+            p.status.as_str(),
+            p.router_data.to_string(),
+            p.created_ms
+        ],
     )?;
     if n == 0 {
         return Err(StoreError::Exists(format!("payment {}", p.payment_id)));
@@ -569,9 +592,7 @@ fn begin_in(c: &Connection, op: &OperationRecord) -> Result<Payment, StoreError>
             check_from(&p, &[Authorized, PartialCharged])?;
             let capturable = p.amount_authorized - p.amount_captured;
             if amount <= 0 || amount > capturable {
-                return Err(StoreError::Amount(format!(
-                    "amount_to_capture {amount} exceeds the capturable amount {capturable}"
-                )));
+                return Err(StoreError::Amount(format!("amount_to_capture {amount} exceeds the capturable amount {capturable}")));
             }
             set_status(c, &mut p, CaptureInitiated)?;
         }
@@ -608,10 +629,7 @@ fn check_from(p: &Payment, allowed: &[AttemptStatus]) -> Result<(), StoreError> 
     if allowed.contains(&p.status) {
         Ok(())
     } else {
-        Err(StoreError::State {
-            what: format!("payment {}", p.payment_id),
-            current: p.status.as_str().into(),
-        })
+        Err(StoreError::State { what: format!("payment {}", p.payment_id), current: p.status.as_str().into() })
     }
 }
 
@@ -643,7 +661,12 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         // Every statement of this file stays prepared (the default cache holds 16).
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Store { conn: Arc::new(Mutex::new(conn)), instance: uuid::Uuid::new_v4().simple().to_string(), defects: Default::default(), _checkpointer: None })
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+            defects: Default::default(),
+            _checkpointer: None,
+        })
     }
 
     /// The store with deliberate defects switched on (harness only).
@@ -811,35 +834,52 @@ impl Store {
     /// Operations not resolved whose last change is older than `before_ms`.
     pub fn unresolved_operations(&self, before_ms: i64) -> Result<Vec<OperationRecord>, StoreError> {
         self.with(|c| {
-            Ok(all(c, concat!("SELECT ", operation_columns!(), " FROM operations WHERE status IN ('in_flight', 'unknown') AND updated_ms < ?1 ORDER BY updated_ms"), params![before_ms], operation_row)?)
+            Ok(all(
+                c,
+                concat!(
+                    "SELECT ",
+                    operation_columns!(),
+                    " FROM operations WHERE status IN ('in_flight', 'unknown') AND updated_ms < ?1 ORDER BY updated_ms"
+                ),
+                params![before_ms],
+                operation_row,
+            )?)
         })
     }
 
     /// The operation with this idempotency key's message id, if any.
     pub fn operation(&self, message_id: &str) -> Result<Option<OperationRecord>, StoreError> {
-        self.with(|c| Ok(one(c, concat!("SELECT ", operation_columns!(), " FROM operations WHERE message_id = ?1"), params![message_id], operation_row)?))
+        self.with(|c| {
+            Ok(one(
+                c,
+                concat!("SELECT ", operation_columns!(), " FROM operations WHERE message_id = ?1"),
+                params![message_id],
+                operation_row,
+            )?)
+        })
     }
 
     /// The operations of a payment, oldest first.
     pub fn operations_of(&self, merchant_id: &str, payment_id: &str) -> Result<Vec<OperationRecord>, StoreError> {
-        self.with(|c| {
-            Ok(all(c, OPERATIONS_OF, params![merchant_id, payment_id], operation_row)?)
-        })
+        self.with(|c| Ok(all(c, OPERATIONS_OF, params![merchant_id, payment_id], operation_row)?))
     }
 
     /// How many `operation`s a payment has had (numbers its captures and increments).
     pub fn count_operations(&self, merchant_id: &str, payment_id: &str, operation: &str) -> Result<usize, StoreError> {
         self.with(|c| {
-            let n: Option<i64> = one(c, "SELECT COUNT(*) FROM operations WHERE merchant_id = ?1 AND payment_id = ?2 AND operation = ?3", params![merchant_id, payment_id, operation], |r| r.get(0))?;
+            let n: Option<i64> = one(
+                c,
+                "SELECT COUNT(*) FROM operations WHERE merchant_id = ?1 AND payment_id = ?2 AND operation = ?3",
+                params![merchant_id, payment_id, operation],
+                |r| r.get(0),
+            )?;
             Ok(n.unwrap_or(0) as usize)
         })
     }
 
     /// Every payment, oldest first (checkers read the whole store after a run).
     pub fn all_payments(&self) -> Result<Vec<Payment>, StoreError> {
-        self.with(|c| {
-            Ok(all(c, concat!("SELECT ", payment_columns!(), " FROM payments ORDER BY created_ms, rowid"), [], payment_row)?)
-        })
+        self.with(|c| Ok(all(c, concat!("SELECT ", payment_columns!(), " FROM payments ORDER BY created_ms, rowid"), [], payment_row)?))
     }
 
     /// Every operation, oldest first.
@@ -851,15 +891,22 @@ impl Store {
 
     /// Every refund, oldest first.
     pub fn all_refunds(&self) -> Result<Vec<Refund>, StoreError> {
-        self.with(|c| {
-            Ok(all(c, concat!("SELECT ", refund_columns!(), " FROM refunds ORDER BY created_ms, rowid"), [], refund_row)?)
-        })
+        self.with(|c| Ok(all(c, concat!("SELECT ", refund_columns!(), " FROM refunds ORDER BY created_ms, rowid"), [], refund_row)?))
     }
 
     /// Payments whose attempt is in a transitional state.
     pub fn transitional_payments(&self) -> Result<Vec<Payment>, StoreError> {
         self.with(|c| {
-            Ok(all(c, concat!("SELECT ", payment_columns!(), " FROM payments WHERE status IN ('authorizing', 'capture_initiated', 'void_initiated', 'pending')"), [], payment_row)?)
+            Ok(all(
+                c,
+                concat!(
+                    "SELECT ",
+                    payment_columns!(),
+                    " FROM payments WHERE status IN ('authorizing', 'capture_initiated', 'void_initiated', 'pending')"
+                ),
+                [],
+                payment_row,
+            )?)
         })
     }
 
@@ -936,7 +983,8 @@ impl Store {
 }
 
 /// Failure codes that come from the bridge or the recovery job, not from a worker.
-const SYSTEM_FAILURES: [&str; 6] = ["NO_WORKERS_AVAILABLE", "CIRCUIT_OPEN", "INVALID_REQUEST", "CONNECTOR_TIMEOUT", "NATS_TRANSPORT", "REQUEST_EXPIRED"];
+const SYSTEM_FAILURES: [&str; 6] =
+    ["NO_WORKERS_AVAILABLE", "CIRCUIT_OPEN", "INVALID_REQUEST", "CONNECTOR_TIMEOUT", "NATS_TRANSPORT", "REQUEST_EXPIRED"];
 
 fn apply_payment(c: &Connection, p: &Payment, op: &OperationRecord, r: &Resolution) -> Result<(), StoreError> {
     use AttemptStatus::*;

@@ -182,15 +182,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Action::Up { cluster, workers, config, gateway_addr } => up(cluster, workers, config.as_deref(), &gateway_addr).await,
         Action::Demo { payments, seed, concurrency, cluster, report_dir } => {
-            let report = crate::demo::run(crate::demo::DemoConfig {
-                payments,
-                seed,
-                concurrency,
-                cluster,
-                report_dir,
-                ..Default::default()
-            })
-            .await?;
+            let report =
+                crate::demo::run(crate::demo::DemoConfig { payments, seed, concurrency, cluster, report_dir, ..Default::default() })
+                    .await?;
             print!("{}", crate::demo::markdown(&report));
             println!("report: {}", report.report.display());
             if report.violations.is_empty() {
@@ -250,10 +244,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 None => None,
             };
             // Check every file first: a typo in the fifth file should not wait for four runs.
-            let parsed = scenarios
-                .iter()
-                .map(|p| crate::scenario::spec::Scenario::load(p))
-                .collect::<Result<Vec<_>, _>>()?;
+            let parsed = scenarios.iter().map(|p| crate::scenario::spec::Scenario::load(p)).collect::<Result<Vec<_>, _>>()?;
             let mut failed = Vec::new();
             for s in &parsed {
                 let options = crate::scenario::runner::RunOptions { seed, report_dir: report_dir.clone(), defect };

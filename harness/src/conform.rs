@@ -39,9 +39,9 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::env::{Environment, EnvironmentConfig};
+use crate::nats::EnvConfig;
 use crate::scenario::checkers::AuditMessage;
 use crate::scenario::observe;
-use crate::nats::EnvConfig;
 
 /// Why the kit could not run (a worker that fails the checks is a report, not an error).
 #[derive(Debug, thiserror::Error)]
@@ -160,10 +160,22 @@ impl ConformReport {
         let err = |e: std::io::Error| ConformError::Report { path: dir.display().to_string(), reason: e.to_string() };
         std::fs::create_dir_all(dir).map_err(err)?;
         let mut md = String::from("# Worker conformance\n\n");
-        md.push_str(&format!("- worker: `{}`\n- seed: {}\n- verdict: **{}**\n- duration: {:.1} s\n- worker log: `{}`\n\n", self.worker_cmd, self.seed, if self.passed() { "conforms" } else { "does not conform" }, self.duration_s, self.worker_log.display()));
+        md.push_str(&format!(
+            "- worker: `{}`\n- seed: {}\n- verdict: **{}**\n- duration: {:.1} s\n- worker log: `{}`\n\n",
+            self.worker_cmd,
+            self.seed,
+            if self.passed() { "conforms" } else { "does not conform" },
+            self.duration_s,
+            self.worker_log.display()
+        ));
         md.push_str("| check | result | detail |\n|---|---|---|\n");
         for c in &self.checks {
-            md.push_str(&format!("| `{}` | {} | {} |\n", c.name, if c.passed { "PASS" } else { "FAIL" }, c.detail.replace('\n', "<br>").replace('|', "\\|")));
+            md.push_str(&format!(
+                "| `{}` | {} | {} |\n",
+                c.name,
+                if c.passed { "PASS" } else { "FAIL" },
+                c.detail.replace('\n', "<br>").replace('|', "\\|")
+            ));
         }
         std::fs::write(dir.join("summary.md"), md).map_err(err)?;
         let json = serde_json::to_string_pretty(&serde_json::json!({
@@ -412,9 +424,7 @@ impl Run {
             let inbox = format!("{prefix}.{i}");
             h.insert(headers::NATS_MSG_ID, format!("conform-copy-{}-{seq}", uuid::Uuid::new_v4().simple()));
             h.insert(headers::REPLY_TO, inbox.as_str());
-            let published = async {
-                self.js.publish_with_headers(stored.subject.to_string(), h, stored.payload.clone()).await?.await
-            };
+            let published = async { self.js.publish_with_headers(stored.subject.to_string(), h, stored.payload.clone()).await?.await };
             if let Err(e) = published.await {
                 out.push((*seq, Err(format!("copy not stored: {e}"))));
                 continue;
@@ -475,7 +485,8 @@ fn status_text(r: &ResponseEnvelope) -> String {
 /// failed rows; an error means the kit itself could not run.
 pub async fn run(config: ConformConfig) -> Result<ConformReport, ConformError> {
     let started = Instant::now();
-    std::fs::create_dir_all(&config.dir).map_err(|e| ConformError::Report { path: config.dir.display().to_string(), reason: e.to_string() })?;
+    std::fs::create_dir_all(&config.dir)
+        .map_err(|e| ConformError::Report { path: config.dir.display().to_string(), reason: e.to_string() })?;
     let worker_log = config.dir.join("worker.log");
     let mut bridge_config = BridgeConfig::default();
     // Every check must reach the worker: a worker that times out must not close the breaker
@@ -518,7 +529,9 @@ pub async fn run(config: ConformConfig) -> Result<ConformReport, ConformError> {
     }
     checks.push(match worker.exited() {
         None => Check { name: "worker_alive", passed: true, detail: "running at the end of the run".into() },
-        Some(status) => Check { name: "worker_alive", passed: false, detail: format!("the worker exited during the run ({status}); see its log") },
+        Some(status) => {
+            Check { name: "worker_alive", passed: false, detail: format!("the worker exited during the run ({status}); see its log") }
+        }
     });
     worker.stop().await;
     Ok(ConformReport {
@@ -536,14 +549,26 @@ async fn wait_ready(run: &Run, worker: &mut WorkerCommand, timeout: Duration) ->
     let mut last;
     loop {
         if let Some(status) = worker.exited() {
-            return Check { name: "ready", passed: false, detail: format!("the worker exited before it was ready ({status}); see its log") };
+            return Check {
+                name: "ready",
+                passed: false,
+                detail: format!("the worker exited before it was ready ({status}); see its log"),
+            };
         }
         match uncovered(&run.js, run.bridge.config()).await {
             Ok(missing) if missing.is_empty() => {
-                let probe = OperationRequest::new(probe_op, "merchant_conform", "pay_probe", format!("probe_{}", uuid::Uuid::new_v4().simple()));
+                let probe =
+                    OperationRequest::new(probe_op, "merchant_conform", "pay_probe", format!("probe_{}", uuid::Uuid::new_v4().simple()));
                 match tokio::time::timeout(Duration::from_secs(2), run.bridge.call(&probe)).await {
                     Ok(Ok(_)) => {
-                        return Check { name: "ready", passed: true, detail: format!("consumers on all durable subjects and a query answered after {:.1} s", (timeout - deadline.saturating_duration_since(Instant::now())).as_secs_f64()) }
+                        return Check {
+                            name: "ready",
+                            passed: true,
+                            detail: format!(
+                                "consumers on all durable subjects and a query answered after {:.1} s",
+                                (timeout - deadline.saturating_duration_since(Instant::now())).as_secs_f64()
+                            ),
+                        }
                     }
                     Ok(Err(e)) => last = format!("the probe query failed: {e}"),
                     Err(_) => last = "the probe query was not answered within 2 s".into(),
@@ -731,7 +756,8 @@ fn header<'a>(m: &'a AuditMessage, name: &str) -> Option<&'a str> {
 
 /// The stream sequences of the answered requests, by stream, in publish order.
 async fn stored_sequences(run: &Run, answered: &[Answered]) -> BTreeMap<String, Vec<(u64, usize)>> {
-    let wanted: BTreeMap<&str, usize> = answered.iter().enumerate().map(|(i, a)| (a.request.envelope().correlation_id.as_str(), i)).collect();
+    let wanted: BTreeMap<&str, usize> =
+        answered.iter().enumerate().map(|(i, a)| (a.request.envelope().correlation_id.as_str(), i)).collect();
     let mut out: BTreeMap<String, Vec<(u64, usize)>> = BTreeMap::new();
     for m in observe::audit(&run.env).await {
         if let Some(i) = header(&m, headers::CORRELATION_ID).and_then(|cid| wanted.get(cid)) {
@@ -807,7 +833,11 @@ async fn reused_key(run: &Run, answered: &[Answered]) -> Check {
         Ok(r) => {
             let code = r.error.as_ref().map(|e| e.code.as_str());
             if r.status != ResponseStatus::Failure || code != Some("IDEMPOTENCY_KEY_REUSED") {
-                failures.push(format!("{} with a reused key answered {}, expected failure IDEMPOTENCY_KEY_REUSED", a.op.name, status_text(&r)));
+                failures.push(format!(
+                    "{} with a reused key answered {}, expected failure IDEMPOTENCY_KEY_REUSED",
+                    a.op.name,
+                    status_text(&r)
+                ));
             }
         }
     }
@@ -889,7 +919,14 @@ async fn dead_letter(run: &Run, tap: &Tap) -> Check {
     if terminated.is_none() {
         failures.push(format!("{stream} #{seq} was never terminated or acked: JetStream will deliver it again"));
     }
-    check("dead_letter", failures, format!("{stream} #{seq} copied to {dlq_subject} with its reason and {}", terminated.map(|k| if k == "term" { "terminated" } else { "acked" }).unwrap_or("-")))
+    check(
+        "dead_letter",
+        failures,
+        format!(
+            "{stream} #{seq} copied to {dlq_subject} with its reason and {}",
+            terminated.map(|k| if k == "term" { "terminated" } else { "acked" }).unwrap_or("-")
+        ),
+    )
 }
 
 async fn ack_after_reply(run: &Run, tap: &Tap) -> Check {
@@ -928,8 +965,12 @@ async fn ack_after_reply(run: &Run, tap: &Tap) -> Check {
             let ack = first_ack.get(&(stream.clone(), *seq));
             let reply = first_reply.get(&(reply_to.clone(), cid.clone()));
             match (reply, ack) {
-                (Some(r), Some(a)) if a < r => failures.push(format!("ack before reply: {stream} #{seq} ({op}) was acked (tap event {a}) before its reply was published (event {r})")),
-                (None, Some(_)) => failures.push(format!("ack without reply: {stream} #{seq} ({op}) was acked but no reply reached {reply_to}")),
+                (Some(r), Some(a)) if a < r => failures.push(format!(
+                    "ack before reply: {stream} #{seq} ({op}) was acked (tap event {a}) before its reply was published (event {r})"
+                )),
+                (None, Some(_)) => {
+                    failures.push(format!("ack without reply: {stream} #{seq} ({op}) was acked but no reply reached {reply_to}"))
+                }
                 (Some(_), None) => {
                     unacked += 1;
                     failures.push(format!("never acked: {stream} #{seq} ({op}) was answered but not acked within 10 s"));
@@ -954,7 +995,10 @@ mod tests {
 
     #[test]
     fn ack_subjects_of_both_versions() {
-        assert_eq!(parse_ack("$JS.ACK.HYPERSWITCH_PAYMENTS.worker_payments_authorize.1.7.3.1700000000000000000.0"), Some(("HYPERSWITCH_PAYMENTS".into(), 7)));
+        assert_eq!(
+            parse_ack("$JS.ACK.HYPERSWITCH_PAYMENTS.worker_payments_authorize.1.7.3.1700000000000000000.0"),
+            Some(("HYPERSWITCH_PAYMENTS".into(), 7))
+        );
         assert_eq!(
             parse_ack("$JS.ACK.hub.ACCHASH.HYPERSWITCH_PAYMENTS.worker_payments_authorize.2.9.4.1700000000000000000.0.tok"),
             Some(("HYPERSWITCH_PAYMENTS".into(), 9))

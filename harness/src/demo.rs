@@ -39,14 +39,7 @@ pub struct DemoConfig {
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        DemoConfig {
-            payments: 200,
-            concurrency: 16,
-            seed: 1,
-            cluster: false,
-            workers: 2,
-            report_dir: PathBuf::from("reports"),
-        }
+        DemoConfig { payments: 200, concurrency: 16, seed: 1, cluster: false, workers: 2, report_dir: PathBuf::from("reports") }
     }
 }
 
@@ -228,8 +221,12 @@ fn check(calls: &[Call], ledger: &[mock_processor::Effect], processor: &mock_pro
                 let effect = per_key.get(c.key.as_str()).and_then(|v| v.first());
                 match (c.status, effect) {
                     (Some(ResponseStatus::Success), Some(e)) if c.transaction_id.as_deref() == Some(e.effect_id.as_str()) => {}
-                    (Some(ResponseStatus::Success), _) => violations.push(format!("reply says success but the ledger disagrees for {}", c.key)),
-                    (Some(ResponseStatus::Failure), Some(_)) => violations.push(format!("reply says failure but the ledger has an effect for {}", c.key)),
+                    (Some(ResponseStatus::Success), _) => {
+                        violations.push(format!("reply says success but the ledger disagrees for {}", c.key))
+                    }
+                    (Some(ResponseStatus::Failure), Some(_)) => {
+                        violations.push(format!("reply says failure but the ledger has an effect for {}", c.key))
+                    }
                     _ => {}
                 }
             }

@@ -138,9 +138,7 @@ impl Environment {
     pub async fn start(mut config: EnvironmentConfig) -> Result<Environment, EnvError> {
         let nats = NatsEnv::start(config.nats.clone()).await?;
         let processor = Processor::new(config.processor.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| EnvError::Processor(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| EnvError::Processor(e.to_string()))?;
         let processor_addr = listener.local_addr().map_err(|e| EnvError::Processor(e.to_string()))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let serve = mock_processor::serve(listener, processor.clone(), async move {
@@ -154,9 +152,7 @@ impl Environment {
         config.bridge.base_url = nats.client_url();
         config.bridge.jetstream.replicas = nats.replicas();
         let client = nats.connect().await?;
-        let bridge = Bridge::with_client(client, config.bridge.clone())
-            .await
-            .map_err(|e| EnvError::Bridge(e.to_string()))?;
+        let bridge = Bridge::with_client(client, config.bridge.clone()).await.map_err(|e| EnvError::Bridge(e.to_string()))?;
         bridge.ensure_streams().await.map_err(|e| EnvError::Bridge(e.to_string()))?;
 
         config.worker.nats_url = nats.client_url();
@@ -249,9 +245,7 @@ impl Environment {
     /// A second bridge on its own connection (own reply inbox), as another gateway instance.
     pub async fn new_bridge(&self) -> Result<Bridge, EnvError> {
         let client = self.nats.connect().await?;
-        Bridge::with_client(client, self.bridge_config.clone())
-            .await
-            .map_err(|e| EnvError::Bridge(e.to_string()))
+        Bridge::with_client(client, self.bridge_config.clone()).await.map_err(|e| EnvError::Bridge(e.to_string()))
     }
 
     /// The bridge settings in use.
@@ -281,7 +275,11 @@ impl Environment {
 
     /// The fault proxies of a link, if this environment has them.
     pub fn link(&self, gateway: bool) -> Option<&ProxiedLink> {
-        if gateway { self.gateway_link.as_ref() } else { self.workers_link.as_ref() }
+        if gateway {
+            self.gateway_link.as_ref()
+        } else {
+            self.workers_link.as_ref()
+        }
     }
 
     /// Removes a worker (to kill or shut it down).
@@ -352,9 +350,8 @@ impl Environment {
             };
             let bridge = Bridge::with_client(client, bridge_config).await.map_err(|e| EnvError::Bridge(e.to_string()))?;
             let running = gateway::start_with(config, bridge).map_err(|e| EnvError::Gateway(e.to_string()))?;
-            let listener = tokio::net::TcpListener::bind(&addr)
-                .await
-                .map_err(|e| EnvError::Gateway(format!("cannot listen on {addr}: {e}")))?;
+            let listener =
+                tokio::net::TcpListener::bind(&addr).await.map_err(|e| EnvError::Gateway(format!("cannot listen on {addr}: {e}")))?;
             let url = format!("http://{}", listener.local_addr().map_err(|e| EnvError::Gateway(e.to_string()))?);
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(gateway::api::serve(listener, running.state.clone(), async move {
@@ -377,8 +374,5 @@ impl Drop for Environment {
 /// Connects with `options` to `urls` (see [`Environment::connector`]).
 async fn connect(options: async_nats::ConnectOptions, urls: Vec<String>) -> Result<async_nats::Client, String> {
     let first = urls.first().cloned().unwrap_or_default();
-    options
-        .connect(urls)
-        .await
-        .map_err(|e| format!("cannot connect to nats at {first}: {e}"))
+    options.connect(urls).await.map_err(|e| format!("cannot connect to nats at {first}: {e}"))
 }

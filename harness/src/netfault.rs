@@ -148,9 +148,7 @@ pub struct Delays {
 impl Delays {
     /// A generator seeded with `seed` directly.
     pub fn new(seed: u64) -> Delays {
-        Delays {
-            rng: StdRng::seed_from_u64(seed),
-        }
+        Delays { rng: StdRng::seed_from_u64(seed) }
     }
 
     /// The generator a proxy seeded with `seed` uses for `direction` of its `connection`-th
@@ -260,25 +258,17 @@ impl Proxy {
     /// Starts a proxy on `127.0.0.1:0` forwarding to `upstream`, with jitter seeded by `seed`
     /// and no fault active. Must be called within a Tokio runtime.
     pub async fn start(upstream: SocketAddr, seed: u64) -> io::Result<Proxy> {
-        Proxy::start_with(ProxyConfig {
-            upstream,
-            seed,
-            ..Default::default()
-        })
-        .await
+        Proxy::start_with(ProxyConfig { upstream, seed, ..Default::default() }).await
     }
 
     /// Starts a proxy as configured. Must be called within a Tokio runtime.
     pub async fn start_with(config: ProxyConfig) -> io::Result<Proxy> {
         if config.chunk_size == 0 || config.queue_chunks == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "proxy chunk_size and queue_chunks must be positive",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "proxy chunk_size and queue_chunks must be positive"));
         }
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-            io::Error::new(e.kind(), format!("binding fault proxy on {}: {e}", config.listen))
-        })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("binding fault proxy on {}: {e}", config.listen)))?;
         let addr = listener.local_addr()?;
         let (held, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -300,10 +290,7 @@ impl Proxy {
             config.latency,
             config.jitter
         );
-        Ok(Proxy {
-            shared,
-            listener: accept,
-        })
+        Ok(Proxy { shared, listener: accept })
     }
 
     /// The address clients connect to.
@@ -326,11 +313,7 @@ impl Proxy {
     /// already queued keep the release time they were given.
     pub fn set_latency(&self, base: Duration, jitter: Duration) {
         *lock(&self.shared.latency) = (base, jitter);
-        tracing::info!(
-            "net fault: latency {base:?} + jitter {jitter:?} on proxy {} -> {}",
-            self.shared.addr,
-            self.shared.upstream
-        );
+        tracing::info!("net fault: latency {base:?} + jitter {jitter:?} on proxy {} -> {}", self.shared.addr, self.shared.upstream);
     }
 
     /// Removes the latency: chunks read from now on are forwarded as soon as the ones ahead of
@@ -357,12 +340,7 @@ impl Proxy {
         for task in &tasks {
             task.abort();
         }
-        tracing::info!(
-            "net fault: cut proxy {} -> {} ({} connection(s) closed)",
-            self.shared.addr,
-            self.shared.upstream,
-            tasks.len()
-        );
+        tracing::info!("net fault: cut proxy {} -> {} ({} connection(s) closed)", self.shared.addr, self.shared.upstream, tasks.len());
     }
 
     /// Accepts and forwards new connections again after [`Proxy::cut`]. Connections closed by
@@ -435,12 +413,7 @@ impl Drop for Proxy {
         for task in &tasks {
             task.abort();
         }
-        tracing::info!(
-            "net fault: proxy {} -> {} stopped ({} connection(s) closed)",
-            self.shared.addr,
-            self.shared.upstream,
-            tasks.len()
-        );
+        tracing::info!("net fault: proxy {} -> {} stopped ({} connection(s) closed)", self.shared.addr, self.shared.upstream, tasks.len());
     }
 }
 
@@ -483,10 +456,7 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     shared.counters.open.fetch_add(1, Ordering::Relaxed);
     // Built before spawning so that it is dropped (and the connection unregistered) even if
     // the task is aborted before it first runs.
-    let guard = OpenGuard {
-        shared: Arc::clone(shared),
-        id,
-    };
+    let guard = OpenGuard { shared: Arc::clone(shared), id };
     let task_shared = Arc::clone(shared);
     let task = tokio::spawn(async move {
         let _guard = guard;
@@ -546,13 +516,7 @@ struct Chunk {
 /// Forwards one direction: a reader stamps each chunk with its release time and queues it, a
 /// writer writes chunks in order once released and not held. At end of stream the queue is
 /// drained and the write side shut down; an error on either side ends the direction.
-async fn pump(
-    shared: &Shared,
-    id: u64,
-    direction: Direction,
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-) -> io::Result<()> {
+async fn pump(shared: &Shared, id: u64, direction: Direction, mut from: OwnedReadHalf, mut to: OwnedWriteHalf) -> io::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Chunk>(shared.queue_chunks);
     let reader = async move {
         let mut delays = Delays::for_direction(shared.seed, id, direction);
@@ -567,10 +531,7 @@ async fn pump(
             let (base, jitter) = *lock(&shared.latency);
             let at = release_at(now, delays.next_delay(base, jitter), previous);
             previous = Some(at);
-            let chunk = Chunk {
-                data: Bytes::copy_from_slice(&buf[..n]),
-                release_at: at,
-            };
+            let chunk = Chunk { data: Bytes::copy_from_slice(&buf[..n]), release_at: at };
             if tx.send(chunk).await.is_err() {
                 return Ok(());
             }
@@ -601,9 +562,7 @@ mod tests {
     use super::*;
 
     fn sequence(mut delays: Delays, n: usize) -> Vec<Duration> {
-        (0..n)
-            .map(|_| delays.next_delay(Duration::from_millis(10), Duration::from_millis(20)))
-            .collect()
+        (0..n).map(|_| delays.next_delay(Duration::from_millis(10), Duration::from_millis(20))).collect()
     }
 
     #[test]

@@ -25,21 +25,12 @@ pub fn percentiles(samples: &[Duration]) -> Percentiles {
     let mut us: Vec<u64> = samples.iter().map(|d| d.as_micros() as u64).collect();
     us.sort_unstable();
     let rank = |q: f64| us[((q * us.len() as f64).ceil() as usize).clamp(1, us.len()) - 1];
-    Percentiles {
-        count: us.len(),
-        p50_us: rank(0.50),
-        p99_us: rank(0.99),
-        p999_us: rank(0.999),
-        max_us: *us.last().expect("non-empty"),
-    }
+    Percentiles { count: us.len(), p50_us: rank(0.50), p99_us: rank(0.99), p999_us: rank(0.999), max_us: *us.last().expect("non-empty") }
 }
 
 /// Seconds since the epoch, for report directory names.
 pub fn unix_time() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Microseconds as milliseconds with three decimals.

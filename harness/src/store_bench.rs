@@ -63,7 +63,9 @@ pub fn run(dir: &Path, payments: usize, threads: usize) -> Result<StoreBench, Cl
                     store.insert_payment(&p).map_err(e)?;
                     let auth = op("m", &id, "payments.authorize", &p.attempt_id, 1000);
                     store.begin_operation(&auth).map_err(e)?;
-                    store.apply(&auth.message_id, &Resolution::Succeeded { transaction_id: Some("t".into()), captured: None }).map_err(e)?;
+                    store
+                        .apply(&auth.message_id, &Resolution::Succeeded { transaction_id: Some("t".into()), captured: None })
+                        .map_err(e)?;
                     let cap = op("m", &id, "payments.capture", "cap_1", 1000);
                     store.begin_operation(&cap).map_err(e)?;
                     store.apply(&cap.message_id, &Resolution::Succeeded { transaction_id: None, captured: None }).map_err(e)?;
@@ -86,5 +88,11 @@ pub fn run(dir: &Path, payments: usize, threads: usize) -> Result<StoreBench, Cl
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
-    Ok(StoreBench { payments: per_thread * threads.max(1), threads: threads.max(1), transitions, seconds, per_second: transitions as f64 / seconds })
+    Ok(StoreBench {
+        payments: per_thread * threads.max(1),
+        threads: threads.max(1),
+        transitions,
+        seconds,
+        per_second: transitions as f64 / seconds,
+    })
 }

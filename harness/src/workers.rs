@@ -88,9 +88,7 @@ pub fn worker_binary() -> Result<PathBuf, WorkerError> {
         let path = PathBuf::from(path);
         return match path.is_file() {
             true => Ok(path),
-            false => Err(WorkerError::BinaryMissing {
-                looked: format!("{} (MOCK_WORKER_BIN)", path.display()),
-            }),
+            false => Err(WorkerError::BinaryMissing { looked: format!("{} (MOCK_WORKER_BIN)", path.display()) }),
         };
     }
     let exe = std::env::current_exe().map_err(io("cannot locate the running executable"))?;
@@ -144,12 +142,7 @@ impl WorkerSpec {
         let mut config = config;
         config.nats_url = nats_url.into();
         config.processor_url = processor_url.into();
-        WorkerSpec {
-            config,
-            replicas: 1,
-            env: Vec::new(),
-            ready_timeout: Duration::from_secs(30),
-        }
+        WorkerSpec { config, replicas: 1, env: Vec::new(), ready_timeout: Duration::from_secs(30) }
     }
 
     /// Sets the result bucket's replicas.
@@ -280,19 +273,11 @@ impl WorkerProcess {
             }
             Ok(Ok(false)) | Ok(Err(_)) => {
                 let status = self.wait_exit(Duration::from_secs(5)).await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                Err(WorkerError::ExitedEarly {
-                    name: self.name().to_string(),
-                    status,
-                    log_tail: self.log_tail(30),
-                })
+                Err(WorkerError::ExitedEarly { name: self.name().to_string(), status, log_tail: self.log_tail(30) })
             }
             Err(_) => {
                 let _ = self.kill().await;
-                Err(WorkerError::NotReady {
-                    name: self.name().to_string(),
-                    timeout,
-                    log_tail: self.log_tail(30),
-                })
+                Err(WorkerError::NotReady { name: self.name().to_string(), timeout, log_tail: self.log_tail(30) })
             }
         }
     }
@@ -389,11 +374,8 @@ impl WorkerProcess {
         if let Some(status) = self.try_status() {
             return Ok(status);
         }
-        let sent = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status()
-            .map_err(io("cannot run `kill -TERM`"))?;
+        let sent =
+            std::process::Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status().map_err(io("cannot run `kill -TERM`"))?;
         if !sent.success() {
             // It may have exited between the check and the signal.
             if let Some(status) = self.try_status() {
@@ -432,9 +414,7 @@ impl WorkerProcess {
 
 /// File names from instance names.
 fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .collect()
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 /// Several worker processes and the directory of their config and log files (removed on drop
@@ -462,12 +442,7 @@ impl WorkerPool {
         let binary = worker_binary()?;
         let dir = std::env::temp_dir().join(format!("hs-workers-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
-        Ok(WorkerPool {
-            workers: Vec::new(),
-            binary,
-            dir,
-            keep: false,
-        })
+        Ok(WorkerPool { workers: Vec::new(), binary, dir, keep: false })
     }
 
     /// A pool of `n` workers of `spec`, named `<name>-1` .. `<name>-n`, started concurrently.
@@ -563,11 +538,7 @@ impl WorkerPool {
 
     /// The last `lines` lines of every worker's log, headed by its name and pid.
     pub fn log_tails(&self, lines: usize) -> String {
-        self.workers
-            .iter()
-            .map(|w| format!("== {} (pid {}) ==\n{}", w.name(), w.pid(), w.log_tail(lines)))
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.workers.iter().map(|w| format!("== {} (pid {}) ==\n{}", w.name(), w.pid(), w.log_tail(lines))).collect::<Vec<_>>().join("\n")
     }
 }
 

@@ -85,7 +85,11 @@ async fn bad_replies_are_refused_counted_and_never_applied() {
     .await;
     assert!(!call.is_finished(), "a bad reply must not end the call");
     client.publish_with_headers(reply_to.clone(), reply_headers(request.message_id()), good_json.clone().into()).await.unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(10), call).await.expect("the call completes").unwrap().expect("the real reply is accepted");
+    let reply = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the call completes")
+        .unwrap()
+        .expect("the real reply is accepted");
     assert_eq!(reply.correlation_id, request.envelope().correlation_id);
     assert_eq!(reply.status, ResponseStatus::Success);
     msg.ack().await.unwrap();
@@ -162,20 +166,15 @@ async fn the_gateway_applies_no_late_reply_that_does_not_match_its_request() {
     let mut other_merchant = ResponseEnvelope::failure(&request, "card_declined", "forged");
     other_merchant.merchant_id = Some("merchant_b".into());
     tx.send(late(&authorize.message_id, other_merchant)).await.unwrap();
-    tx.send(late("merchant_a:pay_late_1:payments.capture:never_sent", ResponseEnvelope::reply_to(&request, ResponseStatus::Success))).await.unwrap();
+    tx.send(late("merchant_a:pay_late_1:payments.capture:never_sent", ResponseEnvelope::reply_to(&request, ResponseStatus::Success)))
+        .await
+        .unwrap();
     drop(tx);
     applier.await.unwrap();
     let text = gateway.running.state.gateway.bridge.metrics().render();
     assert_eq!(metric(&text, "gateway_late_replies_refused"), 3.0, "{text}");
-    let payment: serde_json::Value = http
-        .get(format!("{}/payments/pay_late_1", gateway.url))
-        .header("api-key", "key_a")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let payment: serde_json::Value =
+        http.get(format!("{}/payments/pay_late_1", gateway.url)).header("api-key", "key_a").send().await.unwrap().json().await.unwrap();
     assert_eq!(payment["status"], "requires_capture", "forged replies changed nothing: {payment}");
 }
 
@@ -188,7 +187,8 @@ mod decoding {
     use proptest::prelude::*;
 
     fn request() -> OperationRequest {
-        OperationRequest::new(catalogue::ops::capture(), "merchant_a", "pay_1", "cap_1").router_data(serde_json::json!({ "amount": 500, "currency": "USD" }))
+        OperationRequest::new(catalogue::ops::capture(), "merchant_a", "pay_1", "cap_1")
+            .router_data(serde_json::json!({ "amount": 500, "currency": "USD" }))
     }
 
     proptest! {

@@ -64,7 +64,9 @@ async fn bench_reports_round_trip_rate_memory_and_connections() {
         assert!(!json[key].is_null(), "summary.json lacks {key}");
     }
     let md = std::fs::read_to_string(report.report.join("summary.md")).expect("summary.md");
-    for heading in ["## Targets", "## Authorize round trip", "## Maximum sustainable authorize rate", "## Memory with 1000", "## NATS connections"] {
+    for heading in
+        ["## Targets", "## Authorize round trip", "## Maximum sustainable authorize rate", "## Memory with 1000", "## NATS connections"]
+    {
         assert!(md.contains(heading), "summary.md lacks {heading}");
     }
     std::fs::remove_dir_all(dir).ok();

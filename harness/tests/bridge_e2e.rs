@@ -165,10 +165,8 @@ async fn message_ids_distinct_per_instance_equal_across_retries() {
         }
     }
     assert_eq!(stored.len(), instances.len());
-    let ids: BTreeSet<String> = stored
-        .iter()
-        .map(|m| m.headers.get(headers::NATS_MSG_ID).expect("Nats-Msg-Id").as_str().to_string())
-        .collect();
+    let ids: BTreeSet<String> =
+        stored.iter().map(|m| m.headers.get(headers::NATS_MSG_ID).expect("Nats-Msg-Id").as_str().to_string()).collect();
     assert_eq!(ids.len(), instances.len(), "distinct ids: {ids:?}");
     for m in &stored {
         for (name, _) in m.headers.iter() {
@@ -247,13 +245,8 @@ async fn late_ack_redelivery_resends_the_stored_result() {
     let info = eventually("the message acked", Duration::from_secs(15), || {
         let js = js.clone();
         async move {
-            let mut c: jetstream::consumer::PullConsumer = js
-                .get_stream("HYPERSWITCH_PAYMENTS")
-                .await
-                .ok()?
-                .get_consumer("worker_payments_authorize")
-                .await
-                .ok()?;
+            let mut c: jetstream::consumer::PullConsumer =
+                js.get_stream("HYPERSWITCH_PAYMENTS").await.ok()?.get_consumer("worker_payments_authorize").await.ok()?;
             let info = c.info().await.ok()?.clone();
             (info.num_ack_pending == 0 && info.num_pending == 0).then_some(info)
         }

@@ -9,7 +9,7 @@ use common::{money, single};
 use nats_bridge::catalogue::{self, ops};
 use nats_bridge::config::OperationOverride;
 use nats_bridge::metrics::names;
-use nats_bridge::{Bridge, BreakerState, BridgeConfig, CallError, OperationRequest, ResponseStatus};
+use nats_bridge::{BreakerState, Bridge, BridgeConfig, CallError, OperationRequest, ResponseStatus};
 use serde_json::json;
 
 const M: &str = "merchant_resilience";
@@ -60,10 +60,7 @@ async fn breaker_opens_after_five_no_responders_and_a_probe_closes_it() {
     assert_eq!(bridge.breaker_state(sync), BreakerState::Open);
     let started = Instant::now();
     let err = bridge.call(&req("payments.sync", "pay_cb", "s5", json!({}))).await.unwrap_err();
-    assert!(
-        matches!(&err, CallError::CircuitOpen { operation } if operation == "payments.sync"),
-        "{err}"
-    );
+    assert!(matches!(&err, CallError::CircuitOpen { operation } if operation == "payments.sync"), "{err}");
     assert!(started.elapsed() < Duration::from_millis(50), "refused at once: {:?}", started.elapsed());
     assert_eq!(err.mapping().code, "CIRCUIT_OPEN");
     assert_eq!(err.mapping().http_status, 503);
@@ -116,10 +113,9 @@ async fn a_failed_probe_reopens_the_breaker() {
 async fn a_reply_after_the_timeout_is_handed_over_as_a_late_reply() {
     let mut env = single(0).await;
     let mut config = env.bridge_config().clone();
-    config.operations.insert(
-        "payments.authorize".into(),
-        OperationOverride { timeout_ms: Some(1500), ack_timeout_ms: Some(500), ..Default::default() },
-    );
+    config
+        .operations
+        .insert("payments.authorize".into(), OperationOverride { timeout_ms: Some(1500), ack_timeout_ms: Some(500), ..Default::default() });
     let bridge = bridge_with(&env, config).await;
     let mut late = bridge.late_replies().expect("first take");
     assert!(bridge.late_replies().is_none(), "handed out once");
@@ -130,17 +126,10 @@ async fn a_reply_after_the_timeout_is_handed_over_as_a_late_reply() {
     assert_eq!(bridge.breaker_state(ops::authorize()), BreakerState::Closed, "one failure is below the threshold");
 
     env.start_worker().await.unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(15), late.recv())
-        .await
-        .expect("a late reply within 15s")
-        .expect("channel open");
+    let reply = tokio::time::timeout(Duration::from_secs(15), late.recv()).await.expect("a late reply within 15s").expect("channel open");
     assert_eq!(reply.idempotency_key.as_deref(), Some(r.envelope().idempotency_key.as_str()));
     assert_eq!(reply.correlation_id.as_deref(), Some(r.envelope().correlation_id.as_str()));
-    assert!(
-        reply.message_id.is_none() || reply.message_id.as_deref() == Some(r.message_id()),
-        "{:?}",
-        reply.message_id
-    );
+    assert!(reply.message_id.is_none() || reply.message_id.as_deref() == Some(r.message_id()), "{:?}", reply.message_id);
     let response = reply.response.expect("decoded");
     assert_eq!(response.status, ResponseStatus::Success, "{:?}", response.error);
     let effects = env.processor().effects_by_key(&r.envelope().idempotency_key);
@@ -184,9 +173,7 @@ async fn metrics_count_calls_by_operation_and_status() {
 
     // The application registers its own series in the bridge's registry.
     let registry = bridge.metrics();
-    registry
-        .counter("nats_recovery_job_recovered_count", "attempts settled by the recovery job", &[])
-        .inc_by(2);
+    registry.counter("nats_recovery_job_recovered_count", "attempts settled by the recovery job", &[]).inc_by(2);
 
     let text = registry.render();
     let op = |name: &'static str| [("operation", name)];

@@ -14,15 +14,21 @@ const HARNESS: &str = env!("CARGO_BIN_EXE_harness");
 fn catalogue_json_lists_all_35_operations_with_the_seed_patterns() {
     let out = Command::new(HARNESS).args(["catalogue", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
     assert_eq!(lines.len(), 35);
     let queries = [
-        "payments.sync", "payments.session", "payments.post_session_tokens", "refunds.sync", "tokens.validate",
-        "auth.external", "auth.access_token", "auth.auth_token", "webhooks.verify", "payouts.sync", "tax.calculate",
+        "payments.sync",
+        "payments.session",
+        "payments.post_session_tokens",
+        "refunds.sync",
+        "tokens.validate",
+        "auth.external",
+        "auth.access_token",
+        "auth.auth_token",
+        "webhooks.verify",
+        "payouts.sync",
+        "tax.calculate",
         "giftcard.balance",
     ];
     for line in &lines {

@@ -23,8 +23,10 @@ async fn authorize_capture_refund_on_a_three_node_cluster() {
     }
     let bridge = env.bridge();
     let auth = OperationRequest::new(ops::authorize(), "m_cluster", "pay_c", "pay_c_1").router_data(money(1000));
-    let cap = OperationRequest::new(ops::capture(), "m_cluster", "pay_c", "cap_1").router_data(json!({ "amount": 1000, "currency": "USD" }));
-    let refund = OperationRequest::new(ops::refund(), "m_cluster", "pay_c", "ref_1").router_data(json!({ "amount": 400, "currency": "USD" }));
+    let cap =
+        OperationRequest::new(ops::capture(), "m_cluster", "pay_c", "cap_1").router_data(json!({ "amount": 1000, "currency": "USD" }));
+    let refund =
+        OperationRequest::new(ops::refund(), "m_cluster", "pay_c", "ref_1").router_data(json!({ "amount": 400, "currency": "USD" }));
     for r in [&auth, &cap, &refund] {
         let reply = bridge.call(r).await.unwrap();
         assert_eq!(reply.status, ResponseStatus::Success, "{}: {:?}", r.operation().name, reply.error);

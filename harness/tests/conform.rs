@@ -29,7 +29,19 @@ async fn the_mock_worker_conforms() {
     let report = conform(mock_worker()).await;
     assert!(report.passed(), "the mock worker must conform:\n{}", report.table());
     // Not vacuous: every check ran.
-    for name in ["ready", "durable_operations", "automatic_capture", "queries", "duplicate_lookup", "redelivery", "reused_key", "replay", "dead_letter", "ack_after_reply", "worker_alive"] {
+    for name in [
+        "ready",
+        "durable_operations",
+        "automatic_capture",
+        "queries",
+        "duplicate_lookup",
+        "redelivery",
+        "reused_key",
+        "replay",
+        "dead_letter",
+        "ack_after_reply",
+        "worker_alive",
+    ] {
         assert!(report.check(name).is_some(), "check {name} did not run");
     }
 }

@@ -98,10 +98,14 @@ async fn manual_capture_partial_capture_refund_retrieve() {
 #[tokio::test]
 async fn automatic_capture_charges_in_one_call() {
     let (env, g, c, _dir) = setup(1).await;
-    let (s, p) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_auto", "amount": 700, "currency": "EUR", "confirm": true })).await;
+    let (s, p) =
+        c.post("/payments", "key_m1", json!({ "payment_id": "pay_auto", "amount": 700, "currency": "EUR", "confirm": true })).await;
     assert_eq!(s, 200, "{p}");
     assert_eq!(p["status"], "succeeded");
-    assert_eq!((p["attempt_status"].as_str(), p["amount_received"].as_i64(), p["amount_capturable"].as_i64()), (Some("charged"), Some(700), Some(0)));
+    assert_eq!(
+        (p["attempt_status"].as_str(), p["amount_received"].as_i64(), p["amount_capturable"].as_i64()),
+        (Some("charged"), Some(700), Some(0))
+    );
     // One bus operation: the authorization, which the processor charged in one effect.
     let gateway = &g.running.state.gateway;
     assert_eq!(gateway.bridge.stats().published, 1, "one JetStream publish");
@@ -141,7 +145,13 @@ async fn automatic_capture_falls_back_to_a_capture_when_the_authorization_did_no
     for op in [nats_bridge::catalogue::ops::authorize(), nats_bridge::catalogue::ops::capture()] {
         tasks.spawn(minimal_worker::serve_durable(client.clone(), env.bridge_config().clone(), op, old_worker.clone()));
     }
-    let (s, p) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_old", "amount": 700, "currency": "EUR", "capture_method": "automatic", "confirm": true })).await;
+    let (s, p) = c
+        .post(
+            "/payments",
+            "key_m1",
+            json!({ "payment_id": "pay_old", "amount": 700, "currency": "EUR", "capture_method": "automatic", "confirm": true }),
+        )
+        .await;
     assert_eq!(s, 200, "{p}");
     assert_eq!((p["status"].as_str(), p["amount_received"].as_i64()), (Some("succeeded"), Some(700)), "{p}");
     let gateway = &g.running.state.gateway;
@@ -159,7 +169,12 @@ async fn automatic_capture_falls_back_to_a_capture_when_the_authorization_did_no
 #[tokio::test]
 async fn validation_errors_change_nothing() {
     let (env, _g, c, _dir) = setup(1).await;
-    c.post("/payments", "key_m1", json!({ "payment_id": "pay_v", "amount": 500, "currency": "USD", "capture_method": "manual", "confirm": true })).await;
+    c.post(
+        "/payments",
+        "key_m1",
+        json!({ "payment_id": "pay_v", "amount": 500, "currency": "USD", "capture_method": "manual", "confirm": true }),
+    )
+    .await;
     let before = (env.processor().ledger().len(), c.get("/payments/pay_v", "key_m1").await.1);
     let cases: Vec<(&str, Value, u16, &str)> = vec![
         ("/payments/pay_v/capture", json!({ "amount_to_capture": 501 }), 422, "invalid_amount"),
@@ -195,7 +210,12 @@ async fn validation_errors_change_nothing() {
 #[tokio::test]
 async fn merchants_are_isolated() {
     let (_env, _g, c, _dir) = setup(1).await;
-    c.post("/payments", "key_m1", json!({ "payment_id": "pay_iso", "amount": 500, "currency": "USD", "capture_method": "manual", "confirm": true })).await;
+    c.post(
+        "/payments",
+        "key_m1",
+        json!({ "payment_id": "pay_iso", "amount": 500, "currency": "USD", "capture_method": "manual", "confirm": true }),
+    )
+    .await;
     let (s, _) = c.get("/payments/pay_iso", "key_m2").await;
     assert_eq!(s, 404);
     let (s, _) = c.post("/payments/pay_iso/capture", "key_m2", json!({})).await;
@@ -274,7 +294,17 @@ async fn recovery_fails_an_operation_the_processor_never_saw() {
     let running = gateway::start_with(cfg.clone(), bridge).unwrap();
     let g = &running.state.gateway;
     let p = g
-        .create("m1", gateway::service::NewPayment { payment_id: Some("pay_rec".into()), amount: 300, currency: "USD".into(), capture_method: gateway::model::CaptureMethod::Manual, router_data: json!({}) }, true)
+        .create(
+            "m1",
+            gateway::service::NewPayment {
+                payment_id: Some("pay_rec".into()),
+                amount: 300,
+                currency: "USD".into(),
+                capture_method: gateway::model::CaptureMethod::Manual,
+                router_data: json!({}),
+            },
+            true,
+        )
         .await
         .unwrap();
     assert_eq!(p.status, gateway::model::AttemptStatus::Pending, "timeout is pending, not failed");
@@ -302,7 +332,13 @@ async fn a_late_reply_lands_on_the_attempt() {
     let dir = tempdir::Dir::new("gw-late");
     let g = env.start_gateway_with("127.0.0.1:0", config(&dir), short_authorize(&env)).await.unwrap();
     let c = Client::new(&g);
-    let (s, p) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_late", "amount": 400, "currency": "USD", "capture_method": "manual", "confirm": true })).await;
+    let (s, p) = c
+        .post(
+            "/payments",
+            "key_m1",
+            json!({ "payment_id": "pay_late", "amount": 400, "currency": "USD", "capture_method": "manual", "confirm": true }),
+        )
+        .await;
     assert_eq!(s, 200, "{p}");
     assert_eq!(p["attempt_status"], "pending", "no worker yet: outcome unknown");
     assert_eq!(p["status"], "processing");
@@ -389,7 +425,13 @@ async fn recovery_confirms_an_operation_the_processor_did() {
     cfg.recovery.stuck_after_ms = 1;
     let g = env.start_gateway_with("127.0.0.1:0", cfg.clone(), short_authorize(&env)).await.unwrap();
     let c = Client::new(&g);
-    let (_, p) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_rec2", "amount": 650, "currency": "USD", "capture_method": "manual", "confirm": true })).await;
+    let (_, p) = c
+        .post(
+            "/payments",
+            "key_m1",
+            json!({ "payment_id": "pay_rec2", "amount": 650, "currency": "USD", "capture_method": "manual", "confirm": true }),
+        )
+        .await;
     assert_eq!(p["attempt_status"], "pending", "{p}");
     assert_eq!(env.processor().ledger().len(), 1, "the processor did it");
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -414,7 +456,13 @@ async fn recovery_finds_an_automatic_authorization_charged() {
     cfg.recovery.stuck_after_ms = 1;
     let g = env.start_gateway_with("127.0.0.1:0", cfg.clone(), short_authorize(&env)).await.unwrap();
     let c = Client::new(&g);
-    let (_, p) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_rec_auto", "amount": 650, "currency": "USD", "capture_method": "automatic", "confirm": true })).await;
+    let (_, p) = c
+        .post(
+            "/payments",
+            "key_m1",
+            json!({ "payment_id": "pay_rec_auto", "amount": 650, "currency": "USD", "capture_method": "automatic", "confirm": true }),
+        )
+        .await;
     assert_eq!((p["status"].as_str(), p["attempt_status"].as_str()), (Some("processing"), Some("pending")), "{p}");
     let account = env.processor().account("m1", "pay_rec_auto").expect("the processor did it");
     assert_eq!((account.authorized, account.captured), (650, 650));
@@ -422,7 +470,11 @@ async fn recovery_finds_an_automatic_authorization_charged() {
     let gw = &g.running.state.gateway;
     assert_eq!(gateway::recovery::run_once(gw, &cfg.recovery, &g.running.recovery).await, 1);
     let (_, p) = c.get("/payments/pay_rec_auto", "key_m1").await;
-    assert_eq!((p["status"].as_str(), p["attempt_status"].as_str(), p["amount_received"].as_i64()), (Some("succeeded"), Some("charged"), Some(650)), "{p}");
+    assert_eq!(
+        (p["status"].as_str(), p["attempt_status"].as_str(), p["amount_received"].as_i64()),
+        (Some("succeeded"), Some("charged"), Some(650)),
+        "{p}"
+    );
     let ops: Vec<_> = gw.store.operations_of("m1", "pay_rec_auto").unwrap().into_iter().map(|o| o.operation).collect();
     assert_eq!(ops, ["payments.authorize"], "no capture sent");
     assert_eq!(env.processor().ledger().len(), 1, "recovery did not charge again");
@@ -454,12 +506,24 @@ async fn the_correlation_id_follows_the_request_to_the_workers() {
 async fn every_catalogue_operation_is_reachable_over_http() {
     let (env, _g, c, _dir) = setup(1).await;
     // The dedicated routes.
-    let (s, _) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_all", "amount": 1000, "currency": "USD", "capture_method": "manual", "confirm": true })).await;
+    let (s, _) = c
+        .post(
+            "/payments",
+            "key_m1",
+            json!({ "payment_id": "pay_all", "amount": 1000, "currency": "USD", "capture_method": "manual", "confirm": true }),
+        )
+        .await;
     assert_eq!(s, 200);
     assert_eq!(c.post("/payments/pay_all/incremental_authorization", "key_m1", json!({ "amount": 100 })).await.0, 200);
     assert_eq!(c.post("/payments/pay_all/capture", "key_m1", json!({ "amount_to_capture": 500 })).await.0, 200);
     assert_eq!(c.post("/refunds", "key_m1", json!({ "payment_id": "pay_all", "refund_id": "ref_all", "amount": 100 })).await.0, 200);
-    let (s, _) = c.post("/payments", "key_m1", json!({ "payment_id": "pay_void", "amount": 10, "currency": "USD", "capture_method": "manual", "confirm": true })).await;
+    let (s, _) = c
+        .post(
+            "/payments",
+            "key_m1",
+            json!({ "payment_id": "pay_void", "amount": 10, "currency": "USD", "capture_method": "manual", "confirm": true }),
+        )
+        .await;
     assert_eq!(s, 200);
     assert_eq!(c.post("/payments/pay_void/cancel", "key_m1", json!({})).await.0, 200);
     // Everything else through /flows/{operation}; the dedicated ones are refused there.
@@ -481,7 +545,8 @@ async fn every_catalogue_operation_is_reachable_over_http() {
             _ if op.family == nats_bridge::Family::Payouts => ("payout_all", "po_all"),
             _ => ("pay_all", "obj_all"),
         };
-        let (s, body) = c.post(&format!("/flows/{}", op.name), "key_m1", json!({ "payment_id": payment, "object_id": object, "data": data })).await;
+        let (s, body) =
+            c.post(&format!("/flows/{}", op.name), "key_m1", json!({ "payment_id": payment, "object_id": object, "data": data })).await;
         if dedicated {
             assert_eq!((s, body["error"]["code"].as_str()), (400, Some("use_dedicated_route")), "{}", op.name);
         } else {

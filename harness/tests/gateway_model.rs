@@ -139,16 +139,32 @@ enum Target {
 /// them into this case's strings).
 #[derive(Clone, Debug)]
 enum Call {
-    Create { payment: usize, amount: i64, currency: Currency, manual: bool, confirm: bool },
+    Create {
+        payment: usize,
+        amount: i64,
+        currency: Currency,
+        manual: bool,
+        confirm: bool,
+    },
     Confirm(Target),
     Capture(Target, Option<i64>),
     Cancel(Target),
-    Refund { target: Target, refund_no: Option<usize>, amount: Option<i64> },
-    Retrieve { target: Target, force_sync: bool },
+    Refund {
+        target: Target,
+        refund_no: Option<usize>,
+        amount: Option<i64>,
+    },
+    Retrieve {
+        target: Target,
+        force_sync: bool,
+    },
     RetrieveRefund(usize),
     /// The request first sent with idempotency key `key`, again under that key, with the same
     /// body or another one.
-    Replay { key: usize, same_body: bool },
+    Replay {
+        key: usize,
+        same_body: bool,
+    },
 }
 
 /// The response the model predicts.
@@ -164,10 +180,20 @@ enum Expect {
         received: i64,
         refunded: i64,
     },
-    Refund { payment: usize, refund_no: Option<usize>, amount: i64, currency: Currency },
-    Error { status: u16, code: &'static str },
+    Refund {
+        payment: usize,
+        refund_no: Option<usize>,
+        amount: i64,
+        currency: Currency,
+    },
+    Error {
+        status: u16,
+        code: &'static str,
+    },
     /// Exactly the first response to the request sent with this key.
-    Replay { key: usize },
+    Replay {
+        key: usize,
+    },
 }
 
 fn error(status: u16, code: &'static str) -> Expect {
@@ -322,27 +348,70 @@ enum Op {
 
 #[derive(Clone, Debug)]
 enum Transition {
-    Retrieve { payment: usize, force_sync: bool },
-    Create { amount: i64, currency: Currency, manual: bool, confirm: bool, keyed: bool },
-    Confirm { payment: usize, keyed: bool },
-    Capture { payment: usize, amount: Amount, keyed: bool },
-    Cancel { payment: usize, keyed: bool },
-    Refund { payment: usize, amount: Amount, client_id: bool, keyed: bool },
+    Retrieve {
+        payment: usize,
+        force_sync: bool,
+    },
+    Create {
+        amount: i64,
+        currency: Currency,
+        manual: bool,
+        confirm: bool,
+        keyed: bool,
+    },
+    Confirm {
+        payment: usize,
+        keyed: bool,
+    },
+    Capture {
+        payment: usize,
+        amount: Amount,
+        keyed: bool,
+    },
+    Cancel {
+        payment: usize,
+        keyed: bool,
+    },
+    Refund {
+        payment: usize,
+        amount: Amount,
+        client_id: bool,
+        keyed: bool,
+    },
     /// The same idempotency key again, with the same body or another one.
-    Replay { key: usize, same_body: bool },
+    Replay {
+        key: usize,
+        same_body: bool,
+    },
     /// A create with an existing client-chosen payment id, with the same parameters or not.
-    CreateAgain { payment: usize, same: bool, confirm: bool, keyed: bool },
+    CreateAgain {
+        payment: usize,
+        same: bool,
+        confirm: bool,
+        keyed: bool,
+    },
     /// A refund with an existing client-chosen refund id, with the same amount or not.
-    RefundAgain { refund: usize, same: bool },
+    RefundAgain {
+        refund: usize,
+        same: bool,
+    },
     /// A request naming a payment id that does not exist.
     UnknownPayment(Op),
     /// The second merchant reads a payment of the first.
-    OtherMerchantRead { payment: usize },
+    OtherMerchantRead {
+        payment: usize,
+    },
     /// The second merchant captures a payment of the first, perhaps under one of the first
     /// merchant's idempotency keys (keys are per merchant: no replay of the first's response).
-    OtherMerchantCapture { payment: usize, key: Option<usize> },
+    OtherMerchantCapture {
+        payment: usize,
+        key: Option<usize>,
+    },
     /// A refund read by its client-chosen id, by its merchant or the other one.
-    RetrieveRefund { refund: usize, other_merchant: bool },
+    RetrieveRefund {
+        refund: usize,
+        other_merchant: bool,
+    },
 }
 
 fn amounts() -> impl Strategy<Value = Amount> {
@@ -575,7 +644,12 @@ impl ReferenceStateMachine for GatewayModel {
                 let expect = if other_merchant {
                     error(404, "not_found")
                 } else {
-                    Expect::Refund { payment: r.payment, refund_no: Some(r.refund_no), amount: r.amount, currency: s.payments[r.payment].currency }
+                    Expect::Refund {
+                        payment: r.payment,
+                        refund_no: Some(r.refund_no),
+                        amount: r.amount,
+                        currency: s.payments[r.payment].currency,
+                    }
                 };
                 Step { other_merchant, call: Call::RetrieveRefund(r.refund_no), key: None, expect, replayed: false }
             }
@@ -607,7 +681,14 @@ struct Client {
 }
 
 impl Client {
-    async fn send(&self, method: reqwest::Method, path: &str, api_key: &str, idem: Option<&str>, body: Option<&str>) -> Result<Reply, String> {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        api_key: &str,
+        idem: Option<&str>,
+        body: Option<&str>,
+    ) -> Result<Reply, String> {
         let mut r = self.http.request(method, format!("{}{path}", self.url)).header("api-key", api_key);
         if let Some(i) = idem {
             r = r.header("Idempotency-Key", i);
@@ -874,7 +955,8 @@ impl Sut {
         let processor = self.shared.env.processor();
         let ledger = processor.ledger();
         let mine: Vec<_> = ledger.iter().filter(|e| e.payment_id.starts_with(&self.prefix)).collect();
-        let got: Vec<_> = mine.iter().map(|e| (e.merchant_id.clone(), e.payment_id.clone(), e.operation.clone(), e.amount, e.captured_amount)).collect();
+        let got: Vec<_> =
+            mine.iter().map(|e| (e.merchant_id.clone(), e.payment_id.clone(), e.operation.clone(), e.amount, e.captured_amount)).collect();
         let want: Vec<_> = model
             .effects
             .iter()
@@ -882,7 +964,9 @@ impl Sut {
             .collect();
         let mut wrong = Vec::new();
         if got != want {
-            wrong.push(format!("processor effects (merchant, payment, operation, amount, captured_amount)\n    expected {want:?}\n    got      {got:?}"));
+            wrong.push(format!(
+                "processor effects (merchant, payment, operation, amount, captured_amount)\n    expected {want:?}\n    got      {got:?}"
+            ));
         }
         let mut keys: Vec<_> = mine.iter().map(|e| e.idempotency_key.clone()).collect();
         keys.sort();
@@ -980,12 +1064,8 @@ fn gateway_agrees_with_the_reference_model() {
     });
     SHARED.with(|s| *s.borrow_mut() = Some(Rc::new(shared)));
 
-    let config = contextualize_config(Config {
-        cases: DEFAULT_CASES,
-        failure_persistence: None,
-        max_shrink_iters: 2048,
-        ..Config::default()
-    });
+    let config =
+        contextualize_config(Config { cases: DEFAULT_CASES, failure_persistence: None, max_shrink_iters: 2048, ..Config::default() });
     let mut runner = TestRunner::new(config.clone());
     let result = runner.run(&GatewayModel::sequential_strategy(1..=MAX_STEPS), |(initial, transitions, seen)| {
         GatewayTest::test_sequential(config.clone(), initial, transitions, seen);

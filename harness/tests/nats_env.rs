@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream};
 use harness::nats::{Backend, BackendChoice, EnvConfig, NatsEnv, ENV_LABEL};
 
-
 /// Creates a stream with the environment's replica count, publishes one
 /// message, reads it back by sequence and returns the stream info.
 async fn stream_round_trip(env: &NatsEnv, name: &str) -> stream::Info {
@@ -30,10 +29,7 @@ async fn stream_round_trip(env: &NatsEnv, name: &str) -> stream::Info {
         .unwrap_or_else(|e| panic!("create stream {name} (R{}): {e}", env.replicas()));
     let ack = publish_when_stream_listens(&js, format!("{name}.greeting")).await;
     assert_eq!(ack.stream, name);
-    let message = stream
-        .get_raw_message(ack.sequence)
-        .await
-        .expect("read back");
+    let message = stream.get_raw_message(ack.sequence).await.expect("read back");
     assert_eq!(message.payload.as_ref(), b"hello");
     assert_eq!(message.subject.as_str(), format!("{name}.greeting"));
     let info = stream.info().await.expect("stream info").clone();
@@ -48,10 +44,7 @@ async fn stream_round_trip(env: &NatsEnv, name: &str) -> stream::Info {
 /// may not have learned the stream leader's subject interest yet (it spreads
 /// over the routes asynchronously), so a publish can briefly get "no
 /// responders" (`StreamNotFound`). That case is retried until a deadline.
-async fn publish_when_stream_listens(
-    js: &jetstream::Context,
-    subject: String,
-) -> jetstream::publish::PublishAck {
+async fn publish_when_stream_listens(js: &jetstream::Context, subject: String) -> jetstream::publish::PublishAck {
     use jetstream::context::PublishErrorKind;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut retries = 0;
@@ -63,9 +56,7 @@ async fn publish_when_stream_listens(
         match result {
             Ok(ack) => {
                 if retries > 0 {
-                    eprintln!(
-                        "publish to {subject} succeeded after {retries} no-responders retries"
-                    );
+                    eprintln!("publish to {subject} succeeded after {retries} no-responders retries");
                 }
                 return ack;
             }
@@ -82,24 +73,13 @@ fn assert_cluster_info(info: &stream::Info) {
     let cluster = info.cluster.as_ref().expect("cluster info");
     let leader = cluster.leader.as_deref().expect("stream leader");
     assert!(["n1", "n2", "n3"].contains(&leader), "leader {leader}");
-    assert_eq!(
-        cluster.replicas.len(),
-        2,
-        "replicas: {:?}",
-        cluster.replicas
-    );
+    assert_eq!(cluster.replicas.len(), 2, "replicas: {:?}", cluster.replicas);
     assert!(cluster.replicas.iter().all(|r| r.name != leader));
 }
 
 fn docker_output(args: &[&str]) -> (bool, String) {
-    let output = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker cli");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
-    )
+    let output = Command::new("docker").args(args).output().expect("run docker cli");
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 /// Drops the environment and checks that its containers, store volumes and
@@ -132,22 +112,14 @@ fn assert_process_teardown(env: NatsEnv) {
     assert!(workdir.is_dir());
     drop(env);
     for pid in pids {
-        assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "process {pid} still running"
-        );
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} still running");
     }
     assert!(!workdir.exists(), "{} left behind", workdir.display());
 }
 
 #[tokio::test]
 async fn docker_single_node() {
-    let env = common::start_nats(
-        EnvConfig::single()
-            .with_backend(BackendChoice::Docker)
-            .with_server_name("solo"),
-    )
-    .await;
+    let env = common::start_nats(EnvConfig::single().with_backend(BackendChoice::Docker).with_server_name("solo")).await;
     assert_eq!(env.backend(), Backend::Docker);
     assert_eq!((env.node_count(), env.replicas()), (1, 1));
     let node = &env.nodes()[0];
@@ -178,13 +150,7 @@ async fn docker_single_node() {
 /// partition refused, and nothing left behind once dropped.
 #[tokio::test]
 async fn docker_host_network_single_node() {
-    let env = common::start_nats(
-        EnvConfig::single()
-            .with_backend(BackendChoice::Docker)
-            .with_host_network(true)
-            .with_gomaxprocs(1),
-    )
-    .await;
+    let env = common::start_nats(EnvConfig::single().with_backend(BackendChoice::Docker).with_host_network(true).with_gomaxprocs(1)).await;
     assert_eq!(env.backend(), Backend::Docker);
     assert!(env.host_network());
     assert_eq!(env.network_name(), None);
@@ -222,14 +188,10 @@ async fn docker_host_network_single_node() {
     env.unpause("n1").await.expect("unpause");
     assert_eq!(varz_gomaxprocs(node).await, 1);
 
-    for error in [
-        env.partition("n1").await.expect_err("partition on the host network"),
-        env.heal("n1").await.expect_err("heal on the host network"),
-    ] {
-        assert!(
-            matches!(error, harness::nats::NatsError::Unsupported { backend: Backend::Docker, .. }),
-            "{error:?}"
-        );
+    for error in
+        [env.partition("n1").await.expect_err("partition on the host network"), env.heal("n1").await.expect_err("heal on the host network")]
+    {
+        assert!(matches!(error, harness::nats::NatsError::Unsupported { backend: Backend::Docker, .. }), "{error:?}");
         assert!(error.to_string().contains("host network"), "{error}");
     }
     assert_eq!(node.state(), harness::nats::NodeState::Running);
@@ -248,10 +210,7 @@ async fn docker_host_network_single_node() {
         if containers.is_empty() && volumes.is_empty() {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "left behind: containers [{containers}], volumes [{volumes}]"
-        );
+        assert!(Instant::now() < deadline, "left behind: containers [{containers}], volumes [{volumes}]");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -263,10 +222,7 @@ async fn host_network_cluster_is_refused() {
         let error = NatsEnv::start(EnvConfig::cluster().with_backend(backend).with_host_network(true))
             .await
             .expect_err("a host-network cluster must be refused");
-        assert!(
-            matches!(&error, harness::nats::NatsError::InvalidConfig(m) if m.contains("host_network")),
-            "{error:?}"
-        );
+        assert!(matches!(&error, harness::nats::NatsError::InvalidConfig(m) if m.contains("host_network")), "{error:?}");
         assert!(error.to_string().contains("single-node environments only"), "{error}");
     }
 }
@@ -321,24 +277,15 @@ async fn process_cluster() {
 
 /// `gomaxprocs` of the node's `/varz`: what its Go runtime runs with.
 async fn varz_gomaxprocs(node: &harness::nats::NatsNode) -> u64 {
-    let varz: serde_json::Value = reqwest::get(format!("{}/varz", node.monitoring_url()))
-        .await
-        .expect("varz")
-        .json()
-        .await
-        .expect("varz json");
+    let varz: serde_json::Value =
+        reqwest::get(format!("{}/varz", node.monitoring_url())).await.expect("varz").json().await.expect("varz json");
     varz["gomaxprocs"].as_u64().expect("gomaxprocs in /varz")
 }
 
 /// `EnvConfig::gomaxprocs` reaches the server, also after a restart.
 #[tokio::test]
 async fn process_gomaxprocs() {
-    let env = common::start_nats(
-        EnvConfig::single()
-            .with_backend(BackendChoice::Process)
-            .with_gomaxprocs(1),
-    )
-    .await;
+    let env = common::start_nats(EnvConfig::single().with_backend(BackendChoice::Process).with_gomaxprocs(1)).await;
     let node = &env.nodes()[0];
     assert_eq!(varz_gomaxprocs(node).await, 1);
     env.restart(node.name()).await.expect("restart");
@@ -374,13 +321,9 @@ async fn fallback_child() {
         return;
     }
     common::init_tracing();
-    let error = NatsEnv::start(EnvConfig::single().with_backend(BackendChoice::Docker))
-        .await
-        .expect_err("docker must be reported unavailable");
-    assert!(
-        matches!(error, harness::nats::NatsError::DockerUnavailable(_)),
-        "{error}"
-    );
+    let error =
+        NatsEnv::start(EnvConfig::single().with_backend(BackendChoice::Docker)).await.expect_err("docker must be reported unavailable");
+    assert!(matches!(error, harness::nats::NatsError::DockerUnavailable(_)), "{error}");
 
     let env = common::start_nats(EnvConfig::single()).await;
     assert_eq!(env.backend(), Backend::Process);
@@ -391,13 +334,8 @@ async fn fallback_child() {
 /// the containers and the network.
 #[test]
 fn docker_drop_outside_runtime() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let env = runtime.block_on(common::start_nats(
-        EnvConfig::single().with_backend(BackendChoice::Docker),
-    ));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let env = runtime.block_on(common::start_nats(EnvConfig::single().with_backend(BackendChoice::Docker)));
     drop(runtime);
     assert_docker_teardown(env);
 }

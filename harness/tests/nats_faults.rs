@@ -18,15 +18,10 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use harness::nats::{BackendChoice, EnvConfig, NatsEnv, NatsError, NatsNode, NodeState};
 
-
 /// A client that retries reconnecting every 100ms (the default backs off
 /// up to 4s, which only makes the tests slower).
 async fn fast_client(env: &NatsEnv) -> async_nats::Client {
-    env.connect_with(
-        async_nats::ConnectOptions::new().reconnect_delay_callback(|_| Duration::from_millis(100)),
-    )
-    .await
-    .expect("connect")
+    env.connect_with(async_nats::ConnectOptions::new().reconnect_delay_callback(|_| Duration::from_millis(100))).await.expect("connect")
 }
 
 /// Creates the stream, retrying for up to 20 s while a freshly started cluster settles (no
@@ -58,10 +53,7 @@ async fn create_stream(js: &jetstream::Context, name: &str, replicas: usize) -> 
 async fn publish_batch(js: &jetstream::Context, subject: &str, count: usize) {
     let mut acks = Vec::with_capacity(count);
     for i in 0..count {
-        let ack = js
-            .publish(subject.to_owned(), format!("m{i}").into())
-            .await
-            .expect("publish");
+        let ack = js.publish(subject.to_owned(), format!("m{i}").into()).await.expect("publish");
         acks.push(ack);
     }
     for ack in acks {
@@ -87,9 +79,7 @@ async fn publish_acked(
     failures: &mut Failures,
 ) -> Result<jetstream::publish::PublishAck, String> {
     loop {
-        let message = PublishMessage::build()
-            .payload(id.to_owned().into())
-            .message_id(id);
+        let message = PublishMessage::build().payload(id.to_owned().into()).message_id(id);
         let result = match js.send_publish(subject.to_owned(), message).await {
             Ok(ack) => ack.await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -97,9 +87,7 @@ async fn publish_acked(
         match result {
             Ok(ack) => return Ok(ack),
             Err(e) if Instant::now() >= deadline => {
-                return Err(format!(
-                    "{id} not acked before the deadline: {e} (earlier failures: {failures:?})"
-                ))
+                return Err(format!("{id} not acked before the deadline: {e} (earlier failures: {failures:?})"))
             }
             Err(e) => {
                 *failures.entry(e).or_default() += 1;
@@ -117,15 +105,7 @@ async fn publish_each_acked(js: &jetstream::Context, prefix: &str, count: usize)
     let mut failures = Failures::new();
     for i in 0..count {
         let deadline = Instant::now() + Duration::from_secs(10);
-        publish_acked(
-            js,
-            &subject,
-            &format!("{prefix}-{i}"),
-            deadline,
-            &mut failures,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        publish_acked(js, &subject, &format!("{prefix}-{i}"), deadline, &mut failures).await.unwrap_or_else(|e| panic!("{e}"));
     }
     failures
 }
@@ -138,20 +118,13 @@ async fn stream_messages(js: &jetstream::Context, name: &str) -> u64 {
 async fn wait_connected(client: &async_nats::Client, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while client.connection_state() != State::Connected {
-        assert!(
-            Instant::now() < deadline,
-            "client did not reconnect within {timeout:?}"
-        );
+        assert!(Instant::now() < deadline, "client did not reconnect within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(800))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(800)).build().unwrap()
 }
 
 /// How many messages `stream` holds in `node`'s own replica, from the
@@ -174,41 +147,22 @@ async fn wait_caught_up(node: &NatsNode, stream: &str, expected: u64) {
     while started.elapsed() < Duration::from_secs(15) {
         seen = replica_messages(node, stream).await;
         if seen == Some(expected) {
-            eprintln!(
-                "{}: replica caught up ({expected} messages) {:.2?} after the node was back",
-                node.name(),
-                started.elapsed()
-            );
+            eprintln!("{}: replica caught up ({expected} messages) {:.2?} after the node was back", node.name(), started.elapsed());
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!(
-        "{}: replica holds {seen:?} messages, expected {expected}",
-        node.name()
-    );
+    panic!("{}: replica holds {seen:?} messages, expected {expected}", node.name());
 }
 
 /// A node that is neither the stream leader nor the server `client` is
 /// connected to, so taking it down costs neither a leader election nor a
 /// reconnect (which would only slow the test down).
-async fn bystander(
-    env: &NatsEnv,
-    stream: &mut stream::Stream,
-    client: &async_nats::Client,
-) -> String {
+async fn bystander(env: &NatsEnv, stream: &mut stream::Stream, client: &async_nats::Client) -> String {
     let info = stream.info().await.expect("stream info");
-    let leader = info
-        .cluster
-        .as_ref()
-        .and_then(|c| c.leader.clone())
-        .expect("stream leader");
+    let leader = info.cluster.as_ref().and_then(|c| c.leader.clone()).expect("stream leader");
     let connected = client.server_info().server_name;
-    env.nodes()
-        .iter()
-        .map(|n| n.name().to_owned())
-        .find(|n| *n != leader && *n != connected)
-        .expect("a third node")
+    env.nodes().iter().map(|n| n.name().to_owned()).find(|n| *n != leader && *n != connected).expect("a third node")
 }
 
 /// Single node: 100 messages survive `restart`, the stream accepts
@@ -227,26 +181,13 @@ async fn restart_keeps_store(env: &NatsEnv) {
 
     let fresh = jetstream::new(env.connect().await.expect("connect after restart"));
     assert_eq!(stream_messages(&fresh, "KEEP").await, 100);
-    let ack = fresh
-        .publish("keep.after", "fresh".into())
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
+    let ack = fresh.publish("keep.after", "fresh".into()).await.expect("publish").await.expect("ack");
     assert_eq!(ack.sequence, 101);
 
     let reconnect = Instant::now();
     wait_connected(&early, Duration::from_secs(10)).await;
-    eprintln!(
-        "early client reconnected {:.2?} after restart returned",
-        reconnect.elapsed()
-    );
-    let ack = js
-        .publish("keep.after", "early".into())
-        .await
-        .expect("publish on the early client")
-        .await
-        .expect("ack on the early client");
+    eprintln!("early client reconnected {:.2?} after restart returned", reconnect.elapsed());
+    let ack = js.publish("keep.after", "early".into()).await.expect("publish on the early client").await.expect("ack on the early client");
     assert_eq!(ack.sequence, 102);
     assert_eq!(stream_messages(&js, "KEEP").await, 102);
 }
@@ -264,36 +205,15 @@ async fn process_single_restart_keeps_store() {
     restart_keeps_store(&env).await;
     assert_ne!(env.nodes()[0].pid(), Some(pid), "a new process");
     // Partitioning local processes is not supported, and says so.
-    let error = env
-        .partition("n1")
-        .await
-        .expect_err("partition of a process");
-    assert!(
-        matches!(
-            error,
-            NatsError::Unsupported {
-                verb: "partition",
-                ..
-            }
-        ),
-        "{error}"
-    );
-    assert!(error
-        .to_string()
-        .starts_with("partition is not supported on the process backend"));
+    let error = env.partition("n1").await.expect_err("partition of a process");
+    assert!(matches!(error, NatsError::Unsupported { verb: "partition", .. }), "{error}");
+    assert!(error.to_string().starts_with("partition is not supported on the process backend"));
 
     // pause (SIGSTOP) and unpause (SIGCONT).
     let node = &env.nodes()[0];
     env.pause("n1").await.expect("pause");
     assert_eq!(node.state(), NodeState::Paused);
-    assert!(
-        http()
-            .get(format!("{}/healthz", node.monitoring_url()))
-            .send()
-            .await
-            .is_err(),
-        "a stopped process answered /healthz"
-    );
+    assert!(http().get(format!("{}/healthz", node.monitoring_url())).send().await.is_err(), "a stopped process answered /healthz");
     env.unpause("n1").await.expect("unpause");
 
     // kill -9, then start: a new process on the same store.
@@ -301,10 +221,7 @@ async fn process_single_restart_keeps_store() {
     let t = Instant::now();
     env.kill("n1").await.expect("kill");
     let kill_time = t.elapsed();
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "process {pid} still there"
-    );
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} still there");
     let t = Instant::now();
     env.start_node("n1").await.expect("start");
     eprintln!("process kill: {kill_time:.2?}, start: {:.2?}", t.elapsed());
@@ -350,25 +267,14 @@ async fn docker_single_kill_then_start() {
     // Verbs that do not apply to a killed node say so.
     let error = env.pause("n1").await.expect_err("pause of a killed node");
     assert_eq!(error.to_string(), "cannot pause nats node n1: it is killed");
-    assert!(matches!(
-        env.restart("n9").await,
-        Err(NatsError::UnknownNode { .. })
-    ));
+    assert!(matches!(env.restart("n9").await, Err(NatsError::UnknownNode { .. })));
 
     let restarted = Instant::now();
     env.start_node("n1").await.expect("start");
-    eprintln!(
-        "docker kill: {killed:.2?}, start: {:.2?}",
-        restarted.elapsed()
-    );
+    eprintln!("docker kill: {killed:.2?}, start: {:.2?}", restarted.elapsed());
     let js = jetstream::new(env.connect().await.expect("connect after start"));
     assert_eq!(stream_messages(&js, "KILLED").await, 100);
-    let ack = js
-        .publish("killed.after", "x".into())
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
+    let ack = js.publish("killed.after", "x".into()).await.expect("publish").await.expect("ack");
     assert_eq!(ack.sequence, 101);
 }
 
@@ -394,14 +300,7 @@ async fn docker_cluster_faults() {
     let t = Instant::now();
     env.kill(&victim).await.expect("kill");
     let kill_time = t.elapsed();
-    assert!(!env
-        .node(&victim)
-        .unwrap()
-        .container()
-        .unwrap()
-        .is_running()
-        .await
-        .unwrap());
+    assert!(!env.node(&victim).unwrap().container().unwrap().is_running().await.unwrap());
     let failures = publish_each_acked(&js, "killed", 20).await;
     expected += 20;
     let t = Instant::now();
@@ -417,10 +316,7 @@ async fn docker_cluster_faults() {
     assert!(
         replicas.iter().all(|r| r.current),
         "replicas once start returned: {:?}",
-        replicas
-            .iter()
-            .map(|r| (&r.name, r.current, r.lag))
-            .collect::<Vec<_>>()
+        replicas.iter().map(|r| (&r.name, r.current, r.lag)).collect::<Vec<_>>()
     );
     wait_caught_up(env.node(&victim).unwrap(), "ORDERS", expected).await;
 
@@ -439,16 +335,11 @@ async fn docker_cluster_faults() {
     assert_eq!(node.state(), NodeState::Partitioned);
     let deadline = Instant::now() + Duration::from_secs(5);
     while pinned.connection_state() == State::Connected {
-        assert!(
-            Instant::now() < deadline,
-            "client of the partitioned node still connected"
-        );
+        assert!(Instant::now() < deadline, "client of the partitioned node still connected");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        tokio::net::TcpStream::connect(("127.0.0.1", node.client_port()))
-            .await
-            .is_err(),
+        tokio::net::TcpStream::connect(("127.0.0.1", node.client_port())).await.is_err(),
         "the partitioned node's client port accepts connections"
     );
     let failures = publish_each_acked(&js, "partitioned", 20).await;
@@ -470,14 +361,7 @@ async fn docker_cluster_faults() {
     env.pause(&victim).await.expect("pause");
     let pause_time = t.elapsed();
     assert_eq!(node.state(), NodeState::Paused);
-    assert!(
-        http()
-            .get(format!("{}/healthz", node.monitoring_url()))
-            .send()
-            .await
-            .is_err(),
-        "a paused node answered /healthz"
-    );
+    assert!(http().get(format!("{}/healthz", node.monitoring_url())).send().await.is_err(), "a paused node answered /healthz");
     let failures = publish_each_acked(&js, "paused", 20).await;
     expected += 20;
     let t = Instant::now();
@@ -510,28 +394,16 @@ async fn docker_cluster_faults() {
     // its ack named.
     let stored = read_ids(&js, "ORDERS").await;
     for (id, seq) in &acked {
-        assert_eq!(
-            stored.get(seq).map(String::as_str),
-            Some(id.as_str()),
-            "acked {id} at sequence {seq} is not in the stream"
-        );
+        assert_eq!(stored.get(seq).map(String::as_str), Some(id.as_str()), "acked {id} at sequence {seq} is not in the stream");
     }
     let distinct: HashSet<&String> = stored.values().collect();
-    eprintln!(
-        "stream holds {} messages, {} distinct ids; whole test {:.2?}",
-        stored.len(),
-        distinct.len(),
-        test_started.elapsed()
-    );
+    eprintln!("stream holds {} messages, {} distinct ids; whole test {:.2?}", stored.len(), distinct.len(), test_started.elapsed());
 }
 
 /// Publishes `roll-<i>` messages one after the other, each retried with its
 /// message id until acked, until `stop` is set. Returns the acked ids with
 /// their sequences, and the failed attempts.
-async fn background_publisher(
-    client: async_nats::Client,
-    stop: Arc<AtomicBool>,
-) -> (Vec<(String, u64)>, Failures) {
+async fn background_publisher(client: async_nats::Client, stop: Arc<AtomicBool>) -> (Vec<(String, u64)>, Failures) {
     let mut js = jetstream::new(client);
     js.set_timeout(Duration::from_secs(2));
     let mut acked = Vec::new();
@@ -554,12 +426,7 @@ async fn background_publisher(
 /// Every message of `stream` by sequence: its `Nats-Msg-Id` (or payload).
 async fn read_ids(js: &jetstream::Context, name: &str) -> HashMap<u64, String> {
     let mut stream = js.get_stream(name).await.expect("get stream");
-    let last = stream
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .last_sequence;
+    let last = stream.info().await.expect("stream info").state.last_sequence;
     let mut ids = HashMap::new();
     for seq in 1..=last {
         let message = stream.get_raw_message(seq).await.expect("read message");

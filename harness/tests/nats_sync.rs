@@ -21,10 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use harness::nats::{
-    BackendChoice, EnvConfig, NatsEnv, NatsNode, ENV_LABEL, OWNER_PID_LABEL, OWNER_SCOPE_LABEL,
-    OWNER_START_LABEL,
-};
+use harness::nats::{BackendChoice, EnvConfig, NatsEnv, NatsNode, ENV_LABEL, OWNER_PID_LABEL, OWNER_SCOPE_LABEL, OWNER_START_LABEL};
 use serde_json::Value;
 
 /// Only one cluster of this file starts at a time (the machine is small).
@@ -33,19 +30,9 @@ static CLUSTER_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// `jetstream.config` of the node's `/varz`.
 async fn jetstream_config(node: &NatsNode) -> Value {
     let url = format!("{}/varz", node.monitoring_url());
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("http client");
-    let varz: Value = http
-        .get(&url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"))
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().expect("http client");
+    let varz: Value =
+        http.get(&url).send().await.unwrap_or_else(|e| panic!("{url}: {e}")).json().await.unwrap_or_else(|e| panic!("{url}: {e}"));
     varz["jetstream"]["config"].clone()
 }
 
@@ -64,12 +51,7 @@ async fn assert_profile(env: &NatsEnv, sync_always: bool, when: &str) -> Vec<Val
             node.name()
         );
         let reported = config["sync_always"].as_bool().unwrap_or(false);
-        assert_eq!(
-            reported,
-            sync_always,
-            "{} ({when}): /varz jetstream.config = {config}",
-            node.name()
-        );
+        assert_eq!(reported, sync_always, "{} ({when}): /varz jetstream.config = {config}", node.name());
         seen.push(config["sync_always"].clone());
     }
     eprintln!(
@@ -85,10 +67,7 @@ async fn assert_profile(env: &NatsEnv, sync_always: bool, when: &str) -> Vec<Val
 fn assert_process_command_line(env: &NatsEnv) {
     for node in env.nodes() {
         let (_, args) = node.command_line().expect("process backend");
-        let config = args
-            .iter()
-            .position(|a| a == "-c")
-            .map(|i| std::path::PathBuf::from(&args[i + 1]));
+        let config = args.iter().position(|a| a == "-c").map(|i| std::path::PathBuf::from(&args[i + 1]));
         match (env.sync_always(), config) {
             (true, Some(path)) => {
                 assert!(path.starts_with(env.workdir().expect("workdir")));
@@ -171,15 +150,8 @@ async fn process_cluster_sync_profile() {
 }
 
 fn docker(args: &[&str]) -> String {
-    let output = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker cli");
-    assert!(
-        output.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = Command::new("docker").args(args).output().expect("run docker cli");
+    assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
@@ -236,10 +208,7 @@ async fn reaper_removes_leftovers_of_a_killed_process() {
     // SIGKILL: no destructor runs in the child.
     child.kill().expect("kill child");
     child.wait().expect("reap child");
-    eprintln!(
-        "child {child_pid} killed holding environment {leftover_id} after {:.2?}",
-        started.elapsed()
-    );
+    eprintln!("child {child_pid} killed holding environment {leftover_id} after {:.2?}", started.elapsed());
 
     let filter = format!("label={ENV_LABEL}={leftover_id}");
     let network = format!("hs-nats-{leftover_id}");
@@ -257,57 +226,29 @@ async fn reaper_removes_leftovers_of_a_killed_process() {
         &leftover,
     ]);
     eprintln!("leftover owner labels: {labels}");
-    assert_eq!(
-        labels.split(' ').next(),
-        Some(child_pid.to_string().as_str())
-    );
-    let network_owner = docker(&[
-        "network",
-        "inspect",
-        "--format",
-        &format!("{{{{index .Labels \"{OWNER_PID_LABEL}\"}}}}"),
-        &network,
-    ]);
+    assert_eq!(labels.split(' ').next(), Some(child_pid.to_string().as_str()));
+    let network_owner = docker(&["network", "inspect", "--format", &format!("{{{{index .Labels \"{OWNER_PID_LABEL}\"}}}}"), &network]);
     assert_eq!(network_owner, child_pid.to_string());
 
     // Starting an environment reaps. (Another test of this binary starting
     // one at the same time may get there first; either way they are gone.)
     let reap_started = Instant::now();
     let env = common::start_nats(EnvConfig::single().with_backend(BackendChoice::Docker)).await;
-    eprintln!(
-        "docker start including the reaper: {:.2?}",
-        reap_started.elapsed()
-    );
-    assert_eq!(
-        docker(&["ps", "-aq", "--filter", &filter]),
-        "",
-        "leftover container"
-    );
+    eprintln!("docker start including the reaper: {:.2?}", reap_started.elapsed());
+    assert_eq!(docker(&["ps", "-aq", "--filter", &filter]), "", "leftover container");
     assert!(!network_exists(&network), "leftover network {network}");
     assert_eq!(volumes(), "", "leftover store volume");
 
     // A live environment is never reaped.
     let reap_started = Instant::now();
     let reaped = harness::nats::reap_leftovers().await.expect("reap");
-    eprintln!(
-        "reap_leftovers with nothing of ours to reap: {:.2?} ({reaped:?})",
-        reap_started.elapsed()
-    );
+    eprintln!("reap_leftovers with nothing of ours to reap: {:.2?} ({reaped:?})", reap_started.elapsed());
     let mine = format!("hs-nats-{}", env.id());
-    assert!(
-        !reaped
-            .containers
-            .iter()
-            .chain(&reaped.networks)
-            .any(|n| n.starts_with(&mine)),
-        "reaped a live environment: {reaped:?}"
-    );
+    assert!(!reaped.containers.iter().chain(&reaped.networks).any(|n| n.starts_with(&mine)), "reaped a live environment: {reaped:?}");
     let own = format!("label={ENV_LABEL}={}", env.id());
     assert_eq!(docker(&["ps", "-q", "--filter", &own]).lines().count(), 1);
     assert!(network_exists(&mine));
-    env.connect()
-        .await
-        .expect("the live environment still serves");
+    env.connect().await.expect("the live environment still serves");
     eprintln!("reaper test: {:.2?}", started.elapsed());
 }
 

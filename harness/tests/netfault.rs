@@ -80,10 +80,7 @@ async fn byte_order_survives_jitter() {
         w
     });
     let mut got = vec![0u8; N as usize * 4];
-    tokio::time::timeout(Duration::from_secs(30), r.read_exact(&mut got))
-        .await
-        .expect("echo arrives in time")
-        .expect("read echo");
+    tokio::time::timeout(Duration::from_secs(30), r.read_exact(&mut got)).await.expect("echo arrives in time").expect("read echo");
     let _w = writer.await.expect("writer");
     for (i, word) in got.chunks_exact(4).enumerate() {
         assert_eq!(u32::from_be_bytes(word.try_into().unwrap()), i as u32, "byte order broken at word {i}");
@@ -136,10 +133,7 @@ async fn drop_closes_connections_and_listener() {
     open.read_exact(&mut one).await.expect("echo");
     drop(proxy);
     assert!(closes_within(&mut open, Duration::from_secs(5)).await, "connection outlived the proxy");
-    common::eventually("listener closed", Duration::from_secs(5), || async {
-        TcpStream::connect(addr).await.is_err().then_some(())
-    })
-    .await;
+    common::eventually("listener closed", Duration::from_secs(5), || async { TcpStream::connect(addr).await.is_err().then_some(()) }).await;
 }
 
 /// A NATS server, a responder connected to it directly, and a proxy in front of it.
@@ -165,11 +159,7 @@ async fn setup(seed: u64) -> Setup {
     });
     let upstream = SocketAddr::from(([127, 0, 0, 1], nats.nodes()[0].client_port()));
     let proxy = Proxy::start(upstream, seed).await.expect("proxy starts");
-    Setup {
-        _nats: nats,
-        _responder: responder,
-        proxy,
-    }
+    Setup { _nats: nats, _responder: responder, proxy }
 }
 
 /// A client through the proxy, reconnecting quickly, reporting its events on the channel.
@@ -192,10 +182,7 @@ async fn client_through(proxy: &Proxy) -> (Client, mpsc::UnboundedReceiver<Event
 }
 
 async fn request(client: &Client) -> Result<(), String> {
-    let reply = client
-        .request(SUBJECT, "hello".into())
-        .await
-        .map_err(|e| e.to_string())?;
+    let reply = client.request(SUBJECT, "hello".into()).await.map_err(|e| e.to_string())?;
     assert_eq!(reply.payload.as_ref(), b"hello");
     Ok(())
 }
@@ -256,16 +243,10 @@ async fn cut_disconnects_and_restore_reconnects() {
     let failed = request(&client).await;
     assert!(failed.is_err(), "request succeeded during the cut");
     // The client keeps trying; the proxy turns it away.
-    common::eventually("a refused reconnect", Duration::from_secs(10), || async {
-        (s.proxy.stats().refused >= 1).then_some(())
-    })
-    .await;
+    common::eventually("a refused reconnect", Duration::from_secs(10), || async { (s.proxy.stats().refused >= 1).then_some(()) }).await;
 
     s.proxy.restore();
-    common::eventually("a request after restore", Duration::from_secs(20), || async {
-        request(&client).await.ok()
-    })
-    .await;
+    common::eventually("a request after restore", Duration::from_secs(20), || async { request(&client).await.ok() }).await;
     let stats = s.proxy.stats();
     assert!(stats.accepted >= 2, "no reconnect through the proxy: {stats:?}");
     assert_eq!(stats.open, 1, "{stats:?}");
@@ -286,9 +267,6 @@ async fn hold_times_out_requests_but_keeps_the_connection() {
     assert_eq!((stats.accepted, stats.open), (1, 1), "the connection did not stay up: {stats:?}");
 
     s.proxy.release();
-    common::eventually("a request after release", Duration::from_secs(10), || async {
-        request(&client).await.ok()
-    })
-    .await;
+    common::eventually("a request after release", Duration::from_secs(10), || async { request(&client).await.ok() }).await;
     assert_eq!(s.proxy.stats().accepted, 1, "the client had to reconnect");
 }

@@ -29,7 +29,8 @@ use hs_fixtures::{operations, Fixtures, Sample, TEST_CARDS};
 use nats_bridge::{catalogue, Bridge, Operation};
 
 /// What is logged while the tests run: our crates at debug, chatty libraries at info.
-const LOG_FILTER: &str = "debug,async_nats=info,hyper=info,hyper_util=info,reqwest=info,h2=info,tower=info,rustls=info,bollard=info,testcontainers=info";
+const LOG_FILTER: &str =
+    "debug,async_nats=info,hyper=info,hyper_util=info,reqwest=info,h2=info,tower=info,rustls=info,bollard=info,testcontainers=info";
 
 /// Tests of this file run one at a time, so each reads only its own log lines.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -110,7 +111,8 @@ fn masked(number: &str) -> String {
 
 /// Card data in free text (a log, a report file).
 fn in_text(place: &str, text: &str, cards: &BTreeSet<String>) -> Vec<String> {
-    let mut out: Vec<String> = cards.iter().filter(|c| text.contains(c.as_str())).map(|c| format!("{place}: card number {}", masked(c))).collect();
+    let mut out: Vec<String> =
+        cards.iter().filter(|c| text.contains(c.as_str())).map(|c| format!("{place}: card number {}", masked(c))).collect();
     for field in ["card_number", "card_cvc", "\"cvc\""] {
         if text.contains(field) {
             out.push(format!("{place}: a {field} field"));
@@ -257,10 +259,8 @@ async fn card_data_travels_only_in_request_bodies() {
     let s = with_card(fx.sample(), "4000056655665556");
     call(&broken, catalogue::ops::authorize(), &s).await;
     drain(&tap_client, &seen).await;
-    let leaked: Vec<String> = seen.lock().expect("tap")[before..]
-        .iter()
-        .flat_map(|m| in_message("defect", &m.subject, &m.headers, &cards))
-        .collect();
+    let leaked: Vec<String> =
+        seen.lock().expect("tap")[before..].iter().flat_map(|m| in_message("defect", &m.subject, &m.headers, &cards)).collect();
     assert!(leaked.iter().any(|f| f.contains("X-Card-Number")), "the card_data_in_headers defect went unnoticed: {leaked:?}");
     tap_task.abort();
 }

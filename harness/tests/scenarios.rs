@@ -128,7 +128,10 @@ async fn timeout() {
     let (report, history) = passes("timeout", 0.6).await;
     assert!(report.unknown_before_reconciliation > 0, "calls timed out and were unknown");
     assert_eq!(report.verdict.accounting.recovered, report.unknown_before_reconciliation, "every unknown call settled");
-    assert!(!history.iter().any(|e| e.kind == Kind::Failed && e.value["error_code"] == "CONNECTOR_TIMEOUT"), "a timeout is never reported failed to the caller");
+    assert!(
+        !history.iter().any(|e| e.kind == Kind::Failed && e.value["error_code"] == "CONNECTOR_TIMEOUT"),
+        "a timeout is never reported failed to the caller"
+    );
 }
 
 #[tokio::test]

@@ -30,13 +30,7 @@ async fn secure_nats() -> NatsEnv {
 }
 
 fn bridge_config(nats: &NatsEnv, tls: TlsConfig, auth: AuthConfig) -> BridgeConfig {
-    BridgeConfig {
-        base_url: nats.client_url(),
-        connection_timeout_ms: 2_000,
-        tls,
-        auth,
-        ..BridgeConfig::default()
-    }
+    BridgeConfig { base_url: nats.client_url(), connection_timeout_ms: 2_000, tls, auth, ..BridgeConfig::default() }
 }
 
 /// Connects a bridge that must fail; returns the message and checks it came fast.
@@ -137,10 +131,7 @@ async fn plain_text_is_refused_by_a_tls_server_and_by_a_tls_client() {
     let n = stream.read(&mut buf).await.unwrap();
     let info = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(info.starts_with("INFO ") && info.contains("\"tls_required\":true"), "{info}");
-    stream
-        .write_all(b"CONNECT {\"verbose\":false,\"user\":\"bridge\",\"pass\":\"bridge-secret\"}\r\nPING\r\n")
-        .await
-        .unwrap();
+    stream.write_all(b"CONNECT {\"verbose\":false,\"user\":\"bridge\",\"pass\":\"bridge-secret\"}\r\nPING\r\n").await.unwrap();
     let mut answer = Vec::new();
     let read = tokio::time::timeout(FAST, stream.read_to_end(&mut answer)).await;
     let answer = String::from_utf8_lossy(&answer).to_string();
@@ -184,17 +175,11 @@ async fn a_merchant_worker_cannot_consume_or_answer_another_merchants_messages()
 
     // Worker A: its consumer's pull and ack subjects, its merchant's subjects, its own inbox.
     let worker_a = NatsUser::nkey("worker_a").with_permissions(Permissions {
-        publish: vec![
-            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{}", consumer(a)),
-            format!("$JS.ACK.{stream}.{}.>", consumer(a)),
-        ],
+        publish: vec![format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{}", consumer(a)), format!("$JS.ACK.{stream}.{}.>", consumer(a))],
         subscribe: vec![format!("{prefix}.*.{a}.>"), format!("{a_inbox}.>")],
         allow_responses: true,
     });
-    let nats = common::start_nats(
-        EnvConfig::single().with_users([NatsUser::password("bridge", "bridge-secret"), worker_a]),
-    )
-    .await;
+    let nats = common::start_nats(EnvConfig::single().with_users([NatsUser::password("bridge", "bridge-secret"), worker_a])).await;
     let sec = nats.security().expect("security files");
     config.base_url = nats.client_url();
     config.jetstream.replicas = nats.replicas();
@@ -223,17 +208,16 @@ async fn a_merchant_worker_cannot_consume_or_answer_another_merchants_messages()
     let (errors_tx, mut errors) = tokio::sync::mpsc::unbounded_channel::<String>();
     let options = nats_bridge::config::apply_security(
         "worker",
-        async_nats::ConnectOptions::new()
-            .custom_inbox_prefix(a_inbox)
-            .request_timeout(Some(Duration::from_secs(1)))
-            .event_callback(move |event| {
+        async_nats::ConnectOptions::new().custom_inbox_prefix(a_inbox).request_timeout(Some(Duration::from_secs(1))).event_callback(
+            move |event| {
                 let tx = errors_tx.clone();
                 async move {
                     if let async_nats::Event::ServerError(e) = event {
                         let _ = tx.send(e.to_string().to_lowercase());
                     }
                 }
-            }),
+            },
+        ),
         &TlsConfig::default(),
         &sec.client_auth("worker_a").unwrap(),
     )

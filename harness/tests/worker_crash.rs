@@ -26,7 +26,8 @@ const ACK_WAIT_MS: u64 = 1000;
 const SIGKILL: i32 = 9;
 
 fn authorize(payment: &str, amount: i64) -> OperationRequest {
-    OperationRequest::new(catalogue::find("payments.authorize").expect("authorize"), M, payment, format!("{payment}_1")).router_data(money(amount))
+    OperationRequest::new(catalogue::find("payments.authorize").expect("authorize"), M, payment, format!("{payment}_1"))
+        .router_data(money(amount))
 }
 
 /// Who takes over the operation once the crashing worker is dead.
@@ -49,13 +50,8 @@ struct Scenario {
 }
 
 async fn pull_consumer_settled(js: &jetstream::Context) -> Option<()> {
-    let mut consumer: jetstream::consumer::PullConsumer = js
-        .get_stream("HYPERSWITCH_PAYMENTS")
-        .await
-        .ok()?
-        .get_consumer("worker_payments_authorize")
-        .await
-        .ok()?;
+    let mut consumer: jetstream::consumer::PullConsumer =
+        js.get_stream("HYPERSWITCH_PAYMENTS").await.ok()?.get_consumer("worker_payments_authorize").await.ok()?;
     let info = consumer.info().await.ok()?;
     (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
 }
@@ -67,19 +63,12 @@ async fn run(s: Scenario) {
     let mut pool = WorkerPool::new().unwrap_or_else(|e| panic!("{e}"));
     let env = common::start(EnvConfig::single(), 0, WorkerConfig::default()).await;
     if !s.processor_idempotency {
-        env.processor().set_config(ProcessorConfig {
-            idempotency: false,
-            ..Default::default()
-        });
+        env.processor().set_config(ProcessorConfig { idempotency: false, ..Default::default() });
     }
     let healthy = WorkerSpec::new(
         env.nats().client_url(),
         env.processor_url(),
-        WorkerConfig {
-            name: format!("crash-{point}"),
-            ack_wait_ms: ACK_WAIT_MS,
-            ..Default::default()
-        },
+        WorkerConfig { name: format!("crash-{point}"), ack_wait_ms: ACK_WAIT_MS, ..Default::default() },
     )
     .replicas(env.nats().replicas())
     .env("RUST_LOG", "info");
@@ -111,7 +100,10 @@ async fn run(s: Scenario) {
     let died_after = sent.elapsed();
     let log = pool[0].log_tail(40);
     assert_eq!(signal_of(&status), Some(SIGKILL), "pid {pid} killed itself with SIGKILL, got {status}; log:\n{log}");
-    assert!(log.contains(&format!("crash point {point} reached by durable operation #{}", s.crash_after)), "the last words are logged:\n{log}");
+    assert!(
+        log.contains(&format!("crash point {point} reached by durable operation #{}", s.crash_after)),
+        "the last words are logged:\n{log}"
+    );
 
     // What the dead worker left behind.
     let charged_at_death = env.processor().effects_by_key(&key).len();
@@ -185,35 +177,18 @@ async fn run(s: Scenario) {
 
 #[tokio::test]
 async fn crash_before_the_processor_call_then_a_second_worker_completes_it() {
-    run(Scenario {
-        point: CrashPoint::BeforeProcessor,
-        crash_after: 1,
-        processor_idempotency: true,
-        take_over: TakeOver::SecondWorker,
-    })
-    .await;
+    run(Scenario { point: CrashPoint::BeforeProcessor, crash_after: 1, processor_idempotency: true, take_over: TakeOver::SecondWorker })
+        .await;
 }
 
 #[tokio::test]
 async fn crash_after_the_processor_call_charges_once_without_processor_idempotency() {
-    run(Scenario {
-        point: CrashPoint::AfterProcessor,
-        crash_after: 1,
-        processor_idempotency: false,
-        take_over: TakeOver::Restart,
-    })
-    .await;
+    run(Scenario { point: CrashPoint::AfterProcessor, crash_after: 1, processor_idempotency: false, take_over: TakeOver::Restart }).await;
 }
 
 #[tokio::test]
 async fn crash_after_the_reply_on_the_second_operation_resends_the_stored_result() {
-    run(Scenario {
-        point: CrashPoint::AfterReply,
-        crash_after: 2,
-        processor_idempotency: false,
-        take_over: TakeOver::Restart,
-    })
-    .await;
+    run(Scenario { point: CrashPoint::AfterReply, crash_after: 2, processor_idempotency: false, take_over: TakeOver::Restart }).await;
 }
 
 #[tokio::test]
@@ -240,10 +215,7 @@ async fn worker_processes_start_stop_cleanly_and_report_bad_config() {
     assert!(pool[1].log_tail(100).contains("start #2"), "{}", pool[1].log_tail(100));
 
     // A worker that cannot start is reported with its own words.
-    let err = pool
-        .spawn(spec.clone().env("WORKER_CRASH_AT", "after_ack"))
-        .await
-        .expect_err("an unknown crash point is refused");
+    let err = pool.spawn(spec.clone().env("WORKER_CRASH_AT", "after_ack")).await.expect_err("an unknown crash point is refused");
     let text = err.to_string();
     assert!(text.contains("exited before it was ready") && text.contains("unknown crash point \"after_ack\""), "{text}");
 }

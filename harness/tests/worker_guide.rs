@@ -67,7 +67,8 @@ async fn the_minimal_worker_speaks_the_protocol() {
     tasks.spawn(minimal_worker::serve_lookups(worker.clone(), config.clone()));
 
     // A durable call: reply on the inbox, then ack.
-    let request = OperationRequest::new(capture, "merchant_guide", "pay_1", "pay_1_cap_1").router_data(json!({ "amount": 700, "currency": "USD" }));
+    let request =
+        OperationRequest::new(capture, "merchant_guide", "pay_1", "pay_1_cap_1").router_data(json!({ "amount": 700, "currency": "USD" }));
     let first = bridge.call(&request).await.expect("capture");
     assert_eq!(first.status, ResponseStatus::Success);
     assert_eq!(first.correlation_id, request.envelope().correlation_id);
@@ -87,7 +88,10 @@ async fn the_minimal_worker_speaks_the_protocol() {
     h.insert(headers::REPLY_TO, inbox.as_str());
     let subject = bridge.subject(&request).expect("subject");
     js.publish_with_headers(subject, h, serde_json::to_vec(request.envelope()).unwrap().into()).await.unwrap().await.unwrap();
-    let replayed: ResponseEnvelope = serde_json::from_slice(&tokio::time::timeout(Duration::from_secs(10), replies.next()).await.expect("a reply").expect("a message").payload).unwrap();
+    let replayed: ResponseEnvelope = serde_json::from_slice(
+        &tokio::time::timeout(Duration::from_secs(10), replies.next()).await.expect("a reply").expect("a message").payload,
+    )
+    .unwrap();
     assert_eq!(replayed.transaction_id, first.transaction_id);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "a redelivery is answered from the stored result");
 
@@ -100,7 +104,8 @@ async fn the_minimal_worker_speaks_the_protocol() {
     assert_eq!(refused.error.map(|e| e.code).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
 
     // A transient failure is given back (nak) and retried until it works.
-    let flaky_request = OperationRequest::new(capture, "merchant_guide", "pay_flaky", "pay_flaky_cap_1").router_data(json!({ "amount": 5, "currency": "USD" }));
+    let flaky_request = OperationRequest::new(capture, "merchant_guide", "pay_flaky", "pay_flaky_cap_1")
+        .router_data(json!({ "amount": 5, "currency": "USD" }));
     let recovered = bridge.call(&flaky_request).await.expect("flaky capture");
     assert_eq!(recovered.status, ResponseStatus::Success);
     assert_eq!(flaky.load(Ordering::SeqCst), 0, "both transient failures happened");

@@ -16,7 +16,13 @@ use serde::Serialize;
 
 /// Thread-name prefixes of the roles run in this process, and the role each stands for.
 /// Linux keeps 15 bytes of a thread's name.
-pub const THREAD_ROLES: [(&str, &str); 5] = [("load-generator", "generator"), ("sut-gateway", "gateway"), ("gateway-wal", "gateway"), ("sut-workers", "workers"), ("sut-processor", "processor")];
+pub const THREAD_ROLES: [(&str, &str); 5] = [
+    ("load-generator", "generator"),
+    ("sut-gateway", "gateway"),
+    ("gateway-wal", "gateway"),
+    ("sut-workers", "workers"),
+    ("sut-processor", "processor"),
+];
 
 /// The role of nats-server's process in the tables.
 pub const NATS_ROLE: &str = "nats-server";
@@ -49,7 +55,11 @@ impl SutRuntimes {
     /// Builds the runtimes, one thread each: like separate processes on a small machine, and
     /// on two cores more threads per role measured slower (more wake-ups, same work).
     pub fn new() -> std::io::Result<SutRuntimes> {
-        Ok(SutRuntimes { gateway: Some(runtime("sut-gateway", 1)?), workers: Some(runtime("sut-workers", 1)?), processor: Some(runtime("sut-processor", 1)?) })
+        Ok(SutRuntimes {
+            gateway: Some(runtime("sut-gateway", 1)?),
+            workers: Some(runtime("sut-workers", 1)?),
+            processor: Some(runtime("sut-processor", 1)?),
+        })
     }
 
     /// Where the environment's roles go.
@@ -128,7 +138,9 @@ fn threads_ns() -> BTreeMap<String, u64> {
     for task in tasks.flatten() {
         let path = task.path();
         let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        let ns = std::fs::read_to_string(path.join("schedstat")).ok().and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()));
+        let ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()));
         if let Some(ns) = ns {
             *by_role.entry(role_of(name.trim()).to_string()).or_insert(0) += ns;
         }

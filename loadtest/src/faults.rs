@@ -70,9 +70,8 @@ impl FromStr for FaultSpec {
     /// `nats-restart@20s`, `worker-crash@20s` (restarted at once) or `worker-crash@20s+3s`
     /// (restarted 3 s later).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (kind, when) = s
-            .split_once('@')
-            .ok_or_else(|| format!("fault {s:?} must be KIND@TIME, e.g. nats-restart@20s or worker-crash@20s+3s"))?;
+        let (kind, when) =
+            s.split_once('@').ok_or_else(|| format!("fault {s:?} must be KIND@TIME, e.g. nats-restart@20s or worker-crash@20s+3s"))?;
         let (at, down) = match when.split_once('+') {
             Some((at, down)) => (at, Some(down)),
             None => (when, None),
@@ -80,7 +79,9 @@ impl FromStr for FaultSpec {
         let at = parse_duration(at)?;
         let kind = match (kind.trim(), down) {
             ("nats-restart", None) => FaultKind::NatsRestart,
-            ("nats-restart", Some(_)) => return Err("nats-restart takes no +DOWN time: the restart itself takes as long as it takes".into()),
+            ("nats-restart", Some(_)) => {
+                return Err("nats-restart takes no +DOWN time: the restart itself takes as long as it takes".into())
+            }
             ("worker-crash", down) => FaultKind::WorkerCrash { down: down.map(parse_duration).transpose()?.unwrap_or(Duration::ZERO) },
             (other, _) => return Err(format!("unknown fault {other:?} (expected nats-restart or worker-crash)")),
         };
@@ -113,7 +114,12 @@ pub struct AppliedFault {
 
 /// Applies `faults` on the schedule's clock; `workers` in-process workers are restarted after a
 /// crash. Returns when the last one is over.
-pub async fn timeline(env: Arc<Mutex<Environment>>, workers: usize, mut faults: Vec<FaultSpec>, schedule: Arc<Schedule>) -> Vec<AppliedFault> {
+pub async fn timeline(
+    env: Arc<Mutex<Environment>>,
+    workers: usize,
+    mut faults: Vec<FaultSpec>,
+    schedule: Arc<Schedule>,
+) -> Vec<AppliedFault> {
     faults.sort_by_key(|f| f.at);
     let t0 = schedule.started().await;
     let since = |i: Instant| i.saturating_duration_since(t0).as_secs_f64();

@@ -47,7 +47,11 @@ pub struct LoadContext {
 /// common divisor, summed.
 pub fn cycle_len(mix: &Mix) -> usize {
     fn gcd(a: usize, b: usize) -> usize {
-        if b == 0 { a } else { gcd(b, a % b) }
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
     }
     let weights: Vec<usize> = mix.0.values().copied().filter(|w| *w > 0).collect();
     let g = weights.iter().copied().fold(0, gcd).max(1);
@@ -169,7 +173,14 @@ pub fn plan(planned: Operation, state: &mut UserState, data: &SlotData, slot: u6
             0 => authorize(Operation::AuthorizeManual, true),
             n => {
                 let id = state.payments[data.pick % n].clone();
-                Request { op: Operation::Sync, fallback: false, post: false, path: format!("/payments/{id}?force_sync=true"), body: None, object: (id, 0) }
+                Request {
+                    op: Operation::Sync,
+                    fallback: false,
+                    post: false,
+                    path: format!("/payments/{id}?force_sync=true"),
+                    body: None,
+                    object: (id, 0),
+                }
             }
         },
         Operation::Refund => refund(state, false),
@@ -177,7 +188,14 @@ pub fn plan(planned: Operation, state: &mut UserState, data: &SlotData, slot: u6
             0 => refund(state, true),
             n => {
                 let id = state.refunds[data.pick % n].clone();
-                Request { op: Operation::RefundSync, fallback: false, post: false, path: format!("/refunds/{id}"), body: None, object: (id, 0) }
+                Request {
+                    op: Operation::RefundSync,
+                    fallback: false,
+                    post: false,
+                    path: format!("/refunds/{id}"),
+                    body: None,
+                    object: (id, 0),
+                }
             }
         },
     }

@@ -117,7 +117,15 @@ fn nice_step(span: f64, n: f64) -> f64 {
     let raw = span / n;
     let mag = 10f64.powf(raw.log10().floor());
     let f = raw / mag;
-    let nice = if f <= 1.0 { 1.0 } else if f <= 2.0 { 2.0 } else if f <= 5.0 { 5.0 } else { 10.0 };
+    let nice = if f <= 1.0 {
+        1.0
+    } else if f <= 2.0 {
+        2.0
+    } else if f <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
     nice * mag
 }
 
@@ -189,7 +197,11 @@ fn render_chart(c: &Chart) -> String {
     for f in c.faults {
         if let Some((a, b)) = f.window {
             let (x0, x1) = (sx(a), sx(b.max(a)));
-            let _ = write!(s, r##"<rect class="disruption" x="{x0:.1}" y="{TOP}" width="{:.1}" height="{ph}" fill="#fdd" opacity="0.6"/>"##, (x1 - x0).max(1.0));
+            let _ = write!(
+                s,
+                r##"<rect class="disruption" x="{x0:.1}" y="{TOP}" width="{:.1}" height="{ph}" fill="#fdd" opacity="0.6"/>"##,
+                (x1 - x0).max(1.0)
+            );
         }
     }
     // Y grid and labels.
@@ -211,7 +223,13 @@ fn render_chart(c: &Chart) -> String {
     for v in ticks {
         let y = sy(v);
         let _ = write!(s, r##"<line x1="{LEFT}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/>"##, LEFT + pw);
-        let _ = write!(s, r##"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end" fill="#444">{}</text>"##, LEFT - 6.0, y + 4.0, fmt_num(v));
+        let _ = write!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end" fill="#444">{}</text>"##,
+            LEFT - 6.0,
+            y + 4.0,
+            fmt_num(v)
+        );
     }
     let _ = write!(
         s,
@@ -226,15 +244,37 @@ fn render_chart(c: &Chart) -> String {
     while x <= x_max + 1e-9 {
         let px = sx(x);
         let _ = write!(s, r##"<line x1="{px:.1}" x2="{px:.1}" y1="{:.1}" y2="{:.1}" stroke="#999"/>"##, TOP + ph, TOP + ph + 4.0);
-        let _ = write!(s, r##"<text x="{px:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#444">{}</text>"##, TOP + ph + 16.0, fmt_num(x));
+        let _ = write!(
+            s,
+            r##"<text x="{px:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#444">{}</text>"##,
+            TOP + ph + 16.0,
+            fmt_num(x)
+        );
         x += step;
     }
-    let _ = write!(s, r##"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#444">seconds into the run</text>"##, LEFT + pw / 2.0, H - 4.0);
+    let _ = write!(
+        s,
+        r##"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#444">seconds into the run</text>"##,
+        LEFT + pw / 2.0,
+        H - 4.0
+    );
     // Reference lines.
     for (v, label, color) in c.hlines {
         let y = sy(*v);
-        let _ = write!(s, r#"<line class="target" x1="{LEFT}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="{}" stroke-dasharray="6 4"/>"#, LEFT + pw, esc(color));
-        let _ = write!(s, r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end" fill="{}">{}</text>"#, LEFT + pw - 4.0, y - 4.0, esc(color), esc(label));
+        let _ = write!(
+            s,
+            r#"<line class="target" x1="{LEFT}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="{}" stroke-dasharray="6 4"/>"#,
+            LEFT + pw,
+            esc(color)
+        );
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end" fill="{}">{}</text>"#,
+            LEFT + pw - 4.0,
+            y - 4.0,
+            esc(color),
+            esc(label)
+        );
     }
     // The lines.
     for series in c.series {
@@ -259,7 +299,12 @@ fn render_chart(c: &Chart) -> String {
     // Faults on top.
     for f in c.faults {
         let x = sx(f.at_s);
-        let _ = write!(s, r##"<line class="fault" x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{:.1}" stroke="#c00" stroke-width="2"><title>{}</title></line>"##, TOP + ph, esc(&f.label));
+        let _ = write!(
+            s,
+            r##"<line class="fault" x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{:.1}" stroke="#c00" stroke-width="2"><title>{}</title></line>"##,
+            TOP + ph,
+            esc(&f.label)
+        );
         let _ = write!(s, r##"<text x="{:.1}" y="{:.1}" font-size="11" fill="#c00">{}</text>"##, x + 4.0, TOP + 12.0, esc(&f.label));
     }
     s.push_str("</svg>");
@@ -273,7 +318,8 @@ fn render_chart(c: &Chart) -> String {
     s
 }
 
-const CSS: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1000px;color:#222;padding:0 12px}\
+const CSS: &str =
+    "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1000px;color:#222;padding:0 12px}\
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:28px}table{border-collapse:collapse;font-size:.9em}\
 td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}\
 .pass{color:#080;font-weight:bold}.fail{color:#c00;font-weight:bold}.verdict{font-size:1.1em;padding:8px 12px;border-radius:4px}\
@@ -324,18 +370,44 @@ pub fn render(r: &HtmlReport) -> String {
     s.push_str("</table><p>Latency runs from each request's intended send time on the fixed-rate schedule to its whole answer, so time a request spent waiting for a free user counts.</p>");
 
     let x_max = r.duration_s.max(r.achieved.last().map(|p| p.0 + 1.0).unwrap_or(0.0));
-    let target_line: Vec<(f64, String, String)> = r.p99_target_ms.map(|t| (t, format!("p99 target {} ms", fmt_num(t)), "#c00".to_string())).into_iter().collect();
+    let target_line: Vec<(f64, String, String)> =
+        r.p99_target_ms.map(|t| (t, format!("p99 target {} ms", fmt_num(t)), "#c00".to_string())).into_iter().collect();
     s.push_str("<h2>p50 (dashed) and p99 (solid) per operation, 1 s intervals</h2>");
-    s.push_str(&render_chart(&Chart { title: "latency per operation", y_label: "ms (log scale)", log_y: true, series: &r.latency, hlines: &target_line, x_max, faults: &r.faults }));
+    s.push_str(&render_chart(&Chart {
+        title: "latency per operation",
+        y_label: "ms (log scale)",
+        log_y: true,
+        series: &r.latency,
+        hlines: &target_line,
+        x_max,
+        faults: &r.faults,
+    }));
 
     s.push_str("<h2>Achieved vs target rate</h2>");
     let achieved = [Series { label: "sent per second".into(), color: PALETTE[0].into(), dashed: false, points: r.achieved.clone() }];
     let target = [(r.target_rate, format!("target {} req/s", fmt_num(r.target_rate)), "#888".to_string())];
-    s.push_str(&render_chart(&Chart { title: "achieved vs target rate", y_label: "requests/s", log_y: false, series: &achieved, hlines: &target, x_max, faults: &r.faults }));
+    s.push_str(&render_chart(&Chart {
+        title: "achieved vs target rate",
+        y_label: "requests/s",
+        log_y: false,
+        series: &achieved,
+        hlines: &target,
+        x_max,
+        faults: &r.faults,
+    }));
 
     s.push_str("<h2>Errors over time</h2>");
-    let errors = [Series { label: "errors per second (by intended time)".into(), color: "#d62728".into(), dashed: false, points: r.errors.clone() }];
-    s.push_str(&render_chart(&Chart { title: "errors over time", y_label: "errors/s", log_y: false, series: &errors, hlines: &[], x_max, faults: &r.faults }));
+    let errors =
+        [Series { label: "errors per second (by intended time)".into(), color: "#d62728".into(), dashed: false, points: r.errors.clone() }];
+    s.push_str(&render_chart(&Chart {
+        title: "errors over time",
+        y_label: "errors/s",
+        log_y: false,
+        series: &errors,
+        hlines: &[],
+        x_max,
+        faults: &r.faults,
+    }));
 
     if !r.faults.is_empty() {
         s.push_str("<h2>Faults</h2><table><tr><th>fault</th><th>at s</th><th>disruption</th></tr>");
@@ -373,13 +445,33 @@ mod tests {
             target_rate: 100.0,
             p99_target_ms: Some(20.0),
             latency: vec![
-                Series { label: "capture p99".into(), color: PALETTE[0].into(), dashed: false, points: vec![(0.0, 3.0), (1.0, 25.0), (2.0, 4.0)] },
-                Series { label: "capture p50".into(), color: PALETTE[0].into(), dashed: true, points: vec![(0.0, 1.0), (1.0, 2.0), (2.0, 0.0)] },
+                Series {
+                    label: "capture p99".into(),
+                    color: PALETTE[0].into(),
+                    dashed: false,
+                    points: vec![(0.0, 3.0), (1.0, 25.0), (2.0, 4.0)],
+                },
+                Series {
+                    label: "capture p50".into(),
+                    color: PALETTE[0].into(),
+                    dashed: true,
+                    points: vec![(0.0, 1.0), (1.0, 2.0), (2.0, 0.0)],
+                },
             ],
             achieved: vec![(0.0, 100.0), (1.0, 98.0)],
             errors: vec![(0.0, 0.0), (1.0, 3.0)],
             faults: vec![FaultMark { at_s: 1.0, label: "nats-restart".into(), window: Some((1.0, 3.0)) }],
-            table: vec![OpRow { name: "capture".into(), count: 10, errors: 3, p50_ms: 1.0, p99_ms: 25.0, p999_ms: 25.0, max_ms: 25.0, target_ms: Some(20.0), passed: false }],
+            table: vec![OpRow {
+                name: "capture".into(),
+                count: 10,
+                errors: 3,
+                p50_ms: 1.0,
+                p99_ms: 25.0,
+                p999_ms: 25.0,
+                max_ms: 25.0,
+                target_ms: Some(20.0),
+                passed: false,
+            }],
             notes: vec!["capture p99 25 ms > 20 ms".into()],
             files: vec![("capture.hgrm".into(), "percentiles".into())],
         }

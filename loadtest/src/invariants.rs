@@ -44,7 +44,10 @@ async fn stream_messages(js: &jetstream::Context, name: &str) -> Result<Vec<Audi
         return Ok(Vec::new());
     }
     let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig { deliver_policy: jetstream::consumer::DeliverPolicy::All, ..Default::default() })
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
         .await
         .map_err(|e| format!("stream {name}: cannot read: {e}"))?;
     let mut messages = consumer.messages().await.map_err(|e| format!("stream {name}: cannot read: {e}"))?;

@@ -24,7 +24,6 @@
 
 pub mod cli;
 pub mod cost;
-pub mod profile;
 pub mod data;
 pub mod faults;
 pub mod flows;
@@ -32,6 +31,7 @@ pub mod hgrm;
 pub mod html;
 pub mod invariants;
 pub mod ops;
+pub mod profile;
 pub mod record;
 pub mod report;
 pub mod schedule;
@@ -123,15 +123,27 @@ impl Target {
 /// Timeouts are the scenario runner's (short, ordered so recovery never races a waiting call),
 /// so that whatever a fault leaves open settles within the run.
 /// Each role runs on its own runtime (see [`cost::SutRuntimes`]) so its CPU can be measured.
-async fn start_environment(workers: usize, backend: harness::nats::BackendChoice, gomaxprocs: Option<usize>, dir: &std::path::Path) -> Result<Target, LoadError> {
+async fn start_environment(
+    workers: usize,
+    backend: harness::nats::BackendChoice,
+    gomaxprocs: Option<usize>,
+    dir: &std::path::Path,
+) -> Result<Target, LoadError> {
     let runtimes = cost::SutRuntimes::new().map_err(LoadError::Runtime)?;
-    let mut bridge = BridgeConfig { ack_timeout_ms: timing::ACK_MS, request_timeout_ms: timing::REQUEST_MS, query_timeout_ms: timing::QUERY_MS, ..Default::default() };
+    let mut bridge = BridgeConfig {
+        ack_timeout_ms: timing::ACK_MS,
+        request_timeout_ms: timing::REQUEST_MS,
+        query_timeout_ms: timing::QUERY_MS,
+        ..Default::default()
+    };
     bridge.circuit_breaker.open_ms = timing::BREAKER_OPEN_MS;
     let worker = WorkerConfig { max_request_age_ms: timing::MAX_REQUEST_AGE_MS, ..Default::default() };
     // A Docker node runs on the host network (no userland port proxy); the process backend ignores it.
     let mut nats = EnvConfig::single().with_backend(backend).with_host_network(true);
     nats.gomaxprocs = gomaxprocs;
-    let env = Environment::start(EnvironmentConfig { nats, bridge, worker, workers, placement: runtimes.placement(), ..Default::default() }).await?;
+    let env =
+        Environment::start(EnvironmentConfig { nats, bridge, worker, workers, placement: runtimes.placement(), ..Default::default() })
+            .await?;
     let gateway = env
         .start_gateway(GatewayConfig {
             database: dir.join("gateway.db"),
@@ -146,7 +158,11 @@ async fn start_environment(workers: usize, backend: harness::nats::BackendChoice
         .await?;
     let network = if env.nats().host_network() { " (host network)" } else { "" };
     let procs = gomaxprocs.map_or_else(|| "auto".to_string(), |n| n.to_string());
-    let description = format!("environment started here: NATS {}{network} x{} (GOMAXPROCS {procs}), {workers} in-process worker(s), processor latency 0", env.nats().backend(), env.nats().node_count());
+    let description = format!(
+        "environment started here: NATS {}{network} x{} (GOMAXPROCS {procs}), {workers} in-process worker(s), processor latency 0",
+        env.nats().backend(),
+        env.nats().node_count()
+    );
     Ok(Target::Own { env: Arc::new(Mutex::new(env)), gateway, description, runtimes })
 }
 
@@ -176,7 +192,11 @@ fn goose_config(url: &str, users: u64, dir: &std::path::Path) -> GooseConfigurat
 /// Runs the load described by `opts` and writes the report. `command` is recorded in it.
 pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError> {
     opts.validate().map_err(LoadError::Options)?;
-    let seed = opts.seed.unwrap_or_else(|| unix_time() ^ (u64::from(std::process::id()) << 32) ^ u64::from(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)));
+    let seed = opts.seed.unwrap_or_else(|| {
+        unix_time()
+            ^ (u64::from(std::process::id()) << 32)
+            ^ u64::from(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0))
+    });
     println!("seed: {seed}");
     let started_at = unix_time();
     let run_id = format!("load-{seed}-{started_at}");
@@ -229,7 +249,9 @@ pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError>
     };
     let measuring = tokio::spawn(cost::measure(schedule.clone(), nats_probe, WARMUP));
     let timeline = match (&target, opts.faults.is_empty()) {
-        (Target::Own { env, .. }, false) => Some(tokio::spawn(faults::timeline(env.clone(), opts.workers as usize, opts.faults.clone(), schedule.clone()))),
+        (Target::Own { env, .. }, false) => {
+            Some(tokio::spawn(faults::timeline(env.clone(), opts.workers as usize, opts.faults.clone(), schedule.clone())))
+        }
         _ => None,
     };
     let attack = GooseAttack::initialize_with_config(goose_config(&url, users, &dir))
@@ -237,7 +259,11 @@ pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError>
         // One client, one connection pool for every user: per-user clients would each keep
         // their own pool (and their own connections) for nothing.
         .set_client_builder_without_cookies(
-            GooseClientBuilder::new().without_cookies().timeout(Duration::from_millis(timing::CLIENT_TIMEOUT_MS)).gzip(false).user_agent("loadtest"),
+            GooseClientBuilder::new()
+                .without_cookies()
+                .timeout(Duration::from_millis(timing::CLIENT_TIMEOUT_MS))
+                .gzip(false)
+                .user_agent("loadtest"),
         )
         .map_err(|e| LoadError::Goose(e.to_string()))?
         .register_scenario(flows::scenario(ctx.clone(), &opts.mix).map_err(|e| LoadError::Goose(e.to_string()))?)
@@ -256,7 +282,11 @@ pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError>
         return Err(LoadError::Goose(e.to_string()));
     }
     // The window ends with the schedule, which goose has outlived.
-    let cost = if measuring.is_finished() { measuring.await.ok() } else { tokio::time::timeout(Duration::from_secs(5), measuring).await.ok().and_then(Result::ok) };
+    let cost = if measuring.is_finished() {
+        measuring.await.ok()
+    } else {
+        tokio::time::timeout(Duration::from_secs(5), measuring).await.ok().and_then(Result::ok)
+    };
     let recorded = ctx.recorder.snapshot();
     let t0_wall = schedule.t0().map(|t0| SystemTime::now() - Instant::now().saturating_duration_since(t0));
     println!("load done: {} requests sent, {} errors", recorded.sent, recorded.errors());
@@ -272,7 +302,8 @@ pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError>
             };
             // Goose's markdown report is scanned for card data too (its HTML holds long float
             // literals that pass the Luhn check).
-            let texts = std::fs::read_to_string(dir.join("goose-report.md")).map(|t| vec![("goose-report.md".to_string(), t)]).unwrap_or_default();
+            let texts =
+                std::fs::read_to_string(dir.join("goose-report.md")).map(|t| vec![("goose-report.md".to_string(), t)]).unwrap_or_default();
             let env = env.lock().await;
             match invariants::observe(&env, gateway, texts).await {
                 Ok(o) => {
@@ -322,7 +353,12 @@ pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError>
         println!("drawing the flame graph");
         summary.profile = p.await.ok().flatten();
     }
-    let extra: Vec<String> = goose_files.iter().chain(["flamegraph.svg", "profile.folded"].iter()).filter(|f| dir.join(f).exists()).map(|f| f.to_string()).collect();
+    let extra: Vec<String> = goose_files
+        .iter()
+        .chain(["flamegraph.svg", "profile.folded"].iter())
+        .filter(|f| dir.join(f).exists())
+        .map(|f| f.to_string())
+        .collect();
     report::write_all(&dir, &mut summary, &recorded, &extra)?;
     if let Target::Own { gateway, env, runtimes, .. } = target {
         drop(gateway);
@@ -364,7 +400,14 @@ pub fn console_summary(o: &RunOutcome) -> String {
     }
     for f in &s.faults {
         match f.disruption {
-            Some(d) => out.push_str(&format!("fault {}: disruption {} s to {} s, recovered {:.1} s after the fault{}\n", f.applied.spec, d.start_s, d.end_s, d.recovery_s, if d.recovered { "" } else { " (not by the end)" })),
+            Some(d) => out.push_str(&format!(
+                "fault {}: disruption {} s to {} s, recovered {:.1} s after the fault{}\n",
+                f.applied.spec,
+                d.start_s,
+                d.end_s,
+                d.recovery_s,
+                if d.recovered { "" } else { " (not by the end)" }
+            )),
             None => out.push_str(&format!("fault {}: no disruption seen\n", f.applied.spec)),
         }
     }

@@ -115,10 +115,7 @@ impl FromStr for Operation {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Operation::ALL
-            .into_iter()
-            .find(|o| o.name() == s)
-            .ok_or_else(|| format!("unknown operation {s:?} (expected one of: {})", names()))
+        Operation::ALL.into_iter().find(|o| o.name() == s).ok_or_else(|| format!("unknown operation {s:?} (expected one of: {})", names()))
     }
 }
 
@@ -225,10 +222,8 @@ impl FromStr for Mix {
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (op, weight) = part.split_once('=').ok_or_else(|| format!("mix entry {part:?} is not op=weight"))?;
             let op: Operation = op.trim().parse()?;
-            let weight: usize = weight
-                .trim()
-                .parse()
-                .map_err(|_| format!("weight of {op} must be a whole number, got {:?}", weight.trim()))?;
+            let weight: usize =
+                weight.trim().parse().map_err(|_| format!("weight of {op} must be a whole number, got {:?}", weight.trim()))?;
             mix.0.insert(op, weight);
         }
         if mix.0.values().all(|w| *w == 0) {
@@ -262,7 +257,10 @@ mod tests {
     fn answers_are_judged_by_the_state_reached() {
         assert_eq!(Operation::AuthorizeAuto.judge(&json!({"status": "succeeded"})), Outcome::Ok);
         assert_eq!(Operation::AuthorizeAuto.judge(&json!({"status": "succeeded", "amount": 700, "amount_received": 700})), Outcome::Ok);
-        assert_eq!(Operation::AuthorizeAuto.judge(&json!({"status": "succeeded", "amount": 700, "amount_received": 300})), Outcome::Refused);
+        assert_eq!(
+            Operation::AuthorizeAuto.judge(&json!({"status": "succeeded", "amount": 700, "amount_received": 300})),
+            Outcome::Refused
+        );
         assert_eq!(Operation::AuthorizeAuto.judge(&json!({"status": "requires_capture"})), Outcome::Refused);
         assert_eq!(Operation::AuthorizeAuto.judge(&json!({"status": "processing"})), Outcome::Undecided);
         assert_eq!(Operation::AuthorizeManual.judge(&json!({"status": "failed"})), Outcome::Refused);

@@ -103,7 +103,9 @@ fn fold_and_draw(dir: &Path, data: &PathBuf, title: &str) -> Result<(), String> 
     let mut options = inferno::flamegraph::Options::default();
     options.title = title.to_string();
     // A frame's width is its share of the sampled CPU time (perf weighs each sample by its period).
-    options.subtitle = Some(format!("sampled at {FREQUENCY} Hz; the first level is the thread: load-generator, sut-gateway, sut-workers, sut-processor, nats-server"));
+    options.subtitle = Some(format!(
+        "sampled at {FREQUENCY} Hz; the first level is the thread: load-generator, sut-gateway, sut-workers, sut-processor, nats-server"
+    ));
     let svg = std::fs::File::create(dir.join("flamegraph.svg")).map_err(|e| e.to_string())?;
     inferno::flamegraph::from_reader(&mut options, &folded[..], std::io::BufWriter::new(svg)).map_err(|e| e.to_string())?;
     Ok(())

@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use hdrhistogram::Histogram;
 use harness::scenario::checkers::{Verdict, Violation};
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::faults::{self, AppliedFault, Disruption};
@@ -223,7 +223,8 @@ fn ms(us: u64) -> f64 {
 
 /// Whether second `s` was bad: an error, or some operation's p99 above `target_us`.
 fn bad_second(rec: &Recorded, s: u64, target_us: u64) -> bool {
-    rec.seconds.get(&s).is_some_and(|x| x.errors > 0) || rec.ops.values().any(|o| o.seconds.get(&s).is_some_and(|h| h.value_at_quantile(0.99) > target_us))
+    rec.seconds.get(&s).is_some_and(|x| x.errors > 0)
+        || rec.ops.values().any(|o| o.seconds.get(&s).is_some_and(|h| h.value_at_quantile(0.99) > target_us))
 }
 
 /// Judges a run.
@@ -310,7 +311,12 @@ pub fn summarize(info: RunInfo, rec: &Recorded, t: Thresholds, applied: Vec<Appl
         });
     }
     let errors = rec.errors();
-    gates.push(Gate { name: "errors".into(), limit: format!("<= {}", t.max_errors), actual: errors.to_string(), passed: errors <= t.max_errors });
+    gates.push(Gate {
+        name: "errors".into(),
+        limit: format!("<= {}", t.max_errors),
+        actual: errors.to_string(),
+        passed: errors <= t.max_errors,
+    });
     let status_classes = rec.classes.iter().map(|(c, h)| (c.name().to_string(), Percentiles::of(h))).collect();
     let valid = validity.is_empty();
     let passed = valid && gates.iter().all(|g| g.passed) && invariants.passed != Some(false);
@@ -323,7 +329,9 @@ pub fn summarize(info: RunInfo, rec: &Recorded, t: Thresholds, applied: Vec<Appl
             latency_us: rec
                 .ops
                 .iter()
-                .filter_map(|(op, r)| r.seconds.get(second).map(|h| (op.name().to_string(), (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))))
+                .filter_map(|(op, r)| {
+                    r.seconds.get(second).map(|h| (op.name().to_string(), (h.value_at_quantile(0.5), h.value_at_quantile(0.99))))
+                })
                 .collect(),
         })
         .collect();
@@ -411,7 +419,8 @@ pub fn markdown(s: &Summary) -> String {
     let _ = writeln!(m, "| seed | {} (rerun with `--seed {}`) |", i.seed, i.seed);
     let _ = writeln!(m, "| command | `{}` |", i.command);
     let _ = writeln!(m, "| target | {} ({}) |", i.target, i.url);
-    let _ = writeln!(m, "| schedule | {} req/s for {} s = {} requests, {} goose users |", i.target_rate, i.duration_s, i.scheduled, i.users);
+    let _ =
+        writeln!(m, "| schedule | {} req/s for {} s = {} requests, {} goose users |", i.target_rate, i.duration_s, i.scheduled, i.users);
     let _ = writeln!(m, "| mix (goose weights) | {} |", i.mix);
     let _ = writeln!(m, "| sent | {} ({} errors) |", s.sent, s.errors);
     let _ = writeln!(m, "| achieved rate | {:.1} req/s ({:.1}% of target) |", s.achieved_rate, 100.0 * s.achieved_rate / i.target_rate);
@@ -465,7 +474,15 @@ pub fn markdown(s: &Summary) -> String {
     let _ = writeln!(m, "\n## By status class\n");
     let _ = writeln!(m, "| class | requests | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---:|---:|---:|---:|---:|");
     for (name, p) in &s.status_classes {
-        let _ = writeln!(m, "| {name} | {} | {:.3} | {:.3} | {:.3} | {:.3} |", p.count, ms(p.p50_us), ms(p.p99_us), ms(p.p999_us), ms(p.max_us));
+        let _ = writeln!(
+            m,
+            "| {name} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            p.count,
+            ms(p.p50_us),
+            ms(p.p99_us),
+            ms(p.p999_us),
+            ms(p.max_us)
+        );
     }
     if !s.faults.is_empty() {
         let _ = writeln!(m, "\n## Faults\n");
@@ -480,7 +497,11 @@ pub fn markdown(s: &Summary) -> String {
                 None => ("none seen".into(), "-".into()),
             };
             let error = f.applied.error.as_deref().map(|e| format!(" (failed: {e})")).unwrap_or_default();
-            let _ = writeln!(m, "| {}{error} | {:.3} | {:.3} | {window} | {recovery} |", f.applied.spec, f.applied.started_s, f.applied.finished_s);
+            let _ = writeln!(
+                m,
+                "| {}{error} | {:.3} | {:.3} | {window} | {recovery} |",
+                f.applied.spec, f.applied.started_s, f.applied.finished_s
+            );
         }
     }
     if let Some(c) = &s.cost {
@@ -489,7 +510,11 @@ pub fn markdown(s: &Summary) -> String {
     if let Some(p) = &s.profile {
         match &p.flamegraph {
             Some(svg) => {
-                let _ = writeln!(m, "\nCPU profile: [`{svg}`]({svg}) (folded stacks in `{}`). perf's sampling adds to the CPU measured above.", p.folded.as_deref().unwrap_or("-"));
+                let _ = writeln!(
+                    m,
+                    "\nCPU profile: [`{svg}`]({svg}) (folded stacks in `{}`). perf's sampling adds to the CPU measured above.",
+                    p.folded.as_deref().unwrap_or("-")
+                );
             }
             None => {
                 let _ = writeln!(m, "\nCPU profile: none.");
@@ -507,7 +532,13 @@ pub fn markdown(s: &Summary) -> String {
         }
         (None, passed) => {
             let word = if passed == Some(true) { "all held" } else { "VIOLATED" };
-            let _ = writeln!(m, "{word}: {} — after {:.1} s of settling, {} item(s) still open.", inv.checked.join(", "), inv.settle_s, inv.open_after_settle);
+            let _ = writeln!(
+                m,
+                "{word}: {} — after {:.1} s of settling, {} item(s) still open.",
+                inv.checked.join(", "),
+                inv.settle_s,
+                inv.open_after_settle
+            );
             let observed: Vec<String> = inv.observed.iter().map(|(k, v)| format!("{v} {k}")).collect();
             let _ = writeln!(m, "\nRead: {}.", observed.join(", "));
             for v in inv.violations.iter().take(50) {
@@ -567,7 +598,11 @@ pub fn html_data(s: &Summary, rec: &Recorded) -> HtmlReport {
         })
         .collect();
     let i = &s.info;
-    let verdict = if s.passed { "PASS: valid run, every gate and invariant held".to_string() } else { format!("FAIL: {}", s.failures().first().cloned().unwrap_or_default()) };
+    let verdict = if s.passed {
+        "PASS: valid run, every gate and invariant held".to_string()
+    } else {
+        format!("FAIL: {}", s.failures().first().cloned().unwrap_or_default())
+    };
     HtmlReport {
         title: format!("Load run {}", i.run_id),
         verdict,

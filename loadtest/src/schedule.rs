@@ -43,7 +43,15 @@ impl Schedule {
     /// `rate` requests per second for `duration`; `t0` is `lead` after the first slot is taken.
     pub fn new(rate: f64, duration: Duration, lead: Duration) -> Schedule {
         let total = (rate * duration.as_secs_f64()).round() as u64;
-        Schedule { rate, total, lead, t0: OnceLock::new(), started: watch::channel(None).0, next: AtomicU64::new(0), completed: AtomicU64::new(0) }
+        Schedule {
+            rate,
+            total,
+            lead,
+            t0: OnceLock::new(),
+            started: watch::channel(None).0,
+            next: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+        }
     }
 
     /// Requests per second.

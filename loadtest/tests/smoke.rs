@@ -34,7 +34,22 @@ fn init_tracing() {
 async fn a_short_run_is_valid_and_reported() {
     init_tracing();
     let dir = temp_dir("smoke");
-    let opts = options(&["--rate", "150", "--duration", "5s", "--seed", "7", "--settle-timeout", "20s", "--max-lag-p99-ms", "50", "--users", "40", "--report-dir", dir.to_str().unwrap()]);
+    let opts = options(&[
+        "--rate",
+        "150",
+        "--duration",
+        "5s",
+        "--seed",
+        "7",
+        "--settle-timeout",
+        "20s",
+        "--max-lag-p99-ms",
+        "50",
+        "--users",
+        "40",
+        "--report-dir",
+        dir.to_str().unwrap(),
+    ]);
     let started = std::time::Instant::now();
     let outcome = loadtest::run(&opts, "smoke test").await.expect("the run completes");
     eprintln!("{}", loadtest::console_summary(&outcome));

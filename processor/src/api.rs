@@ -31,10 +31,7 @@ use serde::Deserialize;
 
 use crate::ledger::{RuleViolation, Submission};
 use crate::processor::Processor;
-use crate::types::{
-    ApiError, EffectRequest, LedgerView, ProcessorConfig, IDEMPOTENCY_KEY_HEADER,
-    IDEMPOTENT_REPLAYED_HEADER,
-};
+use crate::types::{ApiError, EffectRequest, LedgerView, ProcessorConfig, IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_REPLAYED_HEADER};
 
 /// Longest idempotency key accepted, in bytes (Stripe's limit).
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -46,19 +43,12 @@ pub fn router(processor: Processor) -> Router {
         .route("/v1/effects", post(create_effect).get(effects_by_key))
         .route("/v1/ledger", get(ledger))
         .route("/v1/accounts/{merchant_id}/{payment_id}", get(account))
-        .route(
-            "/v1/references/{merchant_id}/{reference}",
-            get(by_reference),
-        )
+        .route("/v1/references/{merchant_id}/{reference}", get(by_reference))
         .route("/v1/config", get(get_config).put(put_config))
         .route("/v1/reset", post(reset))
         .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
-            HttpError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed on this route",
-            )
+            HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
         })
         .with_state(processor)
 }
@@ -80,9 +70,7 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(processor))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(processor)).with_graceful_shutdown(shutdown).await
 }
 
 /// An error answer: status plus [`ApiError`] body.
@@ -94,13 +82,7 @@ struct HttpError {
 
 impl HttpError {
     fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            body: ApiError {
-                code: code.to_owned(),
-                message: message.into(),
-            },
-        }
+        Self { status, body: ApiError { code: code.to_owned(), message: message.into() } }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -114,11 +96,7 @@ impl HttpError {
 
 impl From<&RuleViolation> for HttpError {
     fn from(violation: &RuleViolation) -> Self {
-        let status = if violation.is_conflict() {
-            StatusCode::CONFLICT
-        } else {
-            StatusCode::UNPROCESSABLE_ENTITY
-        };
+        let status = if violation.is_conflict() { StatusCode::CONFLICT } else { StatusCode::UNPROCESSABLE_ENTITY };
         Self::new(status, violation.code(), violation.to_string())
     }
 }
@@ -138,17 +116,12 @@ async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn create_effect(
-    State(processor): State<Processor>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn create_effect(State(processor): State<Processor>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let delay_ms = processor.config().delay_before_effect_ms;
     if delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
-    let response =
-        process_effect(&processor, &headers, body).unwrap_or_else(IntoResponse::into_response);
+    let response = process_effect(&processor, &headers, body).unwrap_or_else(IntoResponse::into_response);
     let latency_ms = processor.config().latency_ms;
     if latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(latency_ms)).await;
@@ -157,11 +130,7 @@ async fn create_effect(
 }
 
 /// Parses and submits one effect request.
-fn process_effect(
-    processor: &Processor,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, HttpError> {
+fn process_effect(processor: &Processor, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, HttpError> {
     let key = idempotency_key(headers)?;
     let body = body.map_err(rejected)?;
     let request = parse_effect_request(&body)?;
@@ -198,9 +167,7 @@ fn process_effect(
         }
     };
     if replayed {
-        response
-            .headers_mut()
-            .insert(IDEMPOTENT_REPLAYED_HEADER, HeaderValue::from_static("true"));
+        response.headers_mut().insert(IDEMPOTENT_REPLAYED_HEADER, HeaderValue::from_static("true"));
     }
     Ok(response)
 }
@@ -210,16 +177,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, HttpError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
         return Ok(None);
     };
-    let invalid = |message: &str| {
-        HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_idempotency_key",
-            message.to_owned(),
-        )
-    };
-    let key = value
-        .to_str()
-        .map_err(|_| invalid("idempotency key must be visible ascii"))?;
+    let invalid = |message: &str| HttpError::new(StatusCode::BAD_REQUEST, "invalid_idempotency_key", message.to_owned());
+    let key = value.to_str().map_err(|_| invalid("idempotency key must be visible ascii"))?;
     if key.is_empty() {
         return Err(invalid("idempotency key must not be empty"));
     }
@@ -230,13 +189,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, HttpError> {
 }
 
 fn parse_effect_request(body: &[u8]) -> Result<EffectRequest, HttpError> {
-    let request: EffectRequest = serde_json::from_slice(body)
-        .map_err(|e| HttpError::bad_request(format!("invalid effect request: {e}")))?;
-    for (field, value) in [
-        ("operation", &request.operation),
-        ("merchant_id", &request.merchant_id),
-        ("payment_id", &request.payment_id),
-    ] {
+    let request: EffectRequest =
+        serde_json::from_slice(body).map_err(|e| HttpError::bad_request(format!("invalid effect request: {e}")))?;
+    for (field, value) in [("operation", &request.operation), ("merchant_id", &request.merchant_id), ("payment_id", &request.payment_id)] {
         if value.is_empty() {
             return Err(HttpError::bad_request(format!("{field} must not be empty")));
         }
@@ -273,8 +228,7 @@ async fn ledger(
     query: Result<Query<LedgerQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, HttpError> {
     let Query(query) = query.map_err(rejected)?;
-    let effects =
-        processor.effects_matching(query.merchant_id.as_deref(), query.payment_id.as_deref());
+    let effects = processor.effects_matching(query.merchant_id.as_deref(), query.payment_id.as_deref());
     Ok(Json(LedgerView { effects }))
 }
 
@@ -286,11 +240,7 @@ async fn account(
     processor
         .account(&merchant_id, &payment_id)
         .map(Json)
-        .ok_or_else(|| {
-            HttpError::not_found(format!(
-                "no effect for payment {payment_id} of merchant {merchant_id}"
-            ))
-        })
+        .ok_or_else(|| HttpError::not_found(format!("no effect for payment {payment_id} of merchant {merchant_id}")))
 }
 
 async fn by_reference(
@@ -300,9 +250,7 @@ async fn by_reference(
     let Path((merchant_id, reference)) = path.map_err(rejected)?;
     let effects = processor.effects_by_reference(&merchant_id, &reference);
     if effects.is_empty() {
-        return Err(HttpError::not_found(format!(
-            "no effect with reference {reference} for merchant {merchant_id}"
-        )));
+        return Err(HttpError::not_found(format!("no effect with reference {reference} for merchant {merchant_id}")));
     }
     Ok(Json(effects))
 }

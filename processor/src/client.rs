@@ -7,8 +7,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
 use crate::types::{
-    Account, ApiError, Effect, EffectRequest, LedgerView, ProcessorConfig, IDEMPOTENCY_KEY_HEADER,
-    IDEMPOTENT_REPLAYED_HEADER,
+    Account, ApiError, Effect, EffectRequest, LedgerView, ProcessorConfig, IDEMPOTENCY_KEY_HEADER, IDEMPOTENT_REPLAYED_HEADER,
 };
 
 /// Per-request timeout of a client made with [`ProcessorClient::new`].
@@ -109,10 +108,7 @@ impl ProcessorClient {
     /// A client of the processor at `base_url` (e.g. `http://127.0.0.1:4000`)
     /// with [`DEFAULT_TIMEOUT`].
     pub fn new(base_url: &str) -> Result<Self, ClientError> {
-        let invalid = |reason: &str| ClientError::InvalidUrl {
-            url: base_url.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let invalid = |reason: &str| ClientError::InvalidUrl { url: base_url.to_owned(), reason: reason.to_owned() };
         let base = Url::parse(base_url).map_err(|e| invalid(&e.to_string()))?;
         if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
             return Err(invalid("not an http url"));
@@ -144,32 +140,19 @@ impl ProcessorClient {
 
     /// `POST /v1/effects`: asks the processor to perform `request`, under
     /// `idempotency_key` if given.
-    pub async fn create_effect(
-        &self,
-        request: &EffectRequest,
-        idempotency_key: Option<&str>,
-    ) -> Result<Effect, ClientError> {
+    pub async fn create_effect(&self, request: &EffectRequest, idempotency_key: Option<&str>) -> Result<Effect, ClientError> {
         Ok(self.submit_effect(request, idempotency_key).await?.effect)
     }
 
     /// Like [`create_effect`](Self::create_effect), also telling whether the
     /// answer was an idempotent replay.
-    pub async fn submit_effect(
-        &self,
-        request: &EffectRequest,
-        idempotency_key: Option<&str>,
-    ) -> Result<Created, ClientError> {
-        let mut builder = self
-            .request(Method::POST, &["v1", "effects"], &[])
-            .json(request);
+    pub async fn submit_effect(&self, request: &EffectRequest, idempotency_key: Option<&str>) -> Result<Created, ClientError> {
+        let mut builder = self.request(Method::POST, &["v1", "effects"], &[]).json(request);
         if let Some(key) = idempotency_key {
             builder = builder.header(IDEMPOTENCY_KEY_HEADER, key);
         }
         let response = send(builder).await?;
-        let replayed = response
-            .headers()
-            .get(IDEMPOTENT_REPLAYED_HEADER)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let replayed = response.headers().get(IDEMPOTENT_REPLAYED_HEADER).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let effect = decode(response).await?;
         Ok(Created { effect, replayed })
     }
@@ -177,17 +160,12 @@ impl ProcessorClient {
     /// `GET /v1/effects?idempotency_key=K`: the effects made under `key`; empty
     /// if the processor never performed a request with it.
     pub async fn effects_by_key(&self, key: &str) -> Result<Vec<Effect>, ClientError> {
-        self.get(&["v1", "effects"], &[("idempotency_key", key)])
-            .await
+        self.get(&["v1", "effects"], &[("idempotency_key", key)]).await
     }
 
     /// `GET /v1/ledger`: every effect, optionally only those of `merchant_id`
     /// and/or `payment_id`, in `seq` order.
-    pub async fn ledger(
-        &self,
-        merchant_id: Option<&str>,
-        payment_id: Option<&str>,
-    ) -> Result<Vec<Effect>, ClientError> {
+    pub async fn ledger(&self, merchant_id: Option<&str>, payment_id: Option<&str>) -> Result<Vec<Effect>, ClientError> {
         let query: Vec<(&str, &str)> = [("merchant_id", merchant_id), ("payment_id", payment_id)]
             .into_iter()
             .filter_map(|(name, value)| Some((name, value?)))
@@ -198,27 +176,14 @@ impl ProcessorClient {
 
     /// `GET /v1/accounts/{merchant_id}/{payment_id}`: the account, `None` if no
     /// effect was recorded for it.
-    pub async fn account(
-        &self,
-        merchant_id: &str,
-        payment_id: &str,
-    ) -> Result<Option<Account>, ClientError> {
-        none_if_not_found(
-            self.get(&["v1", "accounts", merchant_id, payment_id], &[])
-                .await,
-        )
+    pub async fn account(&self, merchant_id: &str, payment_id: &str) -> Result<Option<Account>, ClientError> {
+        none_if_not_found(self.get(&["v1", "accounts", merchant_id, payment_id], &[]).await)
     }
 
     /// `GET /v1/references/{merchant_id}/{reference}`: the effects with that
     /// reference (refund, payout...); empty if none.
-    pub async fn by_reference(
-        &self,
-        merchant_id: &str,
-        reference: &str,
-    ) -> Result<Vec<Effect>, ClientError> {
-        let found = self
-            .get(&["v1", "references", merchant_id, reference], &[])
-            .await;
+    pub async fn by_reference(&self, merchant_id: &str, reference: &str) -> Result<Vec<Effect>, ClientError> {
+        let found = self.get(&["v1", "references", merchant_id, reference], &[]).await;
         Ok(none_if_not_found(found)?.unwrap_or_default())
     }
 
@@ -228,35 +193,22 @@ impl ProcessorClient {
     }
 
     /// `PUT /v1/config`: replaces the settings; returns them as now in force.
-    pub async fn set_config(
-        &self,
-        config: &ProcessorConfig,
-    ) -> Result<ProcessorConfig, ClientError> {
-        let builder = self
-            .request(Method::PUT, &["v1", "config"], &[])
-            .json(config);
+    pub async fn set_config(&self, config: &ProcessorConfig) -> Result<ProcessorConfig, ClientError> {
+        let builder = self.request(Method::PUT, &["v1", "config"], &[]).json(config);
         decode(send(builder).await?).await
     }
 
     /// `POST /v1/reset`: empties the ledger.
     pub async fn reset(&self) -> Result<(), ClientError> {
-        send(self.request(Method::POST, &["v1", "reset"], &[]))
-            .await
-            .map(drop)
+        send(self.request(Method::POST, &["v1", "reset"], &[])).await.map(drop)
     }
 
     /// `GET /health`: succeeds once the processor answers.
     pub async fn health(&self) -> Result<(), ClientError> {
-        send(self.request(Method::GET, &["health"], &[]))
-            .await
-            .map(drop)
+        send(self.request(Method::GET, &["health"], &[])).await.map(drop)
     }
 
-    async fn get<T: DeserializeOwned>(
-        &self,
-        path: &[&str],
-        query: &[(&str, &str)],
-    ) -> Result<T, ClientError> {
+    async fn get<T: DeserializeOwned>(&self, path: &[&str], query: &[(&str, &str)]) -> Result<T, ClientError> {
         decode(send(self.request(Method::GET, path, query)).await?).await
     }
 
@@ -264,10 +216,7 @@ impl ProcessorClient {
     /// with `query`.
     fn request(&self, method: Method, path: &[&str], query: &[(&str, &str)]) -> RequestBuilder {
         let mut url = self.base.clone();
-        url.path_segments_mut()
-            .expect("checked in new: the base url can be a base")
-            .pop_if_empty()
-            .extend(path);
+        url.path_segments_mut().expect("checked in new: the base url can be a base").pop_if_empty().extend(path);
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
@@ -285,17 +234,10 @@ async fn send(builder: RequestBuilder) -> Result<Response, ClientError> {
     }
     let body = response.bytes().await.map_err(ClientError::from_reqwest)?;
     match serde_json::from_slice::<ApiError>(&body) {
-        Ok(error) => Err(ClientError::Rejected {
-            status: status.as_u16(),
-            code: error.code,
-            message: error.message,
-        }),
+        Ok(error) => Err(ClientError::Rejected { status: status.as_u16(), code: error.code, message: error.message }),
         Err(_) => Err(ClientError::UnexpectedResponse {
             status: status.as_u16(),
-            detail: format!(
-                "error body is not an api error: {}",
-                String::from_utf8_lossy(&body)
-            ),
+            detail: format!("error body is not an api error: {}", String::from_utf8_lossy(&body)),
         }),
     }
 }
@@ -304,19 +246,15 @@ async fn send(builder: RequestBuilder) -> Result<Response, ClientError> {
 async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, ClientError> {
     let status = response.status();
     let body = response.bytes().await.map_err(ClientError::from_reqwest)?;
-    serde_json::from_slice(&body).map_err(|e| ClientError::UnexpectedResponse {
-        status: status.as_u16(),
-        detail: format!("cannot decode body: {e}"),
-    })
+    serde_json::from_slice(&body)
+        .map_err(|e| ClientError::UnexpectedResponse { status: status.as_u16(), detail: format!("cannot decode body: {e}") })
 }
 
 /// Maps a 404 answer to `Ok(None)`.
 fn none_if_not_found<T>(result: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
     match result {
         Ok(value) => Ok(Some(value)),
-        Err(ClientError::Rejected { status, .. }) if status == StatusCode::NOT_FOUND.as_u16() => {
-            Ok(None)
-        }
+        Err(ClientError::Rejected { status, .. }) if status == StatusCode::NOT_FOUND.as_u16() => Ok(None),
         Err(e) => Err(e),
     }
 }

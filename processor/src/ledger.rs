@@ -231,14 +231,24 @@ struct StoredResponse {
 /// so that a violation leaves no trace.
 enum Change {
     /// `capture`: automatic capture, the whole amount is captured too.
-    Authorize { amount: i64, currency: String, capture: bool },
+    Authorize {
+        amount: i64,
+        currency: String,
+        capture: bool,
+    },
     SetAuthorized(i64),
     SetCaptured(i64),
     Void,
     SetRefunded(i64),
-    CreatePayout { reference: String },
-    FulfillPayout { reference: String },
-    CancelPayout { reference: String },
+    CreatePayout {
+        reference: String,
+    },
+    FulfillPayout {
+        reference: String,
+    },
+    CancelPayout {
+        reference: String,
+    },
     Nothing,
 }
 
@@ -278,31 +288,15 @@ impl Ledger {
     /// With `idempotency` on and a key, applies the idempotency rules of the
     /// [module documentation](self); otherwise processes the request anew. A
     /// recorded effect carries `key` either way.
-    pub fn submit(
-        &mut self,
-        request: &EffectRequest,
-        key: Option<&str>,
-        idempotency: bool,
-        now_ms: u64,
-    ) -> Submission {
+    pub fn submit(&mut self, request: &EffectRequest, key: Option<&str>, idempotency: bool, now_ms: u64) -> Submission {
         let Some(key) = key.filter(|_| idempotency) else {
             return Submission::Processed(self.apply(request, key, now_ms));
         };
         if let Some(stored) = self.responses.get(key) {
-            return if stored.request == *request {
-                Submission::Replayed(stored.outcome.clone())
-            } else {
-                Submission::KeyReused
-            };
+            return if stored.request == *request { Submission::Replayed(stored.outcome.clone()) } else { Submission::KeyReused };
         }
         let outcome = self.apply(request, Some(key), now_ms);
-        self.responses.insert(
-            key.to_owned(),
-            StoredResponse {
-                request: request.clone(),
-                outcome: outcome.clone(),
-            },
-        );
+        self.responses.insert(key.to_owned(), StoredResponse { request: request.clone(), outcome: outcome.clone() });
         Submission::Processed(outcome)
     }
 
@@ -319,19 +313,12 @@ impl Ledger {
 
     /// Effects of merchant `merchant_id` with reference `reference`, in `seq` order.
     pub fn effects_by_reference(&self, merchant_id: &str, reference: &str) -> Vec<Effect> {
-        self.collect(
-            self.by_reference
-                .get(&(merchant_id.to_owned(), reference.to_owned())),
-        )
+        self.collect(self.by_reference.get(&(merchant_id.to_owned(), reference.to_owned())))
     }
 
     /// Effects matching both filters (a `None` filter matches everything), in
     /// `seq` order.
-    pub fn effects_matching(
-        &self,
-        merchant_id: Option<&str>,
-        payment_id: Option<&str>,
-    ) -> Vec<Effect> {
+    pub fn effects_matching(&self, merchant_id: Option<&str>, payment_id: Option<&str>) -> Vec<Effect> {
         self.effects
             .iter()
             .filter(|e| merchant_id.is_none_or(|m| e.merchant_id == m))
@@ -343,9 +330,7 @@ impl Ledger {
     /// The account `(merchant_id, payment_id)`, or `None` if no effect was
     /// recorded for it.
     pub fn account(&self, merchant_id: &str, payment_id: &str) -> Option<Account> {
-        let state = self
-            .accounts
-            .get(&(merchant_id.to_owned(), payment_id.to_owned()))?;
+        let state = self.accounts.get(&(merchant_id.to_owned(), payment_id.to_owned()))?;
         Some(Account {
             merchant_id: merchant_id.to_owned(),
             payment_id: payment_id.to_owned(),
@@ -361,25 +346,15 @@ impl Ledger {
     /// Forgets every effect, account, payout and stored response. `seq` starts
     /// again at 1; `effect_id`s keep counting so none is ever reused.
     pub fn reset(&mut self) {
-        *self = Self {
-            issued: self.issued,
-            ..Self::default()
-        };
+        *self = Self { issued: self.issued, ..Self::default() };
     }
 
     fn collect(&self, indices: Option<&Vec<usize>>) -> Vec<Effect> {
-        indices
-            .map(|ix| ix.iter().map(|&i| self.effects[i].clone()).collect())
-            .unwrap_or_default()
+        indices.map(|ix| ix.iter().map(|&i| self.effects[i].clone()).collect()).unwrap_or_default()
     }
 
     /// Checks the rules, then records the effect and applies its change.
-    fn apply(
-        &mut self,
-        request: &EffectRequest,
-        key: Option<&str>,
-        now_ms: u64,
-    ) -> Result<Effect, RuleViolation> {
+    fn apply(&mut self, request: &EffectRequest, key: Option<&str>, now_ms: u64) -> Result<Effect, RuleViolation> {
         let account_key = (request.merchant_id.clone(), request.payment_id.clone());
         let change = self.check(request, self.accounts.get(&account_key))?;
 
@@ -418,10 +393,7 @@ impl Ledger {
             Change::Void => account.voided = true,
             Change::SetRefunded(total) => account.refunded = total,
             Change::CreatePayout { reference } => {
-                let payout = self
-                    .payouts
-                    .entry((request.merchant_id.clone(), reference))
-                    .or_default();
+                let payout = self.payouts.entry((request.merchant_id.clone(), reference)).or_default();
                 if payout.currency.is_none() {
                     payout.currency = request.currency.clone();
                 }
@@ -438,10 +410,7 @@ impl Ledger {
             self.by_key.entry(key.to_owned()).or_default().push(index);
         }
         if let Some(reference) = &request.reference {
-            self.by_reference
-                .entry((request.merchant_id.clone(), reference.clone()))
-                .or_default()
-                .push(index);
+            self.by_reference.entry((request.merchant_id.clone(), reference.clone())).or_default().push(index);
         }
         self.effects.push(effect.clone());
         Ok(effect)
@@ -449,40 +418,22 @@ impl Ledger {
 
     fn payout_mut(&mut self, merchant_id: &str, reference: String) -> &mut PayoutState {
         // `check` made sure the payout exists.
-        self.payouts
-            .entry((merchant_id.to_owned(), reference))
-            .or_default()
+        self.payouts.entry((merchant_id.to_owned(), reference)).or_default()
     }
 
     /// The change `request` makes to `account` (None if the account has no
     /// effect yet), or the first rule it breaks.
-    fn check(
-        &self,
-        request: &EffectRequest,
-        account: Option<&AccountState>,
-    ) -> Result<Change, RuleViolation> {
+    fn check(&self, request: &EffectRequest, account: Option<&AccountState>) -> Result<Change, RuleViolation> {
         let fresh = AccountState::default();
         let account = account.unwrap_or(&fresh);
         let operation = request.operation.as_str();
         let positive_amount = || match request.amount {
             Some(amount) if amount > 0 => Ok(amount),
-            _ => Err(RuleViolation::InvalidAmount {
-                operation: request.operation.clone(),
-            }),
+            _ => Err(RuleViolation::InvalidAmount { operation: request.operation.clone() }),
         };
-        let reference = || {
-            request
-                .reference
-                .clone()
-                .ok_or_else(|| RuleViolation::ReferenceRequired {
-                    operation: request.operation.clone(),
-                })
-        };
-        let add = |total: i64, amount: i64| {
-            total
-                .checked_add(amount)
-                .ok_or(RuleViolation::AmountOverflow { amount })
-        };
+        let reference =
+            || request.reference.clone().ok_or_else(|| RuleViolation::ReferenceRequired { operation: request.operation.clone() });
+        let add = |total: i64, amount: i64| total.checked_add(amount).ok_or(RuleViolation::AmountOverflow { amount });
 
         // The account has a currency only once authorized, and a second
         // authorization is refused as such whatever its currency.
@@ -493,10 +444,7 @@ impl Ledger {
         match operation {
             ops::AUTHORIZE => {
                 let amount = positive_amount()?;
-                let currency = request
-                    .currency
-                    .clone()
-                    .ok_or(RuleViolation::CurrencyRequired)?;
+                let currency = request.currency.clone().ok_or(RuleViolation::CurrencyRequired)?;
                 if account.authorization {
                     return Err(RuleViolation::AlreadyAuthorized);
                 }
@@ -564,8 +512,7 @@ impl Ledger {
     }
 
     fn payout(&self, merchant_id: &str, reference: &str) -> Option<&PayoutState> {
-        self.payouts
-            .get(&(merchant_id.to_owned(), reference.to_owned()))
+        self.payouts.get(&(merchant_id.to_owned(), reference.to_owned()))
     }
 }
 
@@ -609,10 +556,7 @@ impl AccountState {
 fn same_currency(expected: Option<&str>, requested: Option<&str>) -> Result<(), RuleViolation> {
     match (expected, requested) {
         (Some(expected), Some(requested)) if expected != requested => {
-            Err(RuleViolation::CurrencyMismatch {
-                expected: expected.to_owned(),
-                requested: requested.to_owned(),
-            })
+            Err(RuleViolation::CurrencyMismatch { expected: expected.to_owned(), requested: requested.to_owned() })
         }
         _ => Ok(()),
     }
@@ -647,16 +591,8 @@ mod tests {
         let account = ledger.account(&request.merchant_id, &request.payment_id);
         let err = run(ledger, request).expect_err("request should be refused");
         assert_eq!(err.code(), code, "{err}");
-        assert_eq!(
-            ledger.effects().len(),
-            before,
-            "a refused request recorded an effect"
-        );
-        assert_eq!(
-            ledger.account(M, P),
-            account,
-            "a refused request changed the account"
-        );
+        assert_eq!(ledger.effects().len(), before, "a refused request recorded an effect");
+        assert_eq!(ledger.account(M, P), account, "a refused request changed the account");
     }
 
     fn account(ledger: &Ledger) -> Account {
@@ -679,11 +615,7 @@ mod tests {
         let mut l = Ledger::new();
         refused(&mut l, authorize(0), "invalid_amount");
         refused(&mut l, authorize(-5), "invalid_amount");
-        refused(
-            &mut l,
-            req(ops::AUTHORIZE).currency("EUR"),
-            "invalid_amount",
-        );
+        refused(&mut l, req(ops::AUTHORIZE).currency("EUR"), "invalid_amount");
         refused(&mut l, req(ops::AUTHORIZE).amount(10), "currency_required");
         assert!(l.account(M, P).is_none());
         run(&mut l, authorize(10)).unwrap();
@@ -748,13 +680,8 @@ mod tests {
     fn automatic_capture_replays_under_its_key() {
         let mut l = Ledger::new();
         let charge = authorize(10).capture_method(CaptureMethod::Automatic);
-        let Submission::Processed(Ok(effect)) = l.submit(&charge, Some("k1"), true, 1) else {
-            panic!("processed")
-        };
-        assert_eq!(
-            l.submit(&charge, Some("k1"), true, 2),
-            Submission::Replayed(Ok(effect.clone()))
-        );
+        let Submission::Processed(Ok(effect)) = l.submit(&charge, Some("k1"), true, 1) else { panic!("processed") };
+        assert_eq!(l.submit(&charge, Some("k1"), true, 2), Submission::Replayed(Ok(effect.clone())));
         assert_eq!(l.effects(), std::slice::from_ref(&effect));
         assert_eq!(account(&l).captured, 10, "the replay captured nothing more");
         // The capture method is part of the request: another one under the key is refused.
@@ -767,30 +694,14 @@ mod tests {
     #[test]
     fn incremental_auth_rules() {
         let mut l = Ledger::new();
-        refused(
-            &mut l,
-            req(ops::INCREMENTAL_AUTH).amount(5),
-            "not_authorized",
-        );
+        refused(&mut l, req(ops::INCREMENTAL_AUTH).amount(5), "not_authorized");
         run(&mut l, authorize(100)).unwrap();
-        refused(
-            &mut l,
-            req(ops::INCREMENTAL_AUTH).amount(0),
-            "invalid_amount",
-        );
+        refused(&mut l, req(ops::INCREMENTAL_AUTH).amount(0), "invalid_amount");
         run(&mut l, req(ops::INCREMENTAL_AUTH).amount(50)).unwrap();
         assert_eq!(account(&l).authorized, 150);
-        refused(
-            &mut l,
-            req(ops::INCREMENTAL_AUTH).amount(i64::MAX),
-            "amount_overflow",
-        );
+        refused(&mut l, req(ops::INCREMENTAL_AUTH).amount(i64::MAX), "amount_overflow");
         run(&mut l, req(ops::VOID)).unwrap();
-        refused(
-            &mut l,
-            req(ops::INCREMENTAL_AUTH).amount(5),
-            "already_voided",
-        );
+        refused(&mut l, req(ops::INCREMENTAL_AUTH).amount(5), "already_voided");
     }
 
     #[test]
@@ -799,18 +710,10 @@ mod tests {
         refused(&mut l, req(ops::CAPTURE).amount(5), "not_authorized");
         run(&mut l, authorize(100)).unwrap();
         refused(&mut l, req(ops::CAPTURE).amount(-1), "invalid_amount");
-        refused(
-            &mut l,
-            req(ops::CAPTURE).amount(101),
-            "amount_exceeds_capturable",
-        );
+        refused(&mut l, req(ops::CAPTURE).amount(101), "amount_exceeds_capturable");
         run(&mut l, req(ops::CAPTURE).amount(60).reference("cap1")).unwrap();
         assert_eq!(account(&l).status, AccountStatus::PartiallyCaptured);
-        refused(
-            &mut l,
-            req(ops::CAPTURE).amount(41),
-            "amount_exceeds_capturable",
-        );
+        refused(&mut l, req(ops::CAPTURE).amount(41), "amount_exceeds_capturable");
         run(&mut l, req(ops::CAPTURE).amount(40)).unwrap();
         let a = account(&l);
         assert_eq!((a.captured, a.status), (100, AccountStatus::Captured));
@@ -848,30 +751,14 @@ mod tests {
     fn refund_rules() {
         let mut l = Ledger::new();
         run(&mut l, authorize(100)).unwrap();
-        refused(
-            &mut l,
-            req(ops::REFUND).amount(1).reference("r0"),
-            "amount_exceeds_refundable",
-        );
+        refused(&mut l, req(ops::REFUND).amount(1).reference("r0"), "amount_exceeds_refundable");
         run(&mut l, req(ops::CAPTURE).amount(80)).unwrap();
         refused(&mut l, req(ops::REFUND).amount(10), "reference_required");
-        refused(
-            &mut l,
-            req(ops::REFUND).amount(0).reference("r1"),
-            "invalid_amount",
-        );
-        refused(
-            &mut l,
-            req(ops::REFUND).amount(81).reference("r1"),
-            "amount_exceeds_refundable",
-        );
+        refused(&mut l, req(ops::REFUND).amount(0).reference("r1"), "invalid_amount");
+        refused(&mut l, req(ops::REFUND).amount(81).reference("r1"), "amount_exceeds_refundable");
         run(&mut l, req(ops::REFUND).amount(30).reference("r1")).unwrap();
         assert_eq!(account(&l).status, AccountStatus::PartiallyRefunded);
-        refused(
-            &mut l,
-            req(ops::REFUND).amount(51).reference("r2"),
-            "amount_exceeds_refundable",
-        );
+        refused(&mut l, req(ops::REFUND).amount(51).reference("r2"), "amount_exceeds_refundable");
         run(&mut l, req(ops::REFUND).amount(50).reference("r2")).unwrap();
         let a = account(&l);
         assert_eq!((a.refunded, a.status), (80, AccountStatus::Refunded));
@@ -883,16 +770,8 @@ mod tests {
     fn currency_must_match_the_account() {
         let mut l = Ledger::new();
         run(&mut l, authorize(100)).unwrap();
-        refused(
-            &mut l,
-            req(ops::CAPTURE).amount(10).currency("USD"),
-            "currency_mismatch",
-        );
-        refused(
-            &mut l,
-            req("mandates.create").currency("USD"),
-            "currency_mismatch",
-        );
+        refused(&mut l, req(ops::CAPTURE).amount(10).currency("USD"), "currency_mismatch");
+        refused(&mut l, req("mandates.create").currency("USD"), "currency_mismatch");
         run(&mut l, req(ops::CAPTURE).amount(10).currency("EUR")).unwrap();
         run(&mut l, req(ops::CAPTURE).amount(10)).unwrap();
     }
@@ -901,51 +780,23 @@ mod tests {
     fn payout_rules() {
         let mut l = Ledger::new();
         let payout = |op: &str, reference: &str| req(op).reference(reference);
-        refused(
-            &mut l,
-            req(ops::PAYOUT_CREATE).amount(10),
-            "reference_required",
-        );
+        refused(&mut l, req(ops::PAYOUT_CREATE).amount(10), "reference_required");
         refused(&mut l, payout(ops::PAYOUT_CREATE, "po1"), "invalid_amount");
-        refused(
-            &mut l,
-            payout(ops::PAYOUT_FULFILL, "po1"),
-            "payout_not_found",
-        );
-        refused(
-            &mut l,
-            payout(ops::PAYOUT_CANCEL, "po1"),
-            "payout_not_found",
-        );
+        refused(&mut l, payout(ops::PAYOUT_FULFILL, "po1"), "payout_not_found");
+        refused(&mut l, payout(ops::PAYOUT_CANCEL, "po1"), "payout_not_found");
         refused(&mut l, req(ops::PAYOUT_FULFILL), "reference_required");
 
-        run(
-            &mut l,
-            payout(ops::PAYOUT_CREATE, "po1").amount(10).currency("EUR"),
-        )
-        .unwrap();
-        refused(
-            &mut l,
-            payout(ops::PAYOUT_FULFILL, "po1").currency("USD"),
-            "currency_mismatch",
-        );
+        run(&mut l, payout(ops::PAYOUT_CREATE, "po1").amount(10).currency("EUR")).unwrap();
+        refused(&mut l, payout(ops::PAYOUT_FULFILL, "po1").currency("USD"), "currency_mismatch");
         run(&mut l, payout(ops::PAYOUT_FULFILL, "po1")).unwrap();
-        refused(
-            &mut l,
-            payout(ops::PAYOUT_CANCEL, "po1"),
-            "payout_fulfilled",
-        );
+        refused(&mut l, payout(ops::PAYOUT_CANCEL, "po1"), "payout_fulfilled");
         // A second fulfilment is a double payout: recorded, for checkers to find.
         run(&mut l, payout(ops::PAYOUT_FULFILL, "po1")).unwrap();
         assert_eq!(l.effects_by_reference(M, "po1").len(), 3);
 
         run(&mut l, payout(ops::PAYOUT_CREATE, "po2").amount(10)).unwrap();
         run(&mut l, payout(ops::PAYOUT_CANCEL, "po2")).unwrap();
-        refused(
-            &mut l,
-            payout(ops::PAYOUT_FULFILL, "po2"),
-            "payout_cancelled",
-        );
+        refused(&mut l, payout(ops::PAYOUT_FULFILL, "po2"), "payout_cancelled");
 
         // Payouts are per merchant.
         let other = EffectRequest::new(ops::PAYOUT_FULFILL, "m2", P).reference("po2");
@@ -965,14 +816,9 @@ mod tests {
     fn same_key_same_request_replays() {
         let mut l = Ledger::new();
         let first = l.submit(&authorize(10), Some("k1"), true, 1);
-        let Submission::Processed(Ok(effect)) = first else {
-            panic!("{first:?}")
-        };
+        let Submission::Processed(Ok(effect)) = first else { panic!("{first:?}") };
         assert_eq!(effect.idempotency_key.as_deref(), Some("k1"));
-        assert_eq!(
-            l.submit(&authorize(10), Some("k1"), true, 2),
-            Submission::Replayed(Ok(effect.clone()))
-        );
+        assert_eq!(l.submit(&authorize(10), Some("k1"), true, 2), Submission::Replayed(Ok(effect.clone())));
         assert_eq!(l.effects(), std::slice::from_ref(&effect));
         assert_eq!(l.effects_by_key("k1"), vec![effect]);
         assert!(l.effects_by_key("k2").is_empty());
@@ -982,15 +828,9 @@ mod tests {
     fn same_key_other_request_is_refused() {
         let mut l = Ledger::new();
         l.submit(&authorize(10), Some("k1"), true, 1);
-        assert_eq!(
-            l.submit(&authorize(11), Some("k1"), true, 2),
-            Submission::KeyReused
-        );
+        assert_eq!(l.submit(&authorize(11), Some("k1"), true, 2), Submission::KeyReused);
         let with_details = authorize(10).details(serde_json::json!({"a": 1}));
-        assert_eq!(
-            l.submit(&with_details, Some("k1"), true, 2),
-            Submission::KeyReused
-        );
+        assert_eq!(l.submit(&with_details, Some("k1"), true, 2), Submission::KeyReused);
         assert_eq!(l.effects().len(), 1);
     }
 
@@ -999,16 +839,10 @@ mod tests {
         let mut l = Ledger::new();
         let capture = req(ops::CAPTURE).amount(10);
         let first = l.submit(&capture, Some("k1"), true, 1);
-        assert_eq!(
-            first,
-            Submission::Processed(Err(RuleViolation::NotAuthorized))
-        );
+        assert_eq!(first, Submission::Processed(Err(RuleViolation::NotAuthorized)));
         run(&mut l, authorize(100)).unwrap();
         // Would now succeed, but the key replays its stored refusal.
-        assert_eq!(
-            l.submit(&capture, Some("k1"), true, 2),
-            Submission::Replayed(Err(RuleViolation::NotAuthorized))
-        );
+        assert_eq!(l.submit(&capture, Some("k1"), true, 2), Submission::Replayed(Err(RuleViolation::NotAuthorized)));
         assert_eq!(l.effects().len(), 1);
     }
 
@@ -1019,19 +853,13 @@ mod tests {
         let capture = req(ops::CAPTURE).amount(10);
         for _ in 0..2 {
             let outcome = l.submit(&capture, Some("k1"), false, 1);
-            assert!(
-                matches!(outcome, Submission::Processed(Ok(_))),
-                "{outcome:?}"
-            );
+            assert!(matches!(outcome, Submission::Processed(Ok(_))), "{outcome:?}");
         }
         assert_eq!(l.effects_by_key("k1").len(), 2);
         assert_eq!(account(&l).captured, 20);
         // Keys used while off are not remembered.
         let outcome = l.submit(&capture, Some("k1"), true, 1);
-        assert!(
-            matches!(outcome, Submission::Processed(Ok(_))),
-            "{outcome:?}"
-        );
+        assert!(matches!(outcome, Submission::Processed(Ok(_))), "{outcome:?}");
         assert_eq!(l.effects_by_key("k1").len(), 3);
     }
 
@@ -1039,13 +867,7 @@ mod tests {
     fn filters_and_reset() {
         let mut l = Ledger::new();
         run(&mut l, authorize(100)).unwrap();
-        run(
-            &mut l,
-            EffectRequest::new(ops::AUTHORIZE, M, "p2")
-                .amount(5)
-                .currency("USD"),
-        )
-        .unwrap();
+        run(&mut l, EffectRequest::new(ops::AUTHORIZE, M, "p2").amount(5).currency("USD")).unwrap();
         assert_eq!(l.effects_matching(Some(M), None).len(), 2);
         assert_eq!(l.effects_matching(None, Some("p2")).len(), 1);
         assert_eq!(l.effects_matching(Some("m9"), None).len(), 0);
@@ -1055,9 +877,7 @@ mod tests {
         assert!(l.effects().is_empty());
         assert!(l.account(M, P).is_none());
         let e = l.submit(&authorize(1), Some("k"), true, 1);
-        let Submission::Processed(Ok(e)) = e else {
-            panic!("{e:?}")
-        };
+        let Submission::Processed(Ok(e)) = e else { panic!("{e:?}") };
         assert_eq!((e.seq, e.effect_id.as_str()), (1, "eff_00000003"));
     }
 }

@@ -29,6 +29,4 @@ pub use api::{router, serve};
 pub use client::{ClientError, Created, ProcessorClient};
 pub use ledger::{Ledger, RuleViolation, Submission};
 pub use processor::Processor;
-pub use types::{
-    Account, AccountStatus, ApiError, CaptureMethod, Effect, EffectRequest, LedgerView, ProcessorConfig,
-};
+pub use types::{Account, AccountStatus, ApiError, CaptureMethod, Effect, EffectRequest, LedgerView, ProcessorConfig};

@@ -25,12 +25,7 @@ struct State {
 impl Processor {
     /// A processor with an empty ledger and settings `config`.
     pub fn new(config: ProcessorConfig) -> Self {
-        Self {
-            state: Arc::new(Mutex::new(State {
-                ledger: Ledger::new(),
-                config,
-            })),
-        }
+        Self { state: Arc::new(Mutex::new(State { ledger: Ledger::new(), config })) }
     }
 
     /// Current settings.
@@ -58,11 +53,7 @@ impl Processor {
 
     /// Recorded effects of merchant `merchant_id` and/or payment `payment_id`
     /// (`None` matches any), in `seq` order.
-    pub fn effects_matching(
-        &self,
-        merchant_id: Option<&str>,
-        payment_id: Option<&str>,
-    ) -> Vec<Effect> {
+    pub fn effects_matching(&self, merchant_id: Option<&str>, payment_id: Option<&str>) -> Vec<Effect> {
         self.lock().ledger.effects_matching(merchant_id, payment_id)
     }
 
@@ -73,9 +64,7 @@ impl Processor {
 
     /// Recorded effects of merchant `merchant_id` with reference `reference`.
     pub fn effects_by_reference(&self, merchant_id: &str, reference: &str) -> Vec<Effect> {
-        self.lock()
-            .ledger
-            .effects_by_reference(merchant_id, reference)
+        self.lock().ledger.effects_by_reference(merchant_id, reference)
     }
 
     /// The account `(merchant_id, payment_id)`, `None` if it has no effect.
@@ -96,7 +85,5 @@ impl Processor {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

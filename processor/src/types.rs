@@ -81,11 +81,7 @@ impl CaptureMethod {
 impl EffectRequest {
     /// A request for `operation` on the account `(merchant_id, payment_id)` with
     /// no reference, amount, currency or details.
-    pub fn new(
-        operation: impl Into<String>,
-        merchant_id: impl Into<String>,
-        payment_id: impl Into<String>,
-    ) -> Self {
+    pub fn new(operation: impl Into<String>, merchant_id: impl Into<String>, payment_id: impl Into<String>) -> Self {
         Self {
             operation: operation.into(),
             merchant_id: merchant_id.into(),
@@ -267,10 +263,6 @@ pub struct ProcessorConfig {
 impl Default for ProcessorConfig {
     /// Idempotency on, no added latency.
     fn default() -> Self {
-        Self {
-            idempotency: true,
-            latency_ms: 0,
-            delay_before_effect_ms: 0,
-        }
+        Self { idempotency: true, latency_ms: 0, delay_before_effect_ms: 0 }
     }
 }

@@ -75,9 +75,10 @@ impl FromStr for CrashPoint {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        CrashPoint::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
-            format!("unknown crash point {s:?} (expected before_processor, after_processor or after_reply)")
-        })
+        CrashPoint::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown crash point {s:?} (expected before_processor, after_processor or after_reply)"))
     }
 }
 
@@ -248,10 +249,8 @@ impl WorkerConfig {
         let (mut worker, mut bridge) = match path {
             None => (WorkerConfig::default(), BridgeConfig::default()),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
                 Self::from_toml(&text)?
             }
         };
@@ -299,8 +298,7 @@ impl WorkerConfig {
     /// Applies `WORKER_*` overrides.
     pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
         fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ConfigError> {
-            v.parse()
-                .map_err(|_| ConfigError::Invalid(format!("{name}={v}: expected a number")))
+            v.parse().map_err(|_| ConfigError::Invalid(format!("{name}={v}: expected a number")))
         }
         for (name, value) in vars {
             let Some(key) = name.strip_prefix("WORKER_") else { continue };
@@ -329,9 +327,8 @@ impl WorkerConfig {
                 "CONNECTION_TIMEOUT_MS" => self.connection_timeout_ms = num(&name, &value)?,
                 // A deliberate defect, for proving the conformance kit catches it.
                 "DEFECT_ACK_BEFORE_PROCESSOR" => {
-                    self.defects.ack_before_processor = value
-                        .parse()
-                        .map_err(|_| ConfigError::Invalid(format!("{name}={value}: expected true or false")))?
+                    self.defects.ack_before_processor =
+                        value.parse().map_err(|_| ConfigError::Invalid(format!("{name}={value}: expected true or false")))?
                 }
                 _ if key.starts_with("TLS_") || key.starts_with("AUTH_") => {
                     match nats_bridge::config::apply_security_env(key, &value, &mut self.tls, &mut self.auth) {
@@ -382,8 +379,7 @@ mod tests {
 
         let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
         let mut w = WorkerConfig::default();
-        w.apply_env(env(&[("WORKER_CRASH_AT", "before_processor"), ("WORKER_CRASH_AFTER", "2"), ("WORKER_CONFIG", "x.toml")]))
-            .unwrap();
+        w.apply_env(env(&[("WORKER_CRASH_AT", "before_processor"), ("WORKER_CRASH_AFTER", "2"), ("WORKER_CONFIG", "x.toml")])).unwrap();
         assert_eq!((w.crash_at, w.crash_after), (Some(CrashPoint::BeforeProcessor), 2));
         w.apply_env(env(&[("WORKER_CRASH_AT", "none")])).unwrap();
         assert_eq!(w.crash_at, None);

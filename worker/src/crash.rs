@@ -24,12 +24,7 @@ pub struct CrashPlan {
 impl CrashPlan {
     /// A plan from the configuration, if it names a point.
     pub fn new(point: Option<CrashPoint>, after: u64, name: &str) -> Option<CrashPlan> {
-        point.map(|point| CrashPlan {
-            point,
-            after: after.max(1),
-            reached: AtomicU64::new(0),
-            name: name.to_string(),
-        })
+        point.map(|point| CrashPlan { point, after: after.max(1), reached: AtomicU64::new(0), name: name.to_string() })
     }
 
     /// Whether this plan can fire at `point` (to do work only needed there, like a flush).

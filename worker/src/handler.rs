@@ -41,9 +41,7 @@ pub struct Faults {
 impl Faults {
     /// Takes one "stall" token if any is left.
     pub(crate) fn take_stall(&self) -> bool {
-        self.stall_after_processor
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
+        self.stall_after_processor.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
     }
 }
 
@@ -176,7 +174,13 @@ pub fn effect_request(op: Operation, env: &RequestEnvelope) -> EffectRequest {
 fn moves_money(op: Operation) -> bool {
     matches!(
         op.name,
-        "payments.authorize" | "payments.capture" | "payments.incremental_auth" | "payments.complete_authorize" | "refunds.execute" | "payouts.create" | "payouts.fulfill"
+        "payments.authorize"
+            | "payments.capture"
+            | "payments.incremental_auth"
+            | "payments.complete_authorize"
+            | "refunds.execute"
+            | "payouts.create"
+            | "payouts.fulfill"
     )
 }
 
@@ -221,7 +225,11 @@ impl Handler {
         let mut waited = false;
         // Nearly every key is new: try to create the claim before reading anything, one
         // round trip instead of two. Only when the key exists is its record read.
-        let mut fresh = if self.expired(env) { None } else { self.store.create(key, &mine(crate::store::now_ms() + self.lease_ms)).await.map_err(store_err)? };
+        let mut fresh = if self.expired(env) {
+            None
+        } else {
+            self.store.create(key, &mine(crate::store::now_ms() + self.lease_ms)).await.map_err(store_err)?
+        };
         loop {
             if let Some(revision) = fresh.take() {
                 return Ok(Claim::Held(self.lease(key, fp, &owner, revision, false)));
@@ -262,7 +270,11 @@ impl Handler {
                 }
                 None if self.expired(env) => {
                     // Too old to act on: the caller has given up and may have failed it already.
-                    let response = ResponseEnvelope::failure(env, "REQUEST_EXPIRED", "the request is older than the worker's max_request_age_ms; nothing was done");
+                    let response = ResponseEnvelope::failure(
+                        env,
+                        "REQUEST_EXPIRED",
+                        "the request is older than the worker's max_request_age_ms; nothing was done",
+                    );
                     let done = Record::Done { fingerprint: fp.to_string(), response: response.clone() };
                     if self.store.create(key, &done).await.map_err(store_err)?.is_none() {
                         continue;
@@ -283,12 +295,17 @@ impl Handler {
         let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let revision = Arc::new(AtomicU64::new(revision));
         let renewer = {
-            let (store, key, lost, revision, lease_ms) = (self.store.clone(), key.to_string(), lost.clone(), revision.clone(), self.lease_ms);
+            let (store, key, lost, revision, lease_ms) =
+                (self.store.clone(), key.to_string(), lost.clone(), revision.clone(), self.lease_ms);
             let (fp, owner) = (fp.to_string(), owner.to_string());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_millis((lease_ms / 3).max(1))).await;
-                    let renewed = Record::Started { fingerprint: fp.clone(), owner: owner.clone(), lease_until_ms: crate::store::now_ms() + lease_ms };
+                    let renewed = Record::Started {
+                        fingerprint: fp.clone(),
+                        owner: owner.clone(),
+                        lease_until_ms: crate::store::now_ms() + lease_ms,
+                    };
                     match store.update(&key, &renewed, revision.load(Ordering::SeqCst)).await {
                         Ok(Some(r)) => revision.store(r, Ordering::SeqCst),
                         Ok(None) => {
@@ -337,10 +354,7 @@ impl Handler {
     }
 
     fn expired(&self, env: &RequestEnvelope) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         self.max_request_age_ms > 0 && now.saturating_sub(env.timestamp) > self.max_request_age_ms
     }
 
@@ -389,7 +403,11 @@ impl Handler {
         if self.expired(env) {
             // Checked again after the work before the call: a slow worker must not charge after
             // the gateway's recovery may have concluded that nothing happened.
-            let response = ResponseEnvelope::failure(env, "REQUEST_EXPIRED", "the request grew older than the worker's max_request_age_ms before the processor call; nothing was done");
+            let response = ResponseEnvelope::failure(
+                env,
+                "REQUEST_EXPIRED",
+                "the request grew older than the worker's max_request_age_ms before the processor call; nothing was done",
+            );
             warn!(worker = %self.name, key, "request expired before the processor call");
             self.finish(key, fp, &response).await?;
             return Ok(Handled::Reply(response));
@@ -424,13 +442,7 @@ impl Handler {
 
     async fn finish(&self, key: &str, fp: &str, response: &ResponseEnvelope) -> Result<(), Transient> {
         self.store
-            .put(
-                key,
-                &Record::Done {
-                    fingerprint: fp.to_string(),
-                    response: response.clone(),
-                },
-            )
+            .put(key, &Record::Done { fingerprint: fp.to_string(), response: response.clone() })
             .await
             .map_err(|e| Transient(e.to_string()))
     }
@@ -442,13 +454,7 @@ impl Handler {
         if !draw.latency.is_zero() {
             tokio::time::sleep(draw.latency).await;
         }
-        let reference = |field: &str| {
-            env.router_data
-                .get(field)
-                .and_then(|v| v.as_str())
-                .unwrap_or(&env.attempt_id)
-                .to_string()
-        };
+        let reference = |field: &str| env.router_data.get(field).and_then(|v| v.as_str()).unwrap_or(&env.attempt_id).to_string();
         let mut ok = ResponseEnvelope::reply_to(env, ResponseStatus::Success);
         match op.name {
             "payments.sync" => match self.processor.account(&env.merchant_id, &env.payment_id).await {
@@ -478,7 +484,9 @@ impl Handler {
                 let amount = amount(env).unwrap_or(0);
                 ok.connector_response = json!({ "order_tax_amount": amount * 8 / 100, "rate_bps": 800 });
             }
-            "giftcard.balance" => ok.connector_response = json!({ "balance": 10_000, "currency": currency(env).unwrap_or_else(|| "USD".into()) }),
+            "giftcard.balance" => {
+                ok.connector_response = json!({ "balance": 10_000, "currency": currency(env).unwrap_or_else(|| "USD".into()) })
+            }
             "tokens.validate" => ok.connector_response = json!({ "valid": true }),
             "webhooks.verify" => ok.connector_response = json!({ "verified": true }),
             other => {
@@ -556,11 +564,15 @@ mod tests {
     #[test]
     fn an_authorization_passes_its_capture_method_on() {
         let op = catalogue::ops::authorize();
-        for (method, want) in [("automatic", Some(CaptureMethod::Automatic)), ("manual", Some(CaptureMethod::Manual)), ("scheduled", None)] {
+        for (method, want) in [("automatic", Some(CaptureMethod::Automatic)), ("manual", Some(CaptureMethod::Manual)), ("scheduled", None)]
+        {
             let env = envelope(op, json!({ "amount": 700, "currency": "EUR", "capture_method": method }));
             let request = effect_request(op, &env);
             assert_eq!(request.capture_method, want, "{method}");
-            assert_eq!((request.amount, request.currency.as_deref(), request.reference.as_deref()), (Some(700), Some("EUR"), Some("pay_1_1")));
+            assert_eq!(
+                (request.amount, request.currency.as_deref(), request.reference.as_deref()),
+                (Some(700), Some("EUR"), Some("pay_1_1"))
+            );
         }
         let env = envelope(op, json!({ "amount": 700, "currency": "EUR" }));
         assert_eq!(effect_request(op, &env).capture_method, None);

@@ -65,12 +65,7 @@ pub struct Profile {
 
 impl Default for Profile {
     fn default() -> Self {
-        Profile {
-            latency: Latency::None,
-            decline_rate: 0.0,
-            error_rate: 0.0,
-            seed: 1,
-        }
+        Profile { latency: Latency::None, decline_rate: 0.0, error_rate: 0.0, seed: 1 }
     }
 }
 
@@ -103,23 +98,15 @@ impl Profile {
         let ms = match self.latency {
             Latency::None => 0.0,
             Latency::Fixed { ms } => ms as f64,
-            Latency::Normal { mean_ms, std_dev_ms } => Normal::new(mean_ms, std_dev_ms)
-                .map(|d| d.sample(&mut rng))
-                .unwrap_or(mean_ms),
+            Latency::Normal { mean_ms, std_dev_ms } => Normal::new(mean_ms, std_dev_ms).map(|d| d.sample(&mut rng)).unwrap_or(mean_ms),
             Latency::LongTail { median_ms, p99_ms } => {
                 let sigma = (p99_ms / median_ms).ln() / 2.326;
-                LogNormal::new(median_ms.ln(), sigma)
-                    .map(|d| d.sample(&mut rng))
-                    .unwrap_or(median_ms)
+                LogNormal::new(median_ms.ln(), sigma).map(|d| d.sample(&mut rng)).unwrap_or(median_ms)
             }
         };
         let decline = rng.random::<f64>() < self.decline_rate;
         let error = rng.random::<f64>() < self.error_rate;
-        Draw {
-            latency: Duration::from_micros((ms.max(0.0) * 1000.0) as u64),
-            decline,
-            error,
-        }
+        Draw { latency: Duration::from_micros((ms.max(0.0) * 1000.0) as u64), decline, error }
     }
 }
 
@@ -129,12 +116,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_draws_and_rates_hold() {
-        let p = Profile {
-            latency: Latency::LongTail { median_ms: 10.0, p99_ms: 100.0 },
-            decline_rate: 0.2,
-            error_rate: 0.0,
-            seed: 42,
-        };
+        let p = Profile { latency: Latency::LongTail { median_ms: 10.0, p99_ms: 100.0 }, decline_rate: 0.2, error_rate: 0.0, seed: 42 };
         assert_eq!(p.draw("k1"), p.draw("k1"));
         let declines = (0..2000).filter(|i| p.draw(&format!("k{i}")).decline).count();
         assert!((300..500).contains(&declines), "{declines}");

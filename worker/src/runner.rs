@@ -84,9 +84,7 @@ impl Drop for WorkerHandle {
 }
 
 fn served(config: &WorkerConfig) -> Vec<Operation> {
-    catalogue::all()
-        .filter(|op| config.operations.is_empty() || config.operations.iter().any(|n| n == op.name))
-        .collect()
+    catalogue::all().filter(|op| config.operations.is_empty() || config.operations.iter().any(|n| n == op.name)).collect()
 }
 
 /// The durable consumer name of an operation for a consumer prefix (shared by every worker
@@ -99,21 +97,15 @@ pub fn consumer_name(prefix: &str, op: Operation) -> String {
 pub async fn start(config: WorkerConfig, bridge: BridgeConfig) -> Result<WorkerHandle, StartError> {
     let fail = |reason: String| StartError::Connect { url: config.nats_url.clone(), reason };
     let timeout = Duration::from_millis(config.connection_timeout_ms.max(1));
-    let options = async_nats::ConnectOptions::new()
-        .name(&config.name)
-        .connection_timeout(timeout)
-        .max_reconnects(None);
-    let options = nats_bridge::config::apply_security("worker", options, &config.tls, &config.auth)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    let options = async_nats::ConnectOptions::new().name(&config.name).connection_timeout(timeout).max_reconnects(None);
+    let options =
+        nats_bridge::config::apply_security("worker", options, &config.tls, &config.auth).await.map_err(|e| fail(e.to_string()))?;
     // Tried once per server: a bad certificate or password fails the start instead of looping.
     let urls = nats_bridge::config::split_urls(&config.nats_url);
     let bound = timeout * urls.len().max(1) as u32 + Duration::from_secs(1);
     let client = match tokio::time::timeout(bound, options.connect(urls)).await {
         Ok(Ok(client)) => client,
-        Ok(Err(e)) => {
-            return Err(fail(nats_bridge::config::explain_connect_error(&e, &config.tls, &config.auth, timeout)))
-        }
+        Ok(Err(e)) => return Err(fail(nats_bridge::config::explain_connect_error(&e, &config.tls, &config.auth, timeout))),
         Err(_) => return Err(fail(format!("timed out after {}ms", timeout.as_millis()))),
     };
     start_with_client(client, config, bridge).await
@@ -170,10 +162,7 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
                     )
                     .await
                     .map_err(|e| setup(format!("consumer {name}"))(e.to_string()))?;
-                let mut messages = consumer
-                    .messages()
-                    .await
-                    .map_err(|e| setup(format!("pull of {}", op.name))(e.to_string()))?;
+                let mut messages = consumer.messages().await.map_err(|e| setup(format!("pull of {}", op.name))(e.to_string()))?;
                 let (client, handler, limit, bridge) = (client.clone(), handler.clone(), limit.clone(), bridge.clone());
                 let ack_first = config.defects.ack_before_processor;
                 // Well inside the ack wait, so a live worker's message is never redelivered.
@@ -270,7 +259,15 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
 /// or lost its link), never because an operation is slow. A slow operation redelivered to a
 /// second worker would otherwise run twice at the processor whenever the processor ignores
 /// idempotency keys.
-async fn on_durable(client: &Client, handler: &Handler, bridge: &BridgeConfig, op: Operation, msg: jetstream::Message, ack_first: bool, progress_every: Duration) {
+async fn on_durable(
+    client: &Client,
+    handler: &Handler,
+    bridge: &BridgeConfig,
+    op: Operation,
+    msg: jetstream::Message,
+    ack_first: bool,
+    progress_every: Duration,
+) {
     if ack_first {
         // The defect: the message is gone from JetStream's view before anything was done.
         let _ = msg.ack().await;
@@ -280,11 +277,7 @@ async fn on_durable(client: &Client, handler: &Handler, bridge: &BridgeConfig, o
         Ok(env) => return poison(client, bridge, op, &msg, &format!("operation {} on the subject of {}", env.operation, op.name)).await,
         Err(e) => return poison(client, bridge, op, &msg, &format!("undecodable envelope: {e}")).await,
     };
-    let reply_to = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(headers::REPLY_TO))
-        .map(|v| v.as_str().to_string());
+    let reply_to = msg.headers.as_ref().and_then(|h| h.get(headers::REPLY_TO)).map(|v| v.as_str().to_string());
     let work = handler.durable(op, &env);
     tokio::pin!(work);
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
@@ -353,7 +346,9 @@ async fn on_query(client: &Client, handler: &Handler, op: Operation, msg: async_
             send_reply(client, reply.as_str(), &env, &r).await;
             return;
         }
-        Err(e) => serde_json::json!({ "status": "failure", "correlation_id": "", "error": { "code": "INVALID_REQUEST", "message": e.to_string() } }),
+        Err(e) => {
+            serde_json::json!({ "status": "failure", "correlation_id": "", "error": { "code": "INVALID_REQUEST", "message": e.to_string() } })
+        }
     };
     let _ = client.publish(reply, Bytes::from(response.to_string())).await;
 }

@@ -48,10 +48,7 @@ impl Record {
 
 /// Now, in Unix milliseconds (the clock leases are written in).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Errors of the result store.
@@ -130,9 +127,7 @@ impl ResultStore {
         let Some(bytes) = self.kv.get(key(idempotency_key)).await.map_err(|e| StoreError(e.to_string()))? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError(format!("corrupt record for {idempotency_key}: {e}")))
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError(format!("corrupt record for {idempotency_key}: {e}")))
     }
 
     /// The record of a key with its revision (for compare-and-set).
@@ -172,11 +167,7 @@ impl ResultStore {
     /// Writes a record.
     pub async fn put(&self, idempotency_key: &str, record: &Record) -> Result<(), StoreError> {
         let bytes = Bytes::from(serde_json::to_vec(record).map_err(|e| StoreError(e.to_string()))?);
-        self.kv
-            .put(key(idempotency_key), bytes)
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError(e.to_string()))
+        self.kv.put(key(idempotency_key), bytes).await.map(|_| ()).map_err(|e| StoreError(e.to_string()))
     }
 }
 

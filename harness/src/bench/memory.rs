@@ -298,9 +298,6 @@ pub async fn measure(exe: &Path, config: &ProbeConfig) -> Result<MemoryReport, C
     if !out.status.success() {
         return Err(format!("the memory probe failed ({}); its errors are above", out.status).into());
     }
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(RESULT_PREFIX))
-        .ok_or("the memory probe printed no result")?;
+    let line = stdout.lines().find_map(|l| l.strip_prefix(RESULT_PREFIX)).ok_or("the memory probe printed no result")?;
     Ok(serde_json::from_str(line).map_err(|e| format!("unreadable memory probe result: {e}"))?)
 }

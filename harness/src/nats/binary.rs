@@ -59,19 +59,14 @@ fn find_path() -> Result<PathBuf, NatsError> {
     }
     searched.push("$PATH".to_owned());
 
-    Err(NatsError::BinaryNotFound {
-        searched: format!("${BINARY_ENV}, {}", searched.join(", ")),
-    })
+    Err(NatsError::BinaryNotFound { searched: format!("${BINARY_ENV}, {}", searched.join(", ")) })
 }
 
 /// Workspace roots to look in: the one this crate was built in, then the
 /// one containing the current directory (if different).
 fn workspace_roots() -> Vec<PathBuf> {
     let mut roots = Vec::new();
-    let starts = [
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
-        std::env::current_dir().ok(),
-    ];
+    let starts = [Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))), std::env::current_dir().ok()];
     for start in starts.into_iter().flatten() {
         if let Some(root) = find_workspace_root(&start) {
             if !roots.contains(&root) {
@@ -87,10 +82,7 @@ fn workspace_roots() -> Vec<PathBuf> {
 pub(crate) fn find_workspace_root(start: &Path) -> Option<PathBuf> {
     start.ancestors().find_map(|dir| {
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
-        manifest
-            .lines()
-            .any(|line| line.trim() == "[workspace]")
-            .then(|| dir.to_path_buf())
+        manifest.lines().any(|line| line.trim() == "[workspace]").then(|| dir.to_path_buf())
     })
 }
 
@@ -100,9 +92,7 @@ fn absolute(path: &Path) -> PathBuf {
 
 fn is_executable_file(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 fn read_version(path: &Path) -> Result<String, NatsError> {
@@ -110,8 +100,7 @@ fn read_version(path: &Path) -> Result<String, NatsError> {
         .arg("--version")
         .output()
         .map_err(|e| NatsError::io(format!("failed to run {} --version", path.display()), e))?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
     parse_version(&text).ok_or_else(|| NatsError::BinaryUnusable {
         path: path.to_path_buf(),
         reason: format!("unexpected --version output {:?}", text.trim()),
@@ -120,26 +109,17 @@ fn read_version(path: &Path) -> Result<String, NatsError> {
 
 /// Extracts `2.15.1` from `nats-server: v2.15.1`.
 fn parse_version(text: &str) -> Option<String> {
-    let token = text
-        .split_whitespace()
-        .find(|t| t.starts_with('v') && t[1..].starts_with(|c: char| c.is_ascii_digit()))?;
+    let token = text.split_whitespace().find(|t| t.starts_with('v') && t[1..].starts_with(|c: char| c.is_ascii_digit()))?;
     let version = &token[1..];
-    let valid = version.len() <= 100
-        && version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    let valid = version.len() <= 100 && version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
     valid.then(|| version.to_owned())
 }
 
 /// Rejects binaries that cannot run in a `FROM scratch` image: anything that
 /// is not an ELF executable, or that needs a dynamic loader.
 pub(crate) fn check_static_elf(path: &Path) -> Result<(), NatsError> {
-    let data = std::fs::read(path)
-        .map_err(|e| NatsError::io(format!("failed to read {}", path.display()), e))?;
-    let unusable = |reason: &str| NatsError::BinaryUnusable {
-        path: path.to_path_buf(),
-        reason: reason.to_owned(),
-    };
+    let data = std::fs::read(path).map_err(|e| NatsError::io(format!("failed to read {}", path.display()), e))?;
+    let unusable = |reason: &str| NatsError::BinaryUnusable { path: path.to_path_buf(), reason: reason.to_owned() };
     if data.len() < 64 || &data[..4] != b"\x7fELF" {
         return Err(unusable("not an elf executable (a wrapper script?)"));
     }
@@ -163,9 +143,7 @@ pub(crate) fn check_static_elf(path: &Path) -> Result<(), NatsError> {
         const PT_INTERP: u32 = 3;
         let p_type = u32::from_le_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]]);
         if p_type == PT_INTERP {
-            return Err(unusable(
-                "dynamically linked; a static build is needed for the scratch image",
-            ));
+            return Err(unusable("dynamically linked; a static build is needed for the scratch image"));
         }
     }
     Ok(())
@@ -177,14 +155,8 @@ mod tests {
 
     #[test]
     fn parses_version_output() {
-        assert_eq!(
-            parse_version("nats-server: v2.15.1\n").as_deref(),
-            Some("2.15.1")
-        );
-        assert_eq!(
-            parse_version("nats-server: v2.11.0-RC.1").as_deref(),
-            Some("2.11.0-RC.1")
-        );
+        assert_eq!(parse_version("nats-server: v2.15.1\n").as_deref(), Some("2.15.1"));
+        assert_eq!(parse_version("nats-server: v2.11.0-RC.1").as_deref(), Some("2.11.0-RC.1"));
         assert_eq!(parse_version("nats-server: version unknown"), None);
     }
 

@@ -4,13 +4,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::join_all;
-use testcontainers::bollard::models::{
-    NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
-};
-use testcontainers::bollard::query_parameters::{
-    KillContainerOptionsBuilder, RemoveContainerOptionsBuilder,
-};
 use testcontainers::bollard::models::MountVolumeOptions;
+use testcontainers::bollard::models::{NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest};
+use testcontainers::bollard::query_parameters::{KillContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use testcontainers::core::{IntoContainerPort, Mount};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, CopyTargetOptions, GenericImage, ImageExt};
@@ -43,15 +39,11 @@ pub const ENV_LABEL: &str = "hs.nats.env";
 /// Whether a Docker engine is usable: the `docker` cli is installed (it
 /// builds the image) and the engine answers a ping. `Err` says why not.
 pub(crate) async fn available() -> Result<(), String> {
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join("docker").is_file()))
-        .unwrap_or(false);
+    let on_path = std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|d| d.join("docker").is_file())).unwrap_or(false);
     if !on_path {
         return Err("the docker cli is not installed (not found in PATH)".into());
     }
-    let client = testcontainers::core::client::docker_client_instance()
-        .await
-        .map_err(|e| format!("cannot create a docker client: {e}"))?;
+    let client = testcontainers::core::client::docker_client_instance().await.map_err(|e| format!("cannot create a docker client: {e}"))?;
     match tokio::time::timeout(Duration::from_secs(5), client.ping()).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!("the docker engine does not answer: {e}")),
@@ -85,9 +77,8 @@ impl std::fmt::Debug for DockerNode {
 impl DockerNode {
     /// `Err` when the container is no longer running.
     pub(crate) async fn check_alive(&self, node: &str) -> Result<(), NatsError> {
-        let running = self.container.is_running().await.map_err(|e| {
-            NatsError::container(format!("failed to inspect container of {node}"), e)
-        })?;
+        let running =
+            self.container.is_running().await.map_err(|e| NatsError::container(format!("failed to inspect container of {node}"), e))?;
         if running {
             return Ok(());
         }
@@ -95,11 +86,7 @@ impl DockerNode {
             Ok(Some(code)) => format!("container exited with code {code}"),
             _ => "container is not running".to_owned(),
         };
-        Err(NatsError::NodeExited {
-            node: node.to_owned(),
-            status,
-            log_tail: self.log_tail(20).await,
-        })
+        Err(NatsError::NodeExited { node: node.to_owned(), status, log_tail: self.log_tail(20).await })
     }
 
     /// Stops the container: SIGTERM, then SIGKILL after `grace`. Returns
@@ -115,9 +102,7 @@ impl DockerNode {
     /// Starts the stopped container again (same container, so the same
     /// published ports and the same `/data`).
     pub(crate) async fn start(&self, node: &str) -> Result<(), NatsError> {
-        self.container.start().await.map_err(|e| {
-            NatsError::container(format!("failed to start the container of {node}"), e)
-        })
+        self.container.start().await.map_err(|e| NatsError::container(format!("failed to start the container of {node}"), e))
     }
 
     /// Sends SIGKILL to the container's process (`docker kill`).
@@ -127,24 +112,17 @@ impl DockerNode {
             .await?
             .kill_container(self.container.id(), Some(options))
             .await
-            .map_err(|source| NatsError::DockerApi {
-                context: format!("failed to kill the container of {node}"),
-                source,
-            })
+            .map_err(|source| NatsError::DockerApi { context: format!("failed to kill the container of {node}"), source })
     }
 
     /// Freezes the container (`docker pause`, the cgroup freezer).
     pub(crate) async fn pause(&self, node: &str) -> Result<(), NatsError> {
-        self.container.pause().await.map_err(|e| {
-            NatsError::container(format!("failed to pause the container of {node}"), e)
-        })
+        self.container.pause().await.map_err(|e| NatsError::container(format!("failed to pause the container of {node}"), e))
     }
 
     /// Thaws a paused container.
     pub(crate) async fn unpause(&self, node: &str) -> Result<(), NatsError> {
-        self.container.unpause().await.map_err(|e| {
-            NatsError::container(format!("failed to unpause the container of {node}"), e)
-        })
+        self.container.unpause().await.map_err(|e| NatsError::container(format!("failed to unpause the container of {node}"), e))
     }
 
     /// Detaches the container from `network` (`docker network disconnect`).
@@ -152,45 +130,28 @@ impl DockerNode {
     /// would not cut it off, the engine refuses it anyway.
     pub(crate) async fn disconnect(&self, node: &str, network: &str) -> Result<(), NatsError> {
         self.refuse_on_host_network("disconnect")?;
-        let request = NetworkDisconnectRequest {
-            container: self.container.id().to_owned(),
-            force: Some(true),
-        };
-        engine()
-            .await?
-            .disconnect_network(network, request)
-            .await
-            .map_err(|source| NatsError::DockerApi {
-                context: format!("failed to disconnect the container of {node} from {network}"),
-                source,
-            })
+        let request = NetworkDisconnectRequest { container: self.container.id().to_owned(), force: Some(true) };
+        engine().await?.disconnect_network(network, request).await.map_err(|source| NatsError::DockerApi {
+            context: format!("failed to disconnect the container of {node} from {network}"),
+            source,
+        })
     }
 
     /// Attaches the container to `network` again (`docker network connect`).
     /// Refused on the host network, like [`DockerNode::disconnect`].
     pub(crate) async fn connect(&self, node: &str, network: &str) -> Result<(), NatsError> {
         self.refuse_on_host_network("connect")?;
-        let request = NetworkConnectRequest {
-            container: self.container.id().to_owned(),
-            endpoint_config: None,
-        };
+        let request = NetworkConnectRequest { container: self.container.id().to_owned(), endpoint_config: None };
         engine()
             .await?
             .connect_network(network, request)
             .await
-            .map_err(|source| NatsError::DockerApi {
-                context: format!("failed to connect the container of {node} to {network}"),
-                source,
-            })
+            .map_err(|source| NatsError::DockerApi { context: format!("failed to connect the container of {node} to {network}"), source })
     }
 
     fn refuse_on_host_network(&self, verb: &'static str) -> Result<(), NatsError> {
         if self.host_network {
-            return Err(NatsError::Unsupported {
-                verb,
-                backend: super::Backend::Docker,
-                reason: HOST_NETWORK_PARTITION,
-            });
+            return Err(NatsError::Unsupported { verb, backend: super::Backend::Docker, reason: HOST_NETWORK_PARTITION });
         }
         Ok(())
     }
@@ -201,19 +162,12 @@ impl DockerNode {
             .await?
             .inspect_container(self.container.id(), None)
             .await
-            .map_err(|source| NatsError::DockerApi {
-                context: format!("failed to inspect the container of {node}"),
-                source,
-            })?;
+            .map_err(|source| NatsError::DockerApi { context: format!("failed to inspect the container of {node}"), source })?;
         let state = info.state.unwrap_or_default();
         Ok(ContainerFacts {
             running: state.running.unwrap_or(false),
             paused: state.paused.unwrap_or(false),
-            networks: info
-                .network_settings
-                .and_then(|n| n.networks)
-                .map(|n| n.into_keys().collect())
-                .unwrap_or_default(),
+            networks: info.network_settings.and_then(|n| n.networks).map(|n| n.into_keys().collect()).unwrap_or_default(),
         })
     }
 
@@ -287,9 +241,7 @@ pub(crate) async fn start(
     startup_timeout: Duration,
 ) -> Result<Vec<DockerNode>, NatsError> {
     if host_network && (specs.len() != 1 || cluster_name.is_some()) {
-        return Err(NatsError::InvalidConfig(
-            "host_network is supported on single-node environments only".into(),
-        ));
+        return Err(NatsError::InvalidConfig("host_network is supported on single-node environments only".into()));
     }
     let network = network_name(env_id);
     let owner_labels = reaper::owner_labels();
@@ -297,10 +249,7 @@ pub(crate) async fn start(
         create_network(&network, env_id, &owner_labels).await?;
     }
 
-    let mut volume_labels: HashMap<String, String> = owner_labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect();
+    let mut volume_labels: HashMap<String, String> = owner_labels.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
     volume_labels.insert(ENV_LABEL.to_owned(), env_id.to_owned());
 
     let starts = specs.iter().map(|spec| {
@@ -312,12 +261,7 @@ pub(crate) async fn start(
         let routes = specs
             .iter()
             .filter(|other| other.name != spec.name)
-            .map(|other| {
-                format!(
-                    "nats://{}:{CLUSTER_PORT}",
-                    container_name(env_id, &other.name)
-                )
-            })
+            .map(|other| format!("nats://{}:{CLUSTER_PORT}", container_name(env_id, &other.name)))
             .collect::<Vec<_>>()
             .join(",");
         // On the host network the server binds the host ports itself, on
@@ -370,9 +314,8 @@ pub(crate) async fn start(
             // volume, removed with the container.
             .with_mount(Mount::volume_mount("", STORE_DIR));
         if !host_network {
-            request = request
-                .with_mapped_port(spec.client_port, CLIENT_PORT.tcp())
-                .with_mapped_port(spec.monitoring_port, MONITORING_PORT.tcp());
+            request =
+                request.with_mapped_port(spec.client_port, CLIENT_PORT.tcp()).with_mapped_port(spec.monitoring_port, MONITORING_PORT.tcp());
         }
         request = request
             .with_host_config_modifier(move |host_config| {
@@ -392,10 +335,7 @@ pub(crate) async fn start(
                 // finds it should it ever outlive its container.
                 for mount in host_config.mounts.iter_mut().flatten() {
                     if mount.target.as_deref() == Some(STORE_DIR) {
-                        mount.volume_options = Some(MountVolumeOptions {
-                            labels: Some(volume_labels.clone()),
-                            ..Default::default()
-                        });
+                        mount.volume_options = Some(MountVolumeOptions { labels: Some(volume_labels.clone()), ..Default::default() });
                     }
                 }
             })
@@ -404,32 +344,20 @@ pub(crate) async fn start(
             request = request.with_env_var(key.as_str(), value.as_str());
         }
         if let Some(text) = server_config {
-            request = request.with_copy_to(
-                CopyTargetOptions::new(server_config::CONTAINER_PATH).with_mode(0o644),
-                text.as_bytes().to_vec(),
-            );
+            request =
+                request.with_copy_to(CopyTargetOptions::new(server_config::CONTAINER_PATH).with_mode(0o644), text.as_bytes().to_vec());
         }
         for (path, bytes) in files {
-            request = request.with_copy_to(
-                CopyTargetOptions::new(path.as_str()).with_mode(0o644),
-                bytes.clone(),
-            );
+            request = request.with_copy_to(CopyTargetOptions::new(path.as_str()).with_mode(0o644), bytes.clone());
         }
         async move {
             match request.start().await {
-                Ok(container) => Ok(DockerNode {
-                    container,
-                    container_name: name,
-                    host_network,
-                }),
+                Ok(container) => Ok(DockerNode { container, container_name: name, host_network }),
                 Err(e) => {
                     // A container that was created but failed to start is
                     // not owned by anything yet: remove it by name.
                     remove_by_name(&name).await;
-                    Err(NatsError::container(
-                        format!("failed to start container {name}"),
-                        e,
-                    ))
+                    Err(NatsError::container(format!("failed to start container {name}"), e))
                 }
             }
         }
@@ -462,29 +390,15 @@ pub(crate) async fn start(
 /// Creates the environment's network with the environment and owner
 /// labels. testcontainers then finds it existing and leaves its removal to
 /// us (it would create an unlabelled one otherwise).
-async fn create_network(
-    name: &str,
-    env_id: &str,
-    owner_labels: &[(&'static str, String)],
-) -> Result<(), NatsError> {
-    let mut labels: HashMap<String, String> = owner_labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect();
+async fn create_network(name: &str, env_id: &str, owner_labels: &[(&'static str, String)]) -> Result<(), NatsError> {
+    let mut labels: HashMap<String, String> = owner_labels.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
     labels.insert(ENV_LABEL.to_owned(), env_id.to_owned());
-    let request = NetworkCreateRequest {
-        name: name.to_owned(),
-        labels: Some(labels),
-        ..Default::default()
-    };
+    let request = NetworkCreateRequest { name: name.to_owned(), labels: Some(labels), ..Default::default() };
     engine()
         .await?
         .create_network(request)
         .await
-        .map_err(|source| NatsError::DockerApi {
-            context: format!("failed to create network {name}"),
-            source,
-        })?;
+        .map_err(|source| NatsError::DockerApi { context: format!("failed to create network {name}"), source })?;
     Ok(())
 }
 
@@ -501,17 +415,10 @@ async fn remove_network(name: &str) {
 /// `docker network rm`, once its containers are gone. Failures are logged;
 /// a network left behind is removed by a later run's reaper.
 pub(crate) fn remove_network_blocking(name: &str) {
-    let output = std::process::Command::new("docker")
-        .args(["network", "rm", name])
-        .stdin(std::process::Stdio::null())
-        .output();
+    let output = std::process::Command::new("docker").args(["network", "rm", name]).stdin(std::process::Stdio::null()).output();
     match output {
         Ok(o) if o.status.success() => {}
-        Ok(o) => tracing::warn!(
-            network = name,
-            "failed to remove nats network: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
+        Ok(o) => tracing::warn!(network = name, "failed to remove nats network: {}", String::from_utf8_lossy(&o.stderr).trim()),
         Err(e) => tracing::warn!(network = name, error = %e, "failed to run docker network rm"),
     }
 }
@@ -520,10 +427,7 @@ async fn remove_by_name(name: &str) {
     let Ok(client) = testcontainers::core::client::docker_client_instance().await else {
         return;
     };
-    let options = RemoveContainerOptionsBuilder::new()
-        .force(true)
-        .v(true)
-        .build();
+    let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
     if let Err(e) = client.remove_container(name, Some(options)).await {
         tracing::debug!(container = name, error = %e, "container not removed after failed start");
     }

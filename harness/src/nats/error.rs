@@ -9,9 +9,7 @@ use super::{Backend, NodeState};
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
     /// No `nats-server` binary was found in any of the searched places.
-    #[error(
-        "nats-server binary not found (searched: {searched}); run scripts/setup.sh to install it"
-    )]
+    #[error("nats-server binary not found (searched: {searched}); run scripts/setup.sh to install it")]
     BinaryNotFound {
         /// Human-readable list of the places that were searched.
         searched: String,
@@ -171,19 +169,10 @@ fn fmt_logs(log_tail: &str) -> String {
 
 impl NatsError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        NatsError::Io {
-            context: context.into(),
-            source,
-        }
+        NatsError::Io { context: context.into(), source }
     }
 
-    pub(crate) fn container(
-        context: impl Into<String>,
-        source: testcontainers::TestcontainersError,
-    ) -> Self {
-        NatsError::Container {
-            context: context.into(),
-            source,
-        }
+    pub(crate) fn container(context: impl Into<String>, source: testcontainers::TestcontainersError) -> Self {
+        NatsError::Container { context: context.into(), source }
     }
 }

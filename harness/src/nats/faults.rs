@@ -239,11 +239,7 @@ impl NatsNode {
     fn begin(&self, verb: &'static str, allowed: &[NodeState]) -> Result<Instant, NatsError> {
         let state = self.state();
         if !allowed.contains(&state) {
-            return Err(NatsError::InvalidState {
-                verb,
-                node: self.name.clone(),
-                state,
-            });
+            return Err(NatsError::InvalidState { verb, node: self.name.clone(), state });
         }
         tracing::info!(
             verb,
@@ -291,17 +287,9 @@ impl NatsNode {
         self.wait_healthy(verb).await
     }
 
-    async fn wait_container_gone(
-        &self,
-        verb: &'static str,
-        d: &DockerNode,
-    ) -> Result<(), NatsError> {
+    async fn wait_container_gone(&self, verb: &'static str, d: &DockerNode) -> Result<(), NatsError> {
         poll_until(verb, &self.name, GONE_TIMEOUT, || async {
-            Ok(if d.inspect(&self.name).await?.running {
-                Err("the container is still running".to_owned())
-            } else {
-                Ok(())
-            })
+            Ok(if d.inspect(&self.name).await?.running { Err("the container is still running".to_owned()) } else { Ok(()) })
         })
         .await
     }
@@ -346,12 +334,7 @@ impl NatsEnv {
     fn node_named(&self, name: &str) -> Result<&NatsNode, NatsError> {
         self.node(name).ok_or_else(|| NatsError::UnknownNode {
             name: name.to_owned(),
-            known: self
-                .nodes
-                .iter()
-                .map(|n| n.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            known: self.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
         })
     }
 
@@ -407,31 +390,14 @@ impl NatsEnv {
         target.set_state(NodeState::Partitioned);
         let http = ready::http_client();
         poll_until("partition", node, EFFECT_TIMEOUT, || async {
-            if docker
-                .inspect(node)
-                .await?
-                .networks
-                .iter()
-                .any(|n| n == network)
-            {
+            if docker.inspect(node).await?.networks.iter().any(|n| n == network) {
                 return Ok(Err(format!("the container is still attached to {network}")));
             }
             if nats_greets(target.client_port).await {
-                return Ok(Err(format!(
-                    "the client port 127.0.0.1:{} still answers through the port mapping",
-                    target.client_port
-                )));
+                return Ok(Err(format!("the client port 127.0.0.1:{} still answers through the port mapping", target.client_port)));
             }
-            if http
-                .get(format!("{}/varz", target.monitoring_url()))
-                .send()
-                .await
-                .is_ok()
-            {
-                return Ok(Err(format!(
-                    "the monitoring port 127.0.0.1:{} still answers through the port mapping",
-                    target.monitoring_port
-                )));
+            if http.get(format!("{}/varz", target.monitoring_url())).send().await.is_ok() {
+                return Ok(Err(format!("the monitoring port 127.0.0.1:{} still answers through the port mapping", target.monitoring_port)));
             }
             Ok(Ok(()))
         })
@@ -483,20 +449,11 @@ impl NatsEnv {
     pub async fn rolling_restart(&self) -> Result<(), NatsError> {
         let started = self.begin_all("rolling_restart")?;
         let leader = self.meta_leader().await;
-        let mut order: Vec<&NatsNode> = self
-            .nodes
-            .iter()
-            .filter(|n| leader.as_deref() != Some(n.name()))
-            .collect();
-        order.extend(
-            self.nodes
-                .iter()
-                .filter(|n| leader.as_deref() == Some(n.name())),
-        );
+        let mut order: Vec<&NatsNode> = self.nodes.iter().filter(|n| leader.as_deref() != Some(n.name())).collect();
+        order.extend(self.nodes.iter().filter(|n| leader.as_deref() == Some(n.name())));
         for node in order {
             node.restart().await?;
-            self.wait_ready_after("rolling_restart", node.name())
-                .await?;
+            self.wait_ready_after("rolling_restart", node.name()).await?;
         }
         self.finish_all("rolling_restart", started);
         Ok(())
@@ -535,11 +492,7 @@ impl NatsEnv {
                 last_detail.clone_from(&detail);
             }
             if Instant::now() >= deadline {
-                return Err(NatsError::NotReady {
-                    timeout,
-                    detail,
-                    log_tail: String::new(),
-                });
+                return Err(NatsError::NotReady { timeout, detail, log_tail: String::new() });
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
@@ -551,17 +504,8 @@ impl NatsEnv {
         // A stream without a leader leaves requests unanswered: poll again
         // soon rather than wait long.
         js.set_timeout(Duration::from_secs(1));
-        let names: Vec<String> = js
-            .stream_names()
-            .try_collect()
-            .await
-            .map_err(|e| format!("listing streams failed: {e}"))?;
-        let running: Vec<&str> = self
-            .nodes
-            .iter()
-            .filter(|n| n.state() == NodeState::Running)
-            .map(NatsNode::name)
-            .collect();
+        let names: Vec<String> = js.stream_names().try_collect().await.map_err(|e| format!("listing streams failed: {e}"))?;
+        let running: Vec<&str> = self.nodes.iter().filter(|n| n.state() == NodeState::Running).map(NatsNode::name).collect();
         for name in names {
             let stream = match js.get_stream(&name).await {
                 Ok(stream) => stream,
@@ -584,16 +528,8 @@ impl NatsEnv {
             if cluster.leader.is_none() {
                 return Err(format!("stream {name}: no leader"));
             }
-            if let Some(peer) = cluster
-                .replicas
-                .iter()
-                .find(|p| running.contains(&p.name.as_str()) && !p.current)
-            {
-                return Err(format!(
-                    "stream {name}: replica on {} is not current (lag {})",
-                    peer.name,
-                    peer.lag.unwrap_or_default()
-                ));
+            if let Some(peer) = cluster.replicas.iter().find(|p| running.contains(&p.name.as_str()) && !p.current) {
+                return Err(format!("stream {name}: replica on {} is not current (lag {})", peer.name, peer.lag.unwrap_or_default()));
             }
         }
         Ok(())
@@ -601,17 +537,8 @@ impl NatsEnv {
 
     /// A client connected to the running nodes only.
     async fn connect_running(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
-        let urls: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|n| n.state() == NodeState::Running)
-            .map(NatsNode::client_url)
-            .collect();
-        async_nats::ConnectOptions::new()
-            .ignore_discovered_servers()
-            .connection_timeout(Duration::from_secs(2))
-            .connect(urls)
-            .await
+        let urls: Vec<String> = self.nodes.iter().filter(|n| n.state() == NodeState::Running).map(NatsNode::client_url).collect();
+        async_nats::ConnectOptions::new().ignore_discovered_servers().connection_timeout(Duration::from_secs(2)).connect(urls).await
     }
 
     /// The server name of the JetStream meta leader, as the first running
@@ -619,11 +546,7 @@ impl NatsEnv {
     /// no running node knows a leader.
     pub async fn meta_leader(&self) -> Option<String> {
         let http = ready::http_client();
-        for node in self
-            .nodes
-            .iter()
-            .filter(|n| n.state() == NodeState::Running)
-        {
+        for node in self.nodes.iter().filter(|n| n.state() == NodeState::Running) {
             let url = format!("{}/jsz", node.monitoring_url());
             if let Ok(jsz) = ready::get_json(&http, &url).await {
                 if let Some(leader) = jsz["meta_cluster"]["leader"].as_str() {
@@ -639,21 +562,13 @@ impl NatsEnv {
     /// The container of `node` and the environment's network, or
     /// [`NatsError::Unsupported`] on the process backend and on the host
     /// network.
-    fn docker_network<'a>(
-        &'a self,
-        verb: &'static str,
-        node: &'a NatsNode,
-    ) -> Result<(&'a DockerNode, &'a str), NatsError> {
+    fn docker_network<'a>(&'a self, verb: &'static str, node: &'a NatsNode) -> Result<(&'a DockerNode, &'a str), NatsError> {
         let reason = match (&node.runtime, self.network.as_deref()) {
             (NodeRuntime::Docker(d), Some(network)) if !d.host_network => return Ok((d, network)),
             (NodeRuntime::Docker(_), _) => HOST_NETWORK_PARTITION,
             (NodeRuntime::Process(_), _) => PROCESS_PARTITION,
         };
-        Err(NatsError::Unsupported {
-            verb,
-            backend: node.backend(),
-            reason,
-        })
+        Err(NatsError::Unsupported { verb, backend: node.backend(), reason })
     }
 
     /// Waits for readiness and current stream replicas after `verb`
@@ -663,12 +578,7 @@ impl NatsEnv {
         self.wait_ready(self.ready_timeout).await?;
         let ready = started.elapsed();
         self.wait_streams_current(self.ready_timeout).await?;
-        tracing::debug!(
-            verb,
-            node,
-            "environment ready after {ready:.2?}, stream replicas current after {:.2?}",
-            started.elapsed()
-        );
+        tracing::debug!(verb, node, "environment ready after {ready:.2?}, stream replicas current after {:.2?}", started.elapsed());
         tracing::info!(
             verb,
             node,
@@ -684,11 +594,7 @@ impl NatsEnv {
     /// environment-wide verb.
     fn begin_all(&self, verb: &'static str) -> Result<Instant, NatsError> {
         if let Some(node) = self.nodes.iter().find(|n| n.state() != NodeState::Running) {
-            return Err(NatsError::InvalidState {
-                verb,
-                node: node.name.clone(),
-                state: node.state(),
-            });
+            return Err(NatsError::InvalidState { verb, node: node.name.clone(), state: node.state() });
         }
         tracing::info!(
             verb,
@@ -715,12 +621,7 @@ impl NatsEnv {
 /// Polls `check` every [`POLL_INTERVAL`] until it reports `Ok(Ok(()))`,
 /// fails with `Err`, or `timeout` passes ([`NatsError::FaultTimeout`] with
 /// the last `Ok(Err(detail))`).
-async fn poll_until<F, Fut>(
-    verb: &'static str,
-    node: &str,
-    timeout: Duration,
-    mut check: F,
-) -> Result<(), NatsError>
+async fn poll_until<F, Fut>(verb: &'static str, node: &str, timeout: Duration, mut check: F) -> Result<(), NatsError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Result<(), String>, NatsError>>,
@@ -732,12 +633,7 @@ where
             Err(detail) => detail,
         };
         if Instant::now() >= deadline {
-            return Err(NatsError::FaultTimeout {
-                verb,
-                node: node.to_owned(),
-                timeout,
-                detail,
-            });
+            return Err(NatsError::FaultTimeout { verb, node: node.to_owned(), timeout, detail });
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -748,15 +644,10 @@ where
 /// has nothing behind it does not count.
 async fn nats_greets(port: u16) -> bool {
     let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         let mut buf = [0u8; 4];
         stream.read_exact(&mut buf).await.ok()?;
         Some(&buf == b"INFO")
     };
-    matches!(
-        tokio::time::timeout(PORT_PROBE_TIMEOUT, probe).await,
-        Ok(Some(true))
-    )
+    matches!(tokio::time::timeout(PORT_PROBE_TIMEOUT, probe).await, Ok(Some(true)))
 }

@@ -38,10 +38,7 @@ pub struct ImageRef {
 impl ImageRef {
     /// The `hs-nats` image for the given nats-server version.
     pub fn for_version(version: &str) -> Self {
-        ImageRef {
-            name: IMAGE_NAME.to_owned(),
-            tag: version.to_owned(),
-        }
+        ImageRef { name: IMAGE_NAME.to_owned(), tag: version.to_owned() }
     }
 }
 
@@ -62,9 +59,7 @@ pub async fn ensure_image() -> Result<ImageRef, NatsError> {
         .get_or_try_init(|| async {
             let binary = tokio::task::spawn_blocking(binary::locate)
                 .await
-                .map_err(|e| {
-                    NatsError::io("binary lookup task failed", std::io::Error::other(e))
-                })??;
+                .map_err(|e| NatsError::io("binary lookup task failed", std::io::Error::other(e)))??;
             ensure_image_for(&binary).await
         })
         .await
@@ -100,17 +95,8 @@ pub async fn ensure_image_for(binary: &NatsBinary) -> Result<ImageRef, NatsError
 
 /// Whether `image` exists in the local Docker engine.
 pub async fn image_exists(image: &ImageRef) -> Result<bool, NatsError> {
-    let output = docker_command()
-        .args([
-            "image",
-            "inspect",
-            "--format",
-            "{{.Id}}",
-            &image.to_string(),
-        ])
-        .output()
-        .await
-        .map_err(docker_cli_error)?;
+    let output =
+        docker_command().args(["image", "inspect", "--format", "{{.Id}}", &image.to_string()]).output().await.map_err(docker_cli_error)?;
     if output.status.success() {
         return Ok(true);
     }
@@ -118,10 +104,7 @@ pub async fn image_exists(image: &ImageRef) -> Result<bool, NatsError> {
     if stderr.to_ascii_lowercase().contains("no such image") {
         return Ok(false);
     }
-    Err(NatsError::DockerUnavailable(format!(
-        "docker image inspect {image} failed: {}",
-        stderr.trim()
-    )))
+    Err(NatsError::DockerUnavailable(format!("docker image inspect {image} failed: {}", stderr.trim())))
 }
 
 fn docker_command() -> Command {
@@ -149,11 +132,8 @@ async fn lock_build(image: &ImageRef) -> Result<std::fs::File, NatsError> {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| {
-                NatsError::io(format!("failed to open lock file {}", path.display()), e)
-            })?;
-        file.lock()
-            .map_err(|e| NatsError::io(format!("failed to lock {}", path.display()), e))?;
+            .map_err(|e| NatsError::io(format!("failed to open lock file {}", path.display()), e))?;
+        file.lock().map_err(|e| NatsError::io(format!("failed to lock {}", path.display()), e))?;
         Ok(file)
     })
     .await
@@ -213,22 +193,13 @@ struct BuildContext {
 impl BuildContext {
     fn create(binary_path: &Path) -> Result<Self, NatsError> {
         let dir = std::env::temp_dir().join(format!("hs-nats-build-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir(&dir)
-            .map_err(|e| NatsError::io(format!("failed to create {}", dir.display()), e))?;
+        std::fs::create_dir(&dir).map_err(|e| NatsError::io(format!("failed to create {}", dir.display()), e))?;
         let context = BuildContext { dir };
         let dockerfile = context.dir.join("Dockerfile");
-        std::fs::write(&dockerfile, DOCKERFILE)
-            .map_err(|e| NatsError::io(format!("failed to write {}", dockerfile.display()), e))?;
+        std::fs::write(&dockerfile, DOCKERFILE).map_err(|e| NatsError::io(format!("failed to write {}", dockerfile.display()), e))?;
         let target = context.dir.join("nats-server");
-        std::fs::copy(binary_path, &target).map_err(|e| {
-            NatsError::io(
-                format!(
-                    "failed to copy {} into the build context",
-                    binary_path.display()
-                ),
-                e,
-            )
-        })?;
+        std::fs::copy(binary_path, &target)
+            .map_err(|e| NatsError::io(format!("failed to copy {} into the build context", binary_path.display()), e))?;
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))

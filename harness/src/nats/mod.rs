@@ -78,8 +78,8 @@ pub use container::{CLIENT_PORT, CLUSTER_PORT, ENV_LABEL, MONITORING_PORT, STORE
 pub use error::NatsError;
 pub use faults::NodeState;
 pub use image::{ensure_image, ImageRef};
-pub use security::{Credential, NatsUser, Permissions, SecurityFiles, ServerTls};
 pub use reaper::{reap_leftovers, Reaped, OWNER_PID_LABEL, OWNER_SCOPE_LABEL, OWNER_START_LABEL};
+pub use security::{Credential, NatsUser, Permissions, SecurityFiles, ServerTls};
 
 /// Environment variable selecting the backend: `auto` (default), `docker`
 /// or `process`.
@@ -150,10 +150,7 @@ impl FromStr for BackendChoice {
             "auto" => Ok(BackendChoice::Auto),
             "docker" => Ok(BackendChoice::Docker),
             "process" => Ok(BackendChoice::Process),
-            _ => Err(NatsError::InvalidBackend {
-                var: BACKEND_ENV,
-                value: value.to_owned(),
-            }),
+            _ => Err(NatsError::InvalidBackend { var: BACKEND_ENV, value: value.to_owned() }),
         }
     }
 }
@@ -244,10 +241,7 @@ impl EnvConfig {
 
     /// A 3-node JetStream cluster, default settings.
     pub fn cluster() -> Self {
-        EnvConfig {
-            nodes: CLUSTER_SIZE,
-            ..EnvConfig::default()
-        }
+        EnvConfig { nodes: CLUSTER_SIZE, ..EnvConfig::default() }
     }
 
     /// Sets the backend choice.
@@ -316,10 +310,7 @@ impl EnvConfig {
 
     /// Environment variables every server runs with.
     fn server_env(&self) -> Vec<(String, String)> {
-        self.gomaxprocs
-            .map(|n| ("GOMAXPROCS".to_owned(), n.to_string()))
-            .into_iter()
-            .collect()
+        self.gomaxprocs.map(|n| ("GOMAXPROCS".to_owned(), n.to_string())).into_iter().collect()
     }
 
     /// Whether TLS or users are configured.
@@ -330,9 +321,7 @@ impl EnvConfig {
     /// Checks the configuration and returns the server names to use.
     fn resolved_names(&self) -> Result<Vec<String>, NatsError> {
         if self.secured() && self.nodes != 1 {
-            return Err(NatsError::InvalidConfig(
-                "tls and users are supported on single-node environments only".into(),
-            ));
+            return Err(NatsError::InvalidConfig("tls and users are supported on single-node environments only".into()));
         }
         if self.host_network && self.nodes != 1 {
             return Err(NatsError::InvalidConfig(
@@ -342,53 +331,32 @@ impl EnvConfig {
             ));
         }
         if self.nodes != 1 && self.nodes != CLUSTER_SIZE {
-            return Err(NatsError::InvalidConfig(format!(
-                "unsupported node count {}: expected 1 or {CLUSTER_SIZE}",
-                self.nodes
-            )));
+            return Err(NatsError::InvalidConfig(format!("unsupported node count {}: expected 1 or {CLUSTER_SIZE}", self.nodes)));
         }
         if self.gomaxprocs == Some(0) {
-            return Err(NatsError::InvalidConfig(
-                "gomaxprocs must be at least 1".into(),
-            ));
+            return Err(NatsError::InvalidConfig("gomaxprocs must be at least 1".into()));
         }
         if self.startup_timeout.is_zero() {
-            return Err(NatsError::InvalidConfig(
-                "startup timeout must not be zero".into(),
-            ));
+            return Err(NatsError::InvalidConfig("startup timeout must not be zero".into()));
         }
         if self.server_names.is_empty() {
             return Ok((1..=self.nodes).map(|i| format!("n{i}")).collect());
         }
         if self.server_names.len() != self.nodes {
-            return Err(NatsError::InvalidConfig(format!(
-                "{} server names given for {} nodes",
-                self.server_names.len(),
-                self.nodes
-            )));
+            return Err(NatsError::InvalidConfig(format!("{} server names given for {} nodes", self.server_names.len(), self.nodes)));
         }
         for (i, name) in self.server_names.iter().enumerate() {
-            let valid = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            let valid = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !valid {
-                return Err(NatsError::InvalidConfig(format!(
-                    "invalid server name {name:?}: use 1-64 ascii letters, digits, '-' or '_'"
-                )));
+                return Err(NatsError::InvalidConfig(format!("invalid server name {name:?}: use 1-64 ascii letters, digits, '-' or '_'")));
             }
             if self.server_names[..i].contains(name) {
-                return Err(NatsError::InvalidConfig(format!(
-                    "duplicate server name {name:?}"
-                )));
+                return Err(NatsError::InvalidConfig(format!("duplicate server name {name:?}")));
             }
         }
         if let Some(cluster) = &self.cluster_name {
             if cluster.is_empty() || cluster.chars().any(|c| c.is_whitespace()) {
-                return Err(NatsError::InvalidConfig(format!(
-                    "invalid cluster name {cluster:?}"
-                )));
+                return Err(NatsError::InvalidConfig(format!("invalid cluster name {cluster:?}")));
             }
         }
         Ok(self.server_names.clone())
@@ -608,11 +576,11 @@ impl NatsEnv {
                 }
                 Prepared::Image(image?)
             }
-            Backend::Process => {
-                Prepared::Binary(tokio::task::spawn_blocking(binary::locate).await.map_err(
-                    |e| NatsError::io("binary lookup task failed", std::io::Error::other(e)),
-                )??)
-            }
+            Backend::Process => Prepared::Binary(
+                tokio::task::spawn_blocking(binary::locate)
+                    .await
+                    .map_err(|e| NatsError::io("binary lookup task failed", std::io::Error::other(e)))??,
+            ),
         };
 
         let started = Instant::now();
@@ -645,11 +613,7 @@ impl NatsEnv {
         }
     }
 
-    async fn start_docker(
-        image: &ImageRef,
-        names: &[String],
-        config: &EnvConfig,
-    ) -> Result<NatsEnv, NatsError> {
+    async fn start_docker(image: &ImageRef, names: &[String], config: &EnvConfig) -> Result<NatsEnv, NatsError> {
         let begun = Instant::now();
         let id = new_env_id();
         let cluster_name = cluster_name_for(&id, names, config);
@@ -663,12 +627,7 @@ impl NatsEnv {
         let specs: Vec<NodeSpec> = names
             .iter()
             .zip(ports.chunks(2))
-            .map(|(name, p)| NodeSpec {
-                name: name.clone(),
-                client_port: p[0],
-                monitoring_port: p[1],
-                cluster_port: None,
-            })
+            .map(|(name, p)| NodeSpec { name: name.clone(), client_port: p[0], monitoring_port: p[1], cluster_port: None })
             .collect();
         let started = container::start(
             &id,
@@ -686,13 +645,7 @@ impl NatsEnv {
         let nodes = specs
             .into_iter()
             .zip(started)
-            .map(|(spec, node)| {
-                NatsNode::new(
-                    spec,
-                    NodeRuntime::Docker(Box::new(node)),
-                    config.startup_timeout,
-                )
-            })
+            .map(|(spec, node)| NatsNode::new(spec, NodeRuntime::Docker(Box::new(node)), config.startup_timeout))
             .collect();
         let env = NatsEnv {
             network: (!config.host_network).then(|| container::network_name(&id)),
@@ -710,11 +663,7 @@ impl NatsEnv {
         Ok(env)
     }
 
-    async fn start_processes(
-        binary: &NatsBinary,
-        names: &[String],
-        config: &EnvConfig,
-    ) -> Result<NatsEnv, NatsError> {
+    async fn start_processes(binary: &NatsBinary, names: &[String], config: &EnvConfig) -> Result<NatsEnv, NatsError> {
         let id = new_env_id();
         let cluster_name = cluster_name_for(&id, names, config);
         let workdir = WorkDir::create(std::env::temp_dir().join(format!("hs-nats-{id}")))?;
@@ -725,12 +674,7 @@ impl NatsEnv {
         let specs: Vec<NodeSpec> = names
             .iter()
             .zip(ports.chunks(per_node))
-            .map(|(name, p)| NodeSpec {
-                name: name.clone(),
-                client_port: p[0],
-                monitoring_port: p[1],
-                cluster_port: p.get(2).copied(),
-            })
+            .map(|(name, p)| NodeSpec { name: name.clone(), client_port: p[0], monitoring_port: p[1], cluster_port: p.get(2).copied() })
             .collect();
         let started = process::start(
             &binary.path,
@@ -743,9 +687,7 @@ impl NatsEnv {
         let nodes = specs
             .into_iter()
             .zip(started)
-            .map(|(spec, node)| {
-                NatsNode::new(spec, NodeRuntime::Process(node), config.startup_timeout)
-            })
+            .map(|(spec, node)| NatsNode::new(spec, NodeRuntime::Process(node), config.startup_timeout))
             .collect();
         let env = NatsEnv {
             id,
@@ -775,24 +717,15 @@ impl NatsEnv {
         let started = Instant::now();
         let deadline = started + timeout;
         let http = ready::http_client();
-        let up: Vec<&NatsNode> = self
-            .nodes
-            .iter()
-            .filter(|n| n.state() == NodeState::Running)
-            .collect();
+        let up: Vec<&NatsNode> = self.nodes.iter().filter(|n| n.state() == NodeState::Running).collect();
         let all_up = up.len() == self.nodes.len();
-        let targets: Vec<(String, String)> = up
-            .iter()
-            .map(|n| (n.name.clone(), n.monitoring_url()))
-            .collect();
+        let targets: Vec<(String, String)> = up.iter().map(|n| (n.name.clone(), n.monitoring_url())).collect();
         let mut last_detail = String::new();
         let mut last_liveness_check: Option<Instant> = None;
         loop {
             let mut result = ready::check(&http, &targets).await;
             if result.is_ok() && self.nodes.len() > 1 && all_up {
-                result =
-                    ready::probe_replicated_stream(&self.client_urls(), &self.id, self.replicas())
-                        .await;
+                result = ready::probe_replicated_stream(&self.client_urls(), &self.id, self.replicas()).await;
             }
             let detail = match result {
                 Ok(()) => return Ok(()),
@@ -811,17 +744,9 @@ impl NatsEnv {
                 last_detail.clone_from(&detail);
             }
             if Instant::now() >= deadline {
-                return Err(NatsError::NotReady {
-                    timeout,
-                    detail,
-                    log_tail: self.log_tails(10).await,
-                });
+                return Err(NatsError::NotReady { timeout, detail, log_tail: self.log_tails(10).await });
             }
-            let interval = if started.elapsed() < FAST_POLL_PERIOD {
-                FAST_POLL_INTERVAL
-            } else {
-                POLL_INTERVAL
-            };
+            let interval = if started.elapsed() < FAST_POLL_PERIOD { FAST_POLL_INTERVAL } else { POLL_INTERVAL };
             tokio::time::sleep(interval).await;
         }
     }
@@ -831,11 +756,7 @@ impl NatsEnv {
     pub async fn log_tails(&self, lines: usize) -> String {
         let mut text = String::new();
         for node in &self.nodes {
-            text.push_str(&format!(
-                "--- {} ---\n{}\n",
-                node.name,
-                node.log_tail(lines).await
-            ));
+            text.push_str(&format!("--- {} ---\n{}\n", node.name, node.log_tail(lines).await));
         }
         text
     }
@@ -934,20 +855,12 @@ impl NatsEnv {
     /// generated CA (and client certificate, when the servers verify
     /// clients) if the environment runs with TLS.
     pub async fn connect_as(&self, user: &str) -> Result<async_nats::Client, NatsError> {
-        let security = self.security.as_ref().ok_or_else(|| {
-            NatsError::InvalidConfig("connect_as: the environment has no tls or users".into())
-        })?;
-        let auth = security.client_auth(user).ok_or_else(|| {
-            NatsError::InvalidConfig(format!("connect_as: unknown user {user:?}"))
-        })?;
-        let options = nats_bridge::config::apply_security(
-            "harness",
-            async_nats::ConnectOptions::new(),
-            &security.client_tls(),
-            &auth,
-        )
-        .await
-        .map_err(|e| NatsError::InvalidConfig(e.to_string()))?;
+        let security =
+            self.security.as_ref().ok_or_else(|| NatsError::InvalidConfig("connect_as: the environment has no tls or users".into()))?;
+        let auth = security.client_auth(user).ok_or_else(|| NatsError::InvalidConfig(format!("connect_as: unknown user {user:?}")))?;
+        let options = nats_bridge::config::apply_security("harness", async_nats::ConnectOptions::new(), &security.client_tls(), &auth)
+            .await
+            .map_err(|e| NatsError::InvalidConfig(e.to_string()))?;
         self.connect_with(options).await
     }
 
@@ -958,18 +871,12 @@ impl NatsEnv {
     }
 
     /// Like [`NatsEnv::connect`] with caller-provided options.
-    pub async fn connect_with(
-        &self,
-        options: async_nats::ConnectOptions,
-    ) -> Result<async_nats::Client, NatsError> {
+    pub async fn connect_with(&self, options: async_nats::ConnectOptions) -> Result<async_nats::Client, NatsError> {
         options
             .ignore_discovered_servers()
             .connect(self.client_urls())
             .await
-            .map_err(|source| NatsError::Connect {
-                url: self.client_url(),
-                source,
-            })
+            .map_err(|source| NatsError::Connect { url: self.client_url(), source })
     }
 }
 
@@ -980,10 +887,7 @@ impl Drop for NatsEnv {
         // testcontainers removes containers through the current tokio
         // runtime; provide one when dropped outside of any.
         if self.backend == Backend::Docker && tokio::runtime::Handle::try_current().is_err() {
-            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 let _guard = runtime.enter();
                 drop(nodes);
             } else {
@@ -1013,8 +917,7 @@ struct WorkDir(PathBuf);
 
 impl WorkDir {
     fn create(path: PathBuf) -> Result<Self, NatsError> {
-        std::fs::create_dir_all(&path)
-            .map_err(|e| NatsError::io(format!("failed to create {}", path.display()), e))?;
+        std::fs::create_dir_all(&path).map_err(|e| NatsError::io(format!("failed to create {}", path.display()), e))?;
         Ok(WorkDir(path))
     }
 }
@@ -1046,17 +949,13 @@ async fn resolve_backend(choice: BackendChoice) -> Result<Backend, NatsError> {
     match choice {
         BackendChoice::Process => Ok(Backend::Process),
         BackendChoice::Docker => {
-            container::available()
-                .await
-                .map_err(NatsError::DockerUnavailable)?;
+            container::available().await.map_err(NatsError::DockerUnavailable)?;
             Ok(Backend::Docker)
         }
         BackendChoice::Auto => match container::available().await {
             Ok(()) => Ok(Backend::Docker),
             Err(reason) => {
-                tracing::warn!(
-                    "docker is not available ({reason}); using local nats-server processes instead"
-                );
+                tracing::warn!("docker is not available ({reason}); using local nats-server processes instead");
                 Ok(Backend::Process)
             }
         },
@@ -1068,12 +967,7 @@ fn new_env_id() -> String {
 }
 
 fn cluster_name_for(id: &str, names: &[String], config: &EnvConfig) -> Option<String> {
-    (names.len() > 1).then(|| {
-        config
-            .cluster_name
-            .clone()
-            .unwrap_or_else(|| format!("hs-{id}"))
-    })
+    (names.len() > 1).then(|| config.cluster_name.clone().unwrap_or_else(|| format!("hs-{id}")))
 }
 
 fn is_port_conflict(error: &NatsError) -> bool {
@@ -1092,40 +986,19 @@ mod tests {
 
     #[test]
     fn backend_choice_parses() {
-        assert_eq!(
-            "Docker".parse::<BackendChoice>().unwrap(),
-            BackendChoice::Docker
-        );
-        assert_eq!(
-            " process ".parse::<BackendChoice>().unwrap(),
-            BackendChoice::Process
-        );
-        assert_eq!(
-            "auto".parse::<BackendChoice>().unwrap(),
-            BackendChoice::Auto
-        );
+        assert_eq!("Docker".parse::<BackendChoice>().unwrap(), BackendChoice::Docker);
+        assert_eq!(" process ".parse::<BackendChoice>().unwrap(), BackendChoice::Process);
+        assert_eq!("auto".parse::<BackendChoice>().unwrap(), BackendChoice::Auto);
         assert!("podman".parse::<BackendChoice>().is_err());
     }
 
     #[test]
     fn config_validation() {
         assert_eq!(EnvConfig::single().resolved_names().unwrap(), ["n1"]);
-        assert_eq!(
-            EnvConfig::cluster().resolved_names().unwrap(),
-            ["n1", "n2", "n3"]
-        );
-        assert_eq!(
-            EnvConfig::single()
-                .with_server_name("alpha")
-                .resolved_names()
-                .unwrap(),
-            ["alpha"]
-        );
+        assert_eq!(EnvConfig::cluster().resolved_names().unwrap(), ["n1", "n2", "n3"]);
+        assert_eq!(EnvConfig::single().with_server_name("alpha").resolved_names().unwrap(), ["alpha"]);
         let bad = [
-            EnvConfig {
-                nodes: 2,
-                ..EnvConfig::default()
-            },
+            EnvConfig { nodes: 2, ..EnvConfig::default() },
             EnvConfig::cluster().with_server_names(["a", "b"]),
             EnvConfig::cluster().with_server_names(["a", "b", "a"]),
             EnvConfig::single().with_server_name("has space"),

@@ -47,11 +47,7 @@ impl ProcessNode {
             },
         };
         drop(guard);
-        Err(NatsError::NodeExited {
-            node: node.to_owned(),
-            status,
-            log_tail: self.log_tail(20),
-        })
+        Err(NatsError::NodeExited { node: node.to_owned(), status, log_tail: self.log_tail(20) })
     }
 
     /// The last `lines` lines of the node's log file.
@@ -86,9 +82,7 @@ impl ProcessNode {
     /// reused.
     pub(crate) fn signal(&self, node: &str, signal: &str) -> Result<(), NatsError> {
         let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        let running = guard
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)));
+        let running = guard.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)));
         let pid = match guard.as_ref() {
             Some(child) if running => child.id(),
             _ => {
@@ -125,20 +119,12 @@ impl ProcessNode {
 
     /// Stops the process gracefully: SIGTERM, then SIGKILL if it is still
     /// there after `grace`. Returns once it has exited and was reaped.
-    pub(crate) async fn stop(
-        &self,
-        verb: &'static str,
-        node: &str,
-        grace: Duration,
-    ) -> Result<(), NatsError> {
+    pub(crate) async fn stop(&self, verb: &'static str, node: &str, grace: Duration) -> Result<(), NatsError> {
         self.signal(node, "TERM")?;
         let deadline = Instant::now() + grace;
         while !self.has_exited() {
             if Instant::now() >= deadline {
-                tracing::warn!(
-                    node,
-                    "nats-server ignored SIGTERM for {grace:?}; sending SIGKILL"
-                );
+                tracing::warn!(node, "nats-server ignored SIGTERM for {grace:?}; sending SIGKILL");
                 self.sigkill();
                 return self.wait_exit(verb, node, grace).await;
             }
@@ -148,12 +134,7 @@ impl ProcessNode {
     }
 
     /// Polls until the process has exited and was reaped.
-    pub(crate) async fn wait_exit(
-        &self,
-        verb: &'static str,
-        node: &str,
-        timeout: Duration,
-    ) -> Result<(), NatsError> {
+    pub(crate) async fn wait_exit(&self, verb: &'static str, node: &str, timeout: Duration) -> Result<(), NatsError> {
         let deadline = Instant::now() + timeout;
         while !self.has_exited() {
             if Instant::now() >= deadline {
@@ -185,11 +166,7 @@ impl ProcessNode {
         let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(child) = guard.as_mut() {
             if matches!(child.try_wait(), Ok(None)) {
-                return Err(NatsError::InvalidState {
-                    verb: "start",
-                    node: node.to_owned(),
-                    state: NodeState::Running,
-                });
+                return Err(NatsError::InvalidState { verb: "start", node: node.to_owned(), state: NodeState::Running });
             }
         }
         let child = spawn(&self.binary, &self.args, &self.env, &self.log_path, true)?;
@@ -216,12 +193,7 @@ impl Drop for ProcessNode {
 
 /// Builds the command line of one node; `config_file` goes first, as `-c`
 /// (the flags after it override whatever it also sets).
-fn args_for(
-    spec: &NodeSpec,
-    store_dir: &Path,
-    cluster: Option<(&str, &str)>,
-    config_file: Option<&Path>,
-) -> Vec<String> {
+fn args_for(spec: &NodeSpec, store_dir: &Path, cluster: Option<(&str, &str)>, config_file: Option<&Path>) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
     if let Some(file) = config_file {
         args.extend(["-c".into(), file.display().to_string()]);
@@ -268,8 +240,7 @@ pub(crate) fn start(
     let config_file = match server_config {
         Some(text) => {
             let path = workdir.join(server_config::FILE_NAME);
-            std::fs::write(&path, text)
-                .map_err(|e| NatsError::io(format!("failed to write {}", path.display()), e))?;
+            std::fs::write(&path, text).map_err(|e| NatsError::io(format!("failed to write {}", path.display()), e))?;
             Some(path)
         }
         None => None,
@@ -285,15 +256,9 @@ pub(crate) fn start(
             .collect::<Vec<_>>()
             .join(",");
         let store_dir = workdir.join(&spec.name);
-        std::fs::create_dir_all(&store_dir)
-            .map_err(|e| NatsError::io(format!("failed to create {}", store_dir.display()), e))?;
+        std::fs::create_dir_all(&store_dir).map_err(|e| NatsError::io(format!("failed to create {}", store_dir.display()), e))?;
         let log_path = workdir.join(format!("{}.log", spec.name));
-        let args = args_for(
-            spec,
-            &store_dir,
-            cluster_name.map(|c| (c, routes.as_str())),
-            config_file.as_deref(),
-        );
+        let args = args_for(spec, &store_dir, cluster_name.map(|c| (c, routes.as_str())), config_file.as_deref());
         let child = spawn(binary, &args, env, &log_path, false)?;
         nodes.push(ProcessNode {
             pid: AtomicU32::new(child.id()),
@@ -310,13 +275,7 @@ pub(crate) fn start(
 
 /// Spawns `binary args` with `env` added to the environment and stdout and
 /// stderr going to `log_path` (truncated, or appended to when `append`).
-fn spawn(
-    binary: &Path,
-    args: &[String],
-    env: &[(String, String)],
-    log_path: &Path,
-    append: bool,
-) -> Result<Child, NatsError> {
+fn spawn(binary: &Path, args: &[String], env: &[(String, String)], log_path: &Path, append: bool) -> Result<Child, NatsError> {
     let log = File::options()
         .create(true)
         .write(true)
@@ -324,9 +283,7 @@ fn spawn(
         .truncate(!append)
         .open(log_path)
         .map_err(|e| NatsError::io(format!("failed to open {}", log_path.display()), e))?;
-    let log_err = log
-        .try_clone()
-        .map_err(|e| NatsError::io("failed to duplicate a log file handle", e))?;
+    let log_err = log.try_clone().map_err(|e| NatsError::io("failed to duplicate a log file handle", e))?;
     Command::new(binary)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))

@@ -21,8 +21,7 @@ use std::sync::OnceLock;
 
 use futures::future::join_all;
 use testcontainers::bollard::query_parameters::{
-    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptions,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptions,
 };
 
 use super::container::{engine, ENV_LABEL};
@@ -58,17 +57,11 @@ impl Owner {
             .get_or_init(|| {
                 let pid = std::process::id();
                 let owner = match (process_start_ticks(pid), current_scope()) {
-                    (Probe::Running(start_ticks), Some(scope)) => Some(Owner {
-                        pid,
-                        start_ticks,
-                        scope,
-                    }),
+                    (Probe::Running(start_ticks), Some(scope)) => Some(Owner { pid, start_ticks, scope }),
                     _ => None,
                 };
                 if owner.is_none() {
-                    tracing::debug!(
-                        "cannot identify this process through /proc; leftover nats containers will not be reaped"
-                    );
+                    tracing::debug!("cannot identify this process through /proc; leftover nats containers will not be reaped");
                 }
                 owner
             })
@@ -87,9 +80,7 @@ impl Owner {
 
 /// The owner labels of this process (empty when it cannot be identified).
 pub(crate) fn owner_labels() -> Vec<(&'static str, String)> {
-    Owner::current()
-        .map(|o| o.labels().to_vec())
-        .unwrap_or_default()
+    Owner::current().map(|o| o.labels().to_vec()).unwrap_or_default()
 }
 
 /// What `/proc` says about a pid.
@@ -119,17 +110,9 @@ pub(crate) enum Verdict {
 
 /// Decides whether the owner of an object with `labels` is dead. Pure: the
 /// process table is consulted only through `probe`.
-pub(crate) fn judge(
-    labels: &HashMap<String, String>,
-    me: &Owner,
-    probe: impl Fn(u32) -> Probe,
-) -> Verdict {
-    let pid = labels
-        .get(OWNER_PID_LABEL)
-        .and_then(|v| v.parse::<u32>().ok());
-    let start = labels
-        .get(OWNER_START_LABEL)
-        .and_then(|v| v.parse::<u64>().ok());
+pub(crate) fn judge(labels: &HashMap<String, String>, me: &Owner, probe: impl Fn(u32) -> Probe) -> Verdict {
+    let pid = labels.get(OWNER_PID_LABEL).and_then(|v| v.parse::<u32>().ok());
+    let start = labels.get(OWNER_START_LABEL).and_then(|v| v.parse::<u64>().ok());
     let (Some(pid), Some(start), Some(scope)) = (pid, start, labels.get(OWNER_SCOPE_LABEL)) else {
         return Verdict::Unknown;
     };
@@ -138,9 +121,9 @@ pub(crate) fn judge(
     }
     match probe(pid) {
         Probe::Absent => Verdict::Dead(format!("process {pid} no longer exists")),
-        Probe::Running(now) if now != start => Verdict::Dead(format!(
-            "process {pid} exited (the pid now belongs to a process started at tick {now}, not {start})"
-        )),
+        Probe::Running(now) if now != start => {
+            Verdict::Dead(format!("process {pid} exited (the pid now belongs to a process started at tick {now}, not {start})"))
+        }
         Probe::Running(_) => Verdict::Alive,
         Probe::Unknown => Verdict::Unknown,
     }
@@ -175,11 +158,7 @@ fn current_scope() -> Option<String> {
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let pid_ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
     // `pid:[4026531836]`
-    let inode = pid_ns
-        .to_str()?
-        .strip_prefix("pid:[")?
-        .strip_suffix(']')?
-        .to_owned();
+    let inode = pid_ns.to_str()?.strip_prefix("pid:[")?.strip_suffix(']')?.to_owned();
     let uid = std::fs::metadata("/proc/self").ok()?.uid();
     Some(format!("{}/pidns:{inode}/uid:{uid}", boot_id.trim()))
 }
@@ -214,15 +193,8 @@ pub async fn reap_leftovers() -> Result<Reaped, NatsError> {
     let docker = engine().await?;
     let filters = HashMap::from([("label", vec![ENV_LABEL])]);
     let (containers, networks) = tokio::join!(
-        docker.list_containers(Some(
-            ListContainersOptionsBuilder::new()
-                .all(true)
-                .filters(&filters)
-                .build()
-        )),
-        docker.list_networks(Some(
-            ListNetworksOptionsBuilder::new().filters(&filters).build()
-        )),
+        docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build())),
+        docker.list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filters).build())),
     );
     let api_error = |context: &str| {
         let context = context.to_owned();
@@ -240,21 +212,15 @@ pub async fn reap_leftovers() -> Result<Reaped, NatsError> {
                 return None;
             };
             let id = c.id?;
-            let name = c
-                .names
-                .and_then(|n| n.into_iter().next())
-                .map(|n| n.trim_start_matches('/').to_owned())
-                .unwrap_or_else(|| id.clone());
+            let name =
+                c.names.and_then(|n| n.into_iter().next()).map(|n| n.trim_start_matches('/').to_owned()).unwrap_or_else(|| id.clone());
             Some((id, name, why))
         })
         .collect();
     let removals = doomed_containers.iter().map(|(id, name, why)| {
         let docker = &docker;
         async move {
-            let options = RemoveContainerOptionsBuilder::new()
-                .force(true)
-                .v(true)
-                .build();
+            let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
             match docker.remove_container(id, Some(options)).await {
                 Ok(()) => {
                     tracing::info!(container = %name, "removed leftover nats container: {why}");
@@ -297,9 +263,7 @@ pub async fn reap_leftovers() -> Result<Reaped, NatsError> {
     // Volumes after the containers: listed now, those the removals above
     // took with them are gone, and what is left has no container.
     let volumes = docker
-        .list_volumes(Some(
-            ListVolumesOptionsBuilder::new().filters(&filters).build(),
-        ))
+        .list_volumes(Some(ListVolumesOptionsBuilder::new().filters(&filters).build()))
         .await
         .map_err(api_error("failed to list nats volumes"))?;
     for volume in volumes.volumes.unwrap_or_default() {
@@ -337,17 +301,12 @@ pub async fn reap_leftovers() -> Result<Reaped, NatsError> {
 /// process still removes its container).
 fn another_reaper_got_there(error: &testcontainers::bollard::errors::Error) -> bool {
     use testcontainers::bollard::errors::Error;
-    matches!(
-        error,
-        Error::DockerResponseServerError {
-            status_code: 404 | 409,
-            ..
-        }
-    ) || matches!(
-        error,
-        Error::DockerResponseServerError { status_code: 403, message }
-            if message.contains("active endpoints")
-    )
+    matches!(error, Error::DockerResponseServerError { status_code: 404 | 409, .. })
+        || matches!(
+            error,
+            Error::DockerResponseServerError { status_code: 403, message }
+                if message.contains("active endpoints")
+        )
 }
 
 #[cfg(test)]
@@ -355,11 +314,7 @@ mod tests {
     use super::*;
 
     fn me() -> Owner {
-        Owner {
-            pid: 100,
-            start_ticks: 5_000,
-            scope: "boot/pidns:1/uid:0".into(),
-        }
+        Owner { pid: 100, start_ticks: 5_000, scope: "boot/pidns:1/uid:0".into() }
     }
 
     fn labels(pid: &str, start: &str, scope: &str) -> HashMap<String, String> {
@@ -374,19 +329,13 @@ mod tests {
     #[test]
     fn owner_gone_is_dead() {
         let l = labels("42", "777", "boot/pidns:1/uid:0");
-        assert!(matches!(
-            judge(&l, &me(), |_| Probe::Absent),
-            Verdict::Dead(_)
-        ));
+        assert!(matches!(judge(&l, &me(), |_| Probe::Absent), Verdict::Dead(_)));
     }
 
     #[test]
     fn reused_pid_is_dead() {
         let l = labels("42", "777", "boot/pidns:1/uid:0");
-        assert!(matches!(
-            judge(&l, &me(), |_| Probe::Running(900)),
-            Verdict::Dead(_)
-        ));
+        assert!(matches!(judge(&l, &me(), |_| Probe::Running(900)), Verdict::Dead(_)));
     }
 
     #[test]
@@ -398,45 +347,21 @@ mod tests {
     #[test]
     fn other_scopes_and_missing_labels_are_left_alone() {
         let absent = |_| Probe::Absent;
-        for scope in [
-            "other-boot/pidns:1/uid:0",
-            "boot/pidns:2/uid:0",
-            "boot/pidns:1/uid:1000",
-        ] {
-            assert_eq!(
-                judge(&labels("42", "777", scope), &me(), absent),
-                Verdict::Foreign
-            );
+        for scope in ["other-boot/pidns:1/uid:0", "boot/pidns:2/uid:0", "boot/pidns:1/uid:1000"] {
+            assert_eq!(judge(&labels("42", "777", scope), &me(), absent), Verdict::Foreign);
         }
         let mut partial = labels("42", "777", "boot/pidns:1/uid:0");
         partial.remove(OWNER_START_LABEL);
         assert_eq!(judge(&partial, &me(), absent), Verdict::Unknown);
         let legacy = HashMap::from([(ENV_LABEL.to_owned(), "abc".to_owned())]);
         assert_eq!(judge(&legacy, &me(), absent), Verdict::Unknown);
-        assert_eq!(
-            judge(&labels("x", "777", "boot/pidns:1/uid:0"), &me(), absent),
-            Verdict::Unknown
-        );
-        assert_eq!(
-            judge(&labels("42", "777", "boot/pidns:1/uid:0"), &me(), |_| {
-                Probe::Unknown
-            }),
-            Verdict::Unknown
-        );
+        assert_eq!(judge(&labels("x", "777", "boot/pidns:1/uid:0"), &me(), absent), Verdict::Unknown);
+        assert_eq!(judge(&labels("42", "777", "boot/pidns:1/uid:0"), &me(), |_| { Probe::Unknown }), Verdict::Unknown);
     }
 
     #[test]
     fn stat_parsing_skips_odd_command_names() {
-        let fields_after_comm = (3..=52)
-            .map(|i| {
-                if i == 22 {
-                    "43456".to_owned()
-                } else {
-                    i.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+        let fields_after_comm = (3..=52).map(|i| if i == 22 { "43456".to_owned() } else { i.to_string() }).collect::<Vec<_>>().join(" ");
         for comm in ["cat", "a b) c (d", ")"] {
             let line = format!("14312 ({comm}) {fields_after_comm}\n");
             assert_eq!(parse_start_ticks(&line), Some(43456), "{line}");
@@ -450,11 +375,7 @@ mod tests {
             // No /proc: nothing is labelled or reaped.
             return;
         };
-        let mine: HashMap<String, String> = me
-            .labels()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
+        let mine: HashMap<String, String> = me.labels().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         assert_eq!(judge(&mine, me, process_start_ticks), Verdict::Alive);
 
         let mut child = std::process::Command::new("true").spawn().expect("spawn");
@@ -466,19 +387,8 @@ mod tests {
             return;
         };
         child.wait().expect("wait");
-        let gone = Owner {
-            pid,
-            start_ticks: start,
-            scope: me.scope.clone(),
-        };
-        let labels: HashMap<String, String> = gone
-            .labels()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        assert!(matches!(
-            judge(&labels, me, process_start_ticks),
-            Verdict::Dead(_)
-        ));
+        let gone = Owner { pid, start_ticks: start, scope: me.scope.clone() };
+        let labels: HashMap<String, String> = gone.labels().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        assert!(matches!(judge(&labels, me, process_start_ticks), Verdict::Dead(_)));
     }
 }

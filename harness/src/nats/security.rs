@@ -67,20 +67,12 @@ pub struct NatsUser {
 impl NatsUser {
     /// A user with a password and no restrictions.
     pub fn password(name: impl Into<String>, password: impl Into<String>) -> Self {
-        NatsUser {
-            name: name.into(),
-            credential: Credential::Password(password.into()),
-            permissions: None,
-        }
+        NatsUser { name: name.into(), credential: Credential::Password(password.into()), permissions: None }
     }
 
     /// An NKey user (key pair generated at start), no restrictions.
     pub fn nkey(name: impl Into<String>) -> Self {
-        NatsUser {
-            name: name.into(),
-            credential: Credential::Nkey,
-            permissions: None,
-        }
+        NatsUser { name: name.into(), credential: Credential::Nkey, permissions: None }
     }
 
     /// Restricts the user to `permissions`.
@@ -166,15 +158,8 @@ impl SecurityFiles {
     pub fn client_auth(&self, user: &str) -> Option<AuthConfig> {
         let u = self.users.iter().find(|u| u.name == user)?;
         Some(match &u.credential {
-            Credential::Password(p) => AuthConfig {
-                user: Some(u.name.clone()),
-                password: Some(p.clone()),
-                ..AuthConfig::default()
-            },
-            Credential::Nkey => AuthConfig {
-                nkey_seed_file: Some(self.nkey_seed_file(user)?.to_path_buf()),
-                ..AuthConfig::default()
-            },
+            Credential::Password(p) => AuthConfig { user: Some(u.name.clone()), password: Some(p.clone()), ..AuthConfig::default() },
+            Credential::Nkey => AuthConfig { nkey_seed_file: Some(self.nkey_seed_file(user)?.to_path_buf()), ..AuthConfig::default() },
         })
     }
 
@@ -187,8 +172,7 @@ impl SecurityFiles {
             .iter()
             .map(|name| {
                 let path = self.dir.join(name);
-                let bytes = std::fs::read(&path)
-                    .map_err(|e| NatsError::io(format!("failed to read {}", path.display()), e))?;
+                let bytes = std::fs::read(&path).map_err(|e| NatsError::io(format!("failed to read {}", path.display()), e))?;
                 Ok((format!("{CONTAINER_DIR}/{name}"), bytes))
             })
             .collect()
@@ -254,12 +238,7 @@ impl Drop for SecurityFiles {
 pub(crate) fn generate(dir: PathBuf, tls: Option<ServerTls>, users: &[NatsUser]) -> Result<SecurityFiles, NatsError> {
     std::fs::create_dir_all(&dir).map_err(|e| NatsError::io(format!("failed to create {}", dir.display()), e))?;
     // Built first so an error below removes the directory.
-    let mut files = SecurityFiles {
-        dir,
-        tls,
-        users: users.to_vec(),
-        nkeys: BTreeMap::new(),
-    };
+    let mut files = SecurityFiles { dir, tls, users: users.to_vec(), nkeys: BTreeMap::new() };
     let write = |name: &str, text: &str| {
         let path = files.dir.join(name);
         std::fs::write(&path, text).map_err(|e| NatsError::io(format!("failed to write {}", path.display()), e))
@@ -278,9 +257,7 @@ pub(crate) fn generate(dir: PathBuf, tls: Option<ServerTls>, users: &[NatsUser])
         }
         if u.credential == Credential::Nkey {
             let pair = nkeys::KeyPair::new_user();
-            let seed = pair
-                .seed()
-                .map_err(|e| NatsError::InvalidConfig(format!("cannot generate an nkey: {e}")))?;
+            let seed = pair.seed().map_err(|e| NatsError::InvalidConfig(format!("cannot generate an nkey: {e}")))?;
             let name = format!("{}.nk", u.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
             write(&name, &format!("{seed}\n"))?;
             let path = files.dir.join(name);

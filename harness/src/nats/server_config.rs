@@ -50,10 +50,7 @@ mod tests {
     fn only_the_sync_profile_needs_a_file() {
         assert_eq!(render(&EnvConfig::single(), None), None);
         let text = render(&EnvConfig::cluster().with_sync_always(true), None).expect("a file");
-        assert!(
-            text.contains("jetstream {\n  # fsync"),
-            "unexpected layout:\n{text}"
-        );
+        assert!(text.contains("jetstream {\n  # fsync"), "unexpected layout:\n{text}");
         assert!(text.contains("\n  sync_interval: always\n}\n"), "{text}");
         let text = render(&EnvConfig::single(), Some("tls {\n}\n")).expect("a file");
         assert!(text.ends_with("tls {\n}\n") && !text.contains("sync_interval"), "{text}");

@@ -125,7 +125,11 @@ pub fn no_double_effect(ledger: &[Effect]) -> Vec<Violation> {
     for (k, effects) in by_key {
         if effects.len() > 1 {
             seen.insert(k.to_string());
-            out.push(v("no_double_effect", vec![effects[0].payment_id.clone()], format!("{} effects for idempotency key {k}", effects.len())));
+            out.push(v(
+                "no_double_effect",
+                vec![effects[0].payment_id.clone()],
+                format!("{} effects for idempotency key {k}", effects.len()),
+            ));
         }
     }
     for ((_, p, op, r), effects) in by_instance {
@@ -183,19 +187,28 @@ pub fn agreement(o: &Observations) -> Vec<Violation> {
     for op in &o.operations {
         let effect = effect_by_key.get(op.message_id.as_str());
         match (op.status, effect) {
-            (OpStatus::Succeeded, None) if op.operation != "payments.sync" => {
-                out.push(v("agreement", vec![op.payment_id.clone()], format!("{} succeeded in the gateway, no effect at the processor", op.message_id)))
-            }
-            (OpStatus::Failed, Some(_)) => {
-                out.push(v("agreement", vec![op.payment_id.clone()], format!("{} failed in the gateway, but the processor did it", op.message_id)))
-            }
+            (OpStatus::Succeeded, None) if op.operation != "payments.sync" => out.push(v(
+                "agreement",
+                vec![op.payment_id.clone()],
+                format!("{} succeeded in the gateway, no effect at the processor", op.message_id),
+            )),
+            (OpStatus::Failed, Some(_)) => out.push(v(
+                "agreement",
+                vec![op.payment_id.clone()],
+                format!("{} failed in the gateway, but the processor did it", op.message_id),
+            )),
             _ => {}
         }
         if op.status == OpStatus::Succeeded && !audited.contains(op.message_id.as_str()) {
-            out.push(v("agreement", vec![op.payment_id.clone()], format!("{} succeeded but is not in the stream audit trail", op.message_id)));
+            out.push(v(
+                "agreement",
+                vec![op.payment_id.clone()],
+                format!("{} succeeded but is not in the stream audit trail", op.message_id),
+            ));
         }
     }
-    let accounts: HashMap<(&str, &str), &Account> = o.accounts.iter().map(|a| ((a.merchant_id.as_str(), a.payment_id.as_str()), a)).collect();
+    let accounts: HashMap<(&str, &str), &Account> =
+        o.accounts.iter().map(|a| ((a.merchant_id.as_str(), a.payment_id.as_str()), a)).collect();
     for p in &o.payments {
         let (authorized, captured, refunded, voided) = match accounts.get(&(p.merchant_id.as_str(), p.payment_id.as_str())) {
             Some(a) => (a.authorized, a.captured, a.refunded, a.voided),
@@ -214,7 +227,12 @@ pub fn agreement(o: &Observations) -> Vec<Violation> {
             out.push(v(
                 "agreement",
                 vec![p.payment_id.clone()],
-                format!("status {} contradicts its amounts (authorized {}, captured {})", p.status.as_str(), p.amount_authorized, p.amount_captured),
+                format!(
+                    "status {} contradicts its amounts (authorized {}, captured {})",
+                    p.status.as_str(),
+                    p.amount_authorized,
+                    p.amount_captured
+                ),
             ));
         }
         let ours = (p.amount_authorized, p.amount_captured, p.amount_refunded, p.status == gateway::model::AttemptStatus::Voided);
@@ -266,7 +284,8 @@ pub fn accounting(o: &Observations) -> (Accounting, Vec<Violation>) {
                 };
                 if lost {
                     acc.lost += 1;
-                    let missing = if intent == "succeeded" && has(pid, "payments.authorize") { "captured nothing" } else { "has no such effect" };
+                    let missing =
+                        if intent == "succeeded" && has(pid, "payments.authorize") { "captured nothing" } else { "has no such effect" };
                     out.push(v("accounting", vec![pid.to_string()], format!("{} answered {intent} but the processor {missing}", done.f)));
                 }
             }
@@ -303,10 +322,18 @@ pub fn integrity(o: &Observations) -> Vec<Violation> {
         let got_payment = done.value["payment_id"].as_str();
         let got_merchant = done.value["merchant_id"].as_str();
         if got_payment.is_some() && got_payment != inv.payment_id.as_deref() {
-            out.push(v("integrity", vec![inv.payment_id.clone().unwrap_or_default()], format!("{} for {:?} answered for payment {:?}", inv.f, inv.payment_id, got_payment)));
+            out.push(v(
+                "integrity",
+                vec![inv.payment_id.clone().unwrap_or_default()],
+                format!("{} for {:?} answered for payment {:?}", inv.f, inv.payment_id, got_payment),
+            ));
         }
         if got_merchant.is_some() && got_merchant != inv.merchant_id.as_deref() {
-            out.push(v("integrity", vec![inv.payment_id.clone().unwrap_or_default()], format!("{} of merchant {:?} answered for merchant {:?}", inv.f, inv.merchant_id, got_merchant)));
+            out.push(v(
+                "integrity",
+                vec![inv.payment_id.clone().unwrap_or_default()],
+                format!("{} of merchant {:?} answered for merchant {:?}", inv.f, inv.merchant_id, got_merchant),
+            ));
         }
     }
     // The protocol on the wire: no custom header with the reserved `Nats-` prefix.
@@ -329,7 +356,11 @@ pub fn integrity(o: &Observations) -> Vec<Violation> {
 }
 
 /// Invariant 7: p99 per call from the intended send time, against targets (ms).
-pub fn latency(history: &[Event], targets: &BTreeMap<String, f64>, call_of: impl Fn(&str) -> Option<&'static str>) -> (BTreeMap<String, u64>, Vec<Violation>) {
+pub fn latency(
+    history: &[Event],
+    targets: &BTreeMap<String, f64>,
+    call_of: impl Fn(&str) -> Option<&'static str>,
+) -> (BTreeMap<String, u64>, Vec<Violation>) {
     let mut samples: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     // Every completion counts, unknown ones too: a call that timed out kept its caller waiting
     // that long, and leaving it out would flatter the tail.
@@ -383,7 +414,8 @@ pub fn card_numbers(text: &str) -> Vec<String> {
             }
             let run = &bytes[start..i];
             // A run inside a word (hex ids, tokens) is not a card number.
-            let bounded = (start == 0 || !bytes[start - 1].is_ascii_alphanumeric()) && (i == bytes.len() || !bytes[i].is_ascii_alphanumeric());
+            let bounded =
+                (start == 0 || !bytes[start - 1].is_ascii_alphanumeric()) && (i == bytes.len() || !bytes[i].is_ascii_alphanumeric());
             if bounded && (13..=19).contains(&run.len()) && luhn(run) {
                 out.push(String::from_utf8_lossy(run).into_owned());
             }
@@ -443,7 +475,12 @@ pub fn liveness(operations: &[OperationRecord]) -> Vec<Violation> {
             v(
                 "liveness",
                 vec![o.payment_id.clone()],
-                format!("{} failed with {} ({})", o.message_id, o.error_code.as_deref().unwrap_or(""), o.error_message.as_deref().unwrap_or("")),
+                format!(
+                    "{} failed with {} ({})",
+                    o.message_id,
+                    o.error_code.as_deref().unwrap_or(""),
+                    o.error_message.as_deref().unwrap_or("")
+                ),
             )
         })
         .collect()
@@ -473,7 +510,11 @@ pub fn circuit_breaker(history: &[Event]) -> Vec<Violation> {
             payments.sort();
             payments.dedup();
             payments.truncate(10);
-            v("circuit_breaker", payments, format!("no `{f}` call succeeded after the last refusal at {:.3} s: the breaker never closed", t as f64 / 1e6))
+            v(
+                "circuit_breaker",
+                payments,
+                format!("no `{f}` call succeeded after the last refusal at {:.3} s: the breaker never closed", t as f64 / 1e6),
+            )
         })
         .collect()
 }
@@ -484,13 +525,22 @@ pub fn dead_letter(o: &Observations) -> Vec<Violation> {
         return vec![v("dead_letter", Vec::new(), "no poison message was published: the scenario tests nothing".into())];
     }
     if o.dead_letters < o.poisoned {
-        return vec![v("dead_letter", Vec::new(), format!("{} poison message(s) published, {} in the dead-letter stream", o.poisoned, o.dead_letters))];
+        return vec![v(
+            "dead_letter",
+            Vec::new(),
+            format!("{} poison message(s) published, {} in the dead-letter stream", o.poisoned, o.dead_letters),
+        )];
     }
     Vec::new()
 }
 
 /// Runs the named invariants.
-pub fn check(o: &Observations, invariants: &[String], targets: &BTreeMap<String, f64>, call_of: impl Fn(&str) -> Option<&'static str>) -> Verdict {
+pub fn check(
+    o: &Observations,
+    invariants: &[String],
+    targets: &BTreeMap<String, f64>,
+    call_of: impl Fn(&str) -> Option<&'static str>,
+) -> Verdict {
     let mut verdict = Verdict::default();
     let wanted = |name: &str| invariants.iter().any(|i| i == name);
     let (acc, acc_violations) = accounting(o);
@@ -585,9 +635,19 @@ mod tests {
     #[test]
     fn accounting_counts_lost_and_recovered() {
         let r = Recorder::new();
-        let e = |process, f: &str, p: &str, value| Entry { process, f: f.into(), payment_id: Some(p.into()), merchant_id: Some("m".into()), value, ..Default::default() };
+        let e = |process, f: &str, p: &str, value| Entry {
+            process,
+            f: f.into(),
+            payment_id: Some(p.into()),
+            merchant_id: Some("m".into()),
+            value,
+            ..Default::default()
+        };
         r.record(Kind::Invoke, e(1, "create", "p1", serde_json::Value::Null));
-        r.record(Kind::Ok, e(1, "create", "p1", serde_json::json!({ "status": "requires_capture", "payment_id": "p1", "merchant_id": "m" })));
+        r.record(
+            Kind::Ok,
+            e(1, "create", "p1", serde_json::json!({ "status": "requires_capture", "payment_id": "p1", "merchant_id": "m" })),
+        );
         r.record(Kind::Invoke, e(2, "create", "p2", serde_json::Value::Null));
         r.record(Kind::Unknown, e(2, "create", "p2", serde_json::Value::Null));
         let mut p2 = Payment::new("m", "p2", 1, "USD", CaptureMethod::Manual, serde_json::Value::Null);
@@ -602,7 +662,14 @@ mod tests {
     #[test]
     fn a_charge_answered_succeeded_needs_a_capture_at_the_processor() {
         let r = Recorder::new();
-        let e = |process, p: &str, value| Entry { process, f: "create".into(), payment_id: Some(p.into()), merchant_id: Some("m".into()), value, ..Default::default() };
+        let e = |process, p: &str, value| Entry {
+            process,
+            f: "create".into(),
+            payment_id: Some(p.into()),
+            merchant_id: Some("m".into()),
+            value,
+            ..Default::default()
+        };
         for (process, p) in [(1, "p_one_call"), (2, "p_two_calls"), (3, "p_uncaptured")] {
             r.record(Kind::Invoke, e(process, p, serde_json::Value::Null));
             r.record(Kind::Ok, e(process, p, serde_json::json!({ "status": "succeeded", "payment_id": p, "merchant_id": "m" })));
@@ -636,7 +703,10 @@ mod tests {
     fn the_breaker_must_open_and_close_again() {
         let r = Recorder::new();
         let done = |r: &Recorder, f: &str, kind: Kind, code: Option<&str>, p: &str| {
-            r.record(kind, Entry { f: f.into(), payment_id: Some(p.into()), value: serde_json::json!({ "error_code": code }), ..Default::default() })
+            r.record(
+                kind,
+                Entry { f: f.into(), payment_id: Some(p.into()), value: serde_json::json!({ "error_code": code }), ..Default::default() },
+            )
         };
         done(&r, "create", Kind::Ok, None, "p1");
         let never_opened = circuit_breaker(&r.events());

@@ -55,11 +55,8 @@ async fn stream_messages(js: &jetstream::Context, name: &str) -> Vec<AuditMessag
     let mut out = Vec::new();
     for seq in first..=last {
         let Ok(m) = stream.get_raw_message(seq).await else { continue };
-        let headers: Vec<(String, String)> = m
-            .headers
-            .iter()
-            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.as_str().to_string())))
-            .collect();
+        let headers: Vec<(String, String)> =
+            m.headers.iter().flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.as_str().to_string()))).collect();
         out.push(AuditMessage {
             stream: name.to_string(),
             seq,
@@ -79,7 +76,13 @@ pub async fn dead_letters(env: &Environment) -> usize {
 }
 
 /// Everything the checkers need; `poisoned` is how many poison messages the faults published.
-pub async fn collect(env: &Environment, gateway: &GatewayHandle, history: Vec<Event>, texts: Vec<(String, String)>, poisoned: usize) -> Observations {
+pub async fn collect(
+    env: &Environment,
+    gateway: &GatewayHandle,
+    history: Vec<Event>,
+    texts: Vec<(String, String)>,
+    poisoned: usize,
+) -> Observations {
     let store = &gateway.running.state.gateway.store;
     let ledger = env.processor().ledger();
     let payments: BTreeSet<(String, String)> = ledger.iter().map(|e| (e.merchant_id.clone(), e.payment_id.clone())).collect();

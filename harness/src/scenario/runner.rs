@@ -17,12 +17,12 @@ use super::history::{Kind, Recorder};
 use super::observe;
 use super::report::{self, RunReport};
 use super::spec::{CrashPoint, DuplicateKind, Link, Scenario, Scheme, Verb};
-use crate::workers::{WorkerPool, WorkerSpec};
 use super::workload::{self, Client};
 use crate::cli::CliError;
 use crate::env::{Environment, EnvironmentConfig, ProxiedLinks};
 use crate::nats::EnvConfig;
 use crate::stats::unix_time;
+use crate::workers::{WorkerPool, WorkerSpec};
 
 /// Timeouts of a scenario run: short, so that unknown outcomes and recovery happen within the
 /// run, and ordered so that recovery never races a call still waiting.
@@ -136,7 +136,8 @@ fn proxied(env: &Environment, link: Link) -> Result<&crate::netfault::ProxiedLin
 
 /// Applies one fault verb (`undo` = false) or undoes it (`undo` = true).
 async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String> {
-    let (recorder, client, workers, crashers, defects, ack_wait_ms) = (&cx.recorder, &cx.client, cx.workers, &cx.crashers, cx.defects, cx.ack_wait_ms);
+    let (recorder, client, workers, crashers, defects, ack_wait_ms) =
+        (&cx.recorder, &cx.client, cx.workers, &cx.crashers, cx.defects, cx.ack_wait_ms);
     let mut env = cx.env.lock().await;
     match (verb, undo) {
         (Verb::ProcessorDown, flag) => {
@@ -182,7 +183,8 @@ async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String>
             // Clients retry earlier creates with the same payment id (and key, if they had one):
             // the gateway must answer with the existing payment and the processor see nothing new.
             drop(env);
-            let creates: Vec<_> = recorder.events().into_iter().filter(|e| e.kind == Kind::Invoke && e.f == "create").take(*count).collect();
+            let creates: Vec<_> =
+                recorder.events().into_iter().filter(|e| e.kind == Kind::Invoke && e.f == "create").take(*count).collect();
             for (n, e) in creates.into_iter().enumerate() {
                 let call = super::workload::Call {
                     process: 1_000_000 + n as u64,
@@ -221,7 +223,8 @@ async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String>
                 defects,
                 ..Default::default()
             };
-            let spec = WorkerSpec::new(env.nats().client_url(), env.processor_url(), config).env("NATS_BRIDGE_REPLICAS", env.nats().replicas().to_string());
+            let spec = WorkerSpec::new(env.nats().client_url(), env.processor_url(), config)
+                .env("NATS_BRIDGE_REPLICAS", env.nats().replicas().to_string());
             let mut pool = crashers.lock().await;
             if pool.is_none() {
                 *pool = Some(WorkerPool::new().map_err(|e| e.to_string())?);
@@ -270,12 +273,20 @@ async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String>
         }
         (Verb::NetCut { link }, undo) => {
             let link = proxied(&env, *link)?;
-            if undo { link.restore() } else { link.cut() }
+            if undo {
+                link.restore()
+            } else {
+                link.cut()
+            }
             Ok(())
         }
         (Verb::NetHold { link }, undo) => {
             let link = proxied(&env, *link)?;
-            if undo { link.release() } else { link.hold() }
+            if undo {
+                link.release()
+            } else {
+                link.hold()
+            }
             Ok(())
         }
         (Verb::NatsRestart { node: Some(node) }, false) => env.nats().restart(node).await.map_err(|e| e.to_string()),
@@ -321,7 +332,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     let crash_defects = worker.defects;
     let worker_base = worker.clone();
     let env = Environment::start(EnvironmentConfig {
-        nats: if t.nodes == 3 { EnvConfig::cluster() } else { EnvConfig::single() }.with_sync_always(t.sync_interval == super::spec::SyncInterval::Always),
+        nats: if t.nodes == 3 { EnvConfig::cluster() } else { EnvConfig::single() }
+            .with_sync_always(t.sync_interval == super::spec::SyncInterval::Always),
         bridge,
         worker,
         workers: t.workers,
@@ -342,7 +354,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     );
     let env = Arc::new(Mutex::new(env));
     let recorder = Recorder::new();
-    let client = Client::new(&gateway.url, "scenario_key", "merchant_s", Duration::from_millis(timing::CLIENT_TIMEOUT_MS), recorder.clone());
+    let client =
+        Client::new(&gateway.url, "scenario_key", "merchant_s", Duration::from_millis(timing::CLIENT_TIMEOUT_MS), recorder.clone());
 
     // Worker processes started by crash faults; killed when the run ends.
     let crashers: Arc<Mutex<Option<WorkerPool>>> = Arc::default();

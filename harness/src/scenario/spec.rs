@@ -151,7 +151,12 @@ impl Default for Workload {
             payments_per_s: 20.0,
             duration_s: 10.0,
             concurrency: 32,
-            mix: BTreeMap::from([("manual".to_string(), 3), ("automatic".to_string(), 2), ("refund".to_string(), 2), ("void".to_string(), 1)]),
+            mix: BTreeMap::from([
+                ("manual".to_string(), 3),
+                ("automatic".to_string(), 2),
+                ("refund".to_string(), 2),
+                ("void".to_string(), 1),
+            ]),
             client_timeout_ms: 35_000,
         }
     }
@@ -401,7 +406,8 @@ pub struct Expect {
 
 /// The invariants checked when a scenario names none: every safety invariant (liveness is
 /// opted into by scenarios whose faults a correct system masks completely).
-pub const DEFAULT_INVARIANTS: [&str; 8] = ["no_double_effect", "amounts", "zero_stuck", "agreement", "accounting", "integrity", "latency", "no_card_data"];
+pub const DEFAULT_INVARIANTS: [&str; 8] =
+    ["no_double_effect", "amounts", "zero_stuck", "agreement", "accounting", "integrity", "latency", "no_card_data"];
 
 impl Default for Expect {
     fn default() -> Self {
@@ -454,7 +460,9 @@ impl Scenario {
     /// Whether a network fault of the timeline acts on `link` (its client then reaches NATS
     /// through fault proxies).
     pub fn uses_link(&self, link: Link) -> bool {
-        self.faults.iter().any(|f| matches!(f.verb, Verb::NetLatency { link: l, .. } | Verb::NetCut { link: l } | Verb::NetHold { link: l } if l == link))
+        self.faults
+            .iter()
+            .any(|f| matches!(f.verb, Verb::NetLatency { link: l, .. } | Verb::NetCut { link: l } | Verb::NetHold { link: l } if l == link))
     }
 
     /// A shorter variant for the test suite: the workload and the fault timeline scaled by
@@ -471,13 +479,15 @@ impl Scenario {
 
     /// Reads and checks a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SpecError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| SpecError::Read { path: path.display().to_string(), reason: e.to_string() })?;
         Self::parse(&path.display().to_string(), &text)
     }
 
     /// Parses and checks scenario text; `path` names it in errors.
     pub fn parse(path: &str, text: &str) -> Result<Scenario, SpecError> {
-        let raw: Raw = toml::from_str(text).map_err(|e| SpecError::Syntax { path: path.into(), message: e.to_string().trim_end().replace('\n', " | ") })?;
+        let raw: Raw = toml::from_str(text)
+            .map_err(|e| SpecError::Syntax { path: path.into(), message: e.to_string().trim_end().replace('\n', " | ") })?;
         let invalid = |line: usize, message: String| SpecError::Invalid { path: path.into(), line, message };
         let line_for = |key: &str| text.lines().position(|l| l.trim_start().starts_with(key)).map(|i| i + 1).unwrap_or(1);
         if raw.name.trim().is_empty() || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
@@ -492,7 +502,10 @@ impl Scenario {
         }
         let w = &raw.workload;
         if !(w.payments_per_s > 0.0 && w.payments_per_s <= 5000.0) {
-            return Err(invalid(line_for("payments_per_s"), format!("workload.payments_per_s must be in (0, 5000], got {}", w.payments_per_s)));
+            return Err(invalid(
+                line_for("payments_per_s"),
+                format!("workload.payments_per_s must be in (0, 5000], got {}", w.payments_per_s),
+            ));
         }
         if !(w.duration_s > 0.0 && w.duration_s <= 3600.0) {
             return Err(invalid(line_for("duration_s"), format!("workload.duration_s must be in (0, 3600], got {}", w.duration_s)));
@@ -518,7 +531,9 @@ impl Scenario {
             }
             match (f.verb.needs_until(), f.until_s) {
                 (true, None) => return Err(invalid(line, format!("{} needs until_s (when it is undone)", f.verb.name()))),
-                (_, Some(u)) if u <= f.at_s => return Err(invalid(line, format!("{}: until_s ({u}) must be after at_s ({})", f.verb.name(), f.at_s))),
+                (_, Some(u)) if u <= f.at_s => {
+                    return Err(invalid(line, format!("{}: until_s ({u}) must be after at_s ({})", f.verb.name(), f.at_s)))
+                }
                 _ => {}
             }
             if f.verb.needs_cluster() && t.nodes != 3 {
@@ -533,7 +548,9 @@ impl Scenario {
                 Verb::WorkerErrors { rate } if !(0.0..=1.0).contains(rate) => {
                     return Err(invalid(line, format!("worker_errors: rate must be within 0..=1, got {rate}")));
                 }
-                Verb::Replay { from_seq: 0 } => return Err(invalid(line, "replay: from_seq must be at least 1 (stream sequences start at 1)".into())),
+                Verb::Replay { from_seq: 0 } => {
+                    return Err(invalid(line, "replay: from_seq must be at least 1 (stream sequences start at 1)".into()))
+                }
                 Verb::Duplicates { count: 0, .. } | Verb::Poison { count: 0 } => {
                     return Err(invalid(line, format!("{}: count must be at least 1", f.verb.name())));
                 }
@@ -544,7 +561,10 @@ impl Scenario {
         faults.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
         for i in &raw.expect.invariants {
             if !INVARIANTS.contains(&i.as_str()) {
-                return Err(invalid(line_for("invariants"), format!("expect.invariants: unknown invariant {i:?} (known: {})", INVARIANTS.join(", "))));
+                return Err(invalid(
+                    line_for("invariants"),
+                    format!("expect.invariants: unknown invariant {i:?} (known: {})", INVARIANTS.join(", ")),
+                ));
             }
         }
         for op in raw.expect.p99_ms.keys() {
@@ -552,7 +572,15 @@ impl Scenario {
                 return Err(invalid(line_for(&format!("\"{op}\"")), format!("expect.p99_ms: unknown operation {op:?}")));
             }
         }
-        Ok(Scenario { name: raw.name, description: raw.description, seed: raw.seed, topology: raw.topology, workload: raw.workload, faults, expect: raw.expect })
+        Ok(Scenario {
+            name: raw.name,
+            description: raw.description,
+            seed: raw.seed,
+            topology: raw.topology,
+            workload: raw.workload,
+            faults,
+            expect: raw.expect,
+        })
     }
 }
 
@@ -611,7 +639,8 @@ quiesce_s = 10
         let typo = GOOD.replace("duration_s = 5", "duraton_s = 5");
         let e = Scenario::parse("f.toml", &typo).unwrap_err().to_string();
         assert!(e.contains("duraton_s") && e.contains("line"), "{e}");
-        let cluster_only = GOOD.replace("verb = \"worker_crash\"\npoint = \"after_processor\"", "verb = \"partition\"\nnode = \"n2\"\nuntil_s = 3.0");
+        let cluster_only =
+            GOOD.replace("verb = \"worker_crash\"\npoint = \"after_processor\"", "verb = \"partition\"\nnode = \"n2\"\nuntil_s = 3.0");
         let e = Scenario::parse("f.toml", &cluster_only).unwrap_err().to_string();
         assert!(e.contains("nodes = 3"), "{e}");
         let field = GOOD.replace("point = \"after_processor\"", "ponit = \"after_processor\"");

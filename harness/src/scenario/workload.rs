@@ -152,15 +152,8 @@ async fn flow(client: Client, name: String, seed: u64, i: u64, intended_us: u64)
         "payment_method": "card", "payment_method_data": card(),
     });
     let process = i + 1;
-    let call = |f: &'static str, method: reqwest::Method, path: String, body: Option<Value>, key: Option<String>, intended: Option<u64>| Call {
-        process,
-        f,
-        payment_id: pid.clone(),
-        method,
-        path,
-        body,
-        key,
-        intended_us: intended,
+    let call = |f: &'static str, method: reqwest::Method, path: String, body: Option<Value>, key: Option<String>, intended: Option<u64>| {
+        Call { process, f, payment_id: pid.clone(), method, path, body, key, intended_us: intended }
     };
     let post = reqwest::Method::POST;
     match name.as_str() {

@@ -25,14 +25,7 @@ pub async fn single(workers: usize) -> Environment {
 /// Like [`single`] with custom worker settings.
 pub async fn start(nats: EnvConfig, workers: usize, worker: WorkerConfig) -> Environment {
     init_tracing();
-    Environment::start(EnvironmentConfig {
-        nats,
-        workers,
-        worker,
-        ..Default::default()
-    })
-    .await
-    .expect("environment starts")
+    Environment::start(EnvironmentConfig { nats, workers, worker, ..Default::default() }).await.expect("environment starts")
 }
 
 /// Starts NATS alone (no processor, workers or gateway), logging how long it took.
@@ -40,9 +33,7 @@ pub async fn start_nats(config: EnvConfig) -> harness::nats::NatsEnv {
     init_tracing();
     let nodes = config.nodes;
     let started = Instant::now();
-    let env = harness::nats::NatsEnv::start(config)
-        .await
-        .unwrap_or_else(|e| panic!("starting {nodes} nats node(s) failed: {e}"));
+    let env = harness::nats::NatsEnv::start(config).await.unwrap_or_else(|e| panic!("starting {nodes} nats node(s) failed: {e}"));
     eprintln!("{} backend: {} node(s) ready in {:.2?}", env.backend(), env.node_count(), started.elapsed());
     env
 }

@@ -34,9 +34,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -44,11 +42,8 @@ async fn main() -> std::io::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
-    let processor = Processor::new(ProcessorConfig {
-        idempotency: !args.no_idempotency,
-        latency_ms: args.latency_ms,
-        ..Default::default()
-    });
+    let processor =
+        Processor::new(ProcessorConfig { idempotency: !args.no_idempotency, latency_ms: args.latency_ms, ..Default::default() });
     println!("listening on http://{addr}");
     tracing::info!(%addr, idempotency = !args.no_idempotency, "mock processor started");
 
