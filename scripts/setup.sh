@@ -31,6 +31,17 @@ if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   log "cargo not found: install a Rust toolchain (rustup) first"
   exit 1
 fi
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+# The test command checks formatting and lints: rustup ships both as components.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  if command -v rustup >/dev/null 2>&1; then
+    log "adding the rustfmt and clippy components"
+    rustup component add rustfmt clippy
+  else
+    log "cargo fmt and cargo clippy are missing and rustup is not there to add them"
+    exit 1
+  fi
+fi
 
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"

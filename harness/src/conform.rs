@@ -369,7 +369,7 @@ async fn uncovered(js: &jetstream::Context, config: &BridgeConfig) -> Result<Vec
     Ok(catalogue::all()
         .filter(|op| op.pattern == Pattern::Durable)
         .filter(|op| {
-            let subject = subjects::wildcard(&config.subject_template(*op)).replace('*', "m");
+            let subject = subjects::wildcard(&config.subject_template(op)).replace('*', "m");
             let fs = filters.get(&config.stream_name(op.family)).map(Vec::as_slice).unwrap_or(&[]);
             !fs.iter().any(|f| subjects::matches(f, &subject))
         })
@@ -628,8 +628,8 @@ async fn durable_operations(run: &Run, sample: &hs_fixtures::Sample, fx: &mut Fi
     let mut failures = Vec::new();
     let durable: Vec<Operation> = catalogue::all().filter(|op| op.pattern == Pattern::Durable).collect();
     for op in &durable {
-        let (request, before) = happy_path(*op, sample, fx);
-        if let Err(e) = prerequisites(run, *op, &before).await {
+        let (request, before) = happy_path(op, sample, fx);
+        if let Err(e) = prerequisites(run, op, &before).await {
             failures.push(e);
             continue;
         }
@@ -644,7 +644,7 @@ async fn durable_operations(run: &Run, sample: &hs_fixtures::Sample, fx: &mut Fi
                     problems.push(format!("{effects} processor effects under its idempotency key, expected 1"));
                 }
                 if problems.is_empty() {
-                    answered.push(Answered { op: *op, request, response: r });
+                    answered.push(Answered { op, request, response: r });
                 } else {
                     failures.push(format!("{}: {}", op.name, problems.join(", ")));
                 }
@@ -697,8 +697,8 @@ async fn queries(run: &Run, sample: &hs_fixtures::Sample, fx: &mut Fixtures) -> 
     let mut changed = 0;
     let queries: Vec<Operation> = catalogue::all().filter(|op| op.pattern == Pattern::Query).collect();
     for op in &queries {
-        let (request, setup) = happy_path(*op, sample, fx);
-        if let Err(e) = prerequisites(run, *op, &setup).await {
+        let (request, setup) = happy_path(op, sample, fx);
+        if let Err(e) = prerequisites(run, op, &setup).await {
             failures.push(e);
             continue;
         }

@@ -557,73 +557,6 @@ async fn pump(shared: &Shared, id: u64, direction: Direction, mut from: OwnedRea
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sequence(mut delays: Delays, n: usize) -> Vec<Duration> {
-        (0..n).map(|_| delays.next_delay(Duration::from_millis(10), Duration::from_millis(20))).collect()
-    }
-
-    #[test]
-    fn same_seed_same_delays() {
-        let a = sequence(Delays::for_direction(42, 3, Direction::ToClient), 100);
-        let b = sequence(Delays::for_direction(42, 3, Direction::ToClient), 100);
-        assert_eq!(a, b);
-        let c = sequence(Delays::new(9), 100);
-        assert_eq!(c, sequence(Delays::new(9), 100));
-    }
-
-    #[test]
-    fn delays_stay_in_range_and_vary() {
-        let base = Duration::from_millis(10);
-        let all = sequence(Delays::new(1), 1000);
-        assert!(all.iter().all(|d| *d >= base && *d <= base + Duration::from_millis(20)), "{all:?}");
-        let distinct: std::collections::HashSet<_> = all.iter().collect();
-        assert!(distinct.len() > 900, "jitter barely varies: {} distinct of 1000", distinct.len());
-        // Uniform over [0, 20 ms]: the mean jitter is close to 10 ms.
-        let mean = all.iter().map(|d| (*d - base).as_secs_f64()).sum::<f64>() / all.len() as f64;
-        assert!((0.008..0.012).contains(&mean), "mean jitter {mean}");
-    }
-
-    #[test]
-    fn streams_differ_by_seed_connection_and_direction() {
-        let reference = sequence(Delays::for_direction(42, 3, Direction::ToClient), 20);
-        assert_ne!(reference, sequence(Delays::for_direction(43, 3, Direction::ToClient), 20));
-        assert_ne!(reference, sequence(Delays::for_direction(42, 4, Direction::ToClient), 20));
-        assert_ne!(reference, sequence(Delays::for_direction(42, 3, Direction::ToUpstream), 20));
-    }
-
-    #[test]
-    fn zero_jitter_is_the_base() {
-        let mut delays = Delays::new(5);
-        for _ in 0..10 {
-            assert_eq!(delays.next_delay(Duration::from_millis(50), Duration::ZERO), Duration::from_millis(50));
-        }
-        assert_eq!(delays.next_delay(Duration::ZERO, Duration::ZERO), Duration::ZERO);
-    }
-
-    #[test]
-    fn a_chunk_never_overtakes_the_one_ahead() {
-        let t0 = Instant::now();
-        let first = release_at(t0, Duration::from_millis(30), None);
-        assert_eq!(first, t0 + Duration::from_millis(30));
-        // Read 1 ms later with a 5 ms delay: waits for the first chunk.
-        let second = release_at(t0 + Duration::from_millis(1), Duration::from_millis(5), Some(first));
-        assert_eq!(second, first);
-        // A longer delay is kept.
-        let third = release_at(t0 + Duration::from_millis(2), Duration::from_millis(40), Some(second));
-        assert_eq!(third, t0 + Duration::from_millis(42));
-    }
-
-    #[test]
-    fn default_config_listens_on_loopback() {
-        let config = ProxyConfig::default();
-        assert_eq!(config.listen, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-        assert!(config.chunk_size > 0 && config.queue_chunks > 0);
-    }
-}
-
 /// A client's whole link to NATS: one [`Proxy`] per server, faulted together. A client
 /// connects through [`ProxiedLink::connect`], which never follows servers the cluster
 /// advertises (that would go around the proxies) and reconnects quickly once a cut is over.
@@ -726,5 +659,72 @@ impl ProxiedLink {
 impl fmt::Debug for ProxiedLink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProxiedLink").field("name", &self.name).field("proxies", &self.proxies).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sequence(mut delays: Delays, n: usize) -> Vec<Duration> {
+        (0..n).map(|_| delays.next_delay(Duration::from_millis(10), Duration::from_millis(20))).collect()
+    }
+
+    #[test]
+    fn same_seed_same_delays() {
+        let a = sequence(Delays::for_direction(42, 3, Direction::ToClient), 100);
+        let b = sequence(Delays::for_direction(42, 3, Direction::ToClient), 100);
+        assert_eq!(a, b);
+        let c = sequence(Delays::new(9), 100);
+        assert_eq!(c, sequence(Delays::new(9), 100));
+    }
+
+    #[test]
+    fn delays_stay_in_range_and_vary() {
+        let base = Duration::from_millis(10);
+        let all = sequence(Delays::new(1), 1000);
+        assert!(all.iter().all(|d| *d >= base && *d <= base + Duration::from_millis(20)), "{all:?}");
+        let distinct: std::collections::HashSet<_> = all.iter().collect();
+        assert!(distinct.len() > 900, "jitter barely varies: {} distinct of 1000", distinct.len());
+        // Uniform over [0, 20 ms]: the mean jitter is close to 10 ms.
+        let mean = all.iter().map(|d| (*d - base).as_secs_f64()).sum::<f64>() / all.len() as f64;
+        assert!((0.008..0.012).contains(&mean), "mean jitter {mean}");
+    }
+
+    #[test]
+    fn streams_differ_by_seed_connection_and_direction() {
+        let reference = sequence(Delays::for_direction(42, 3, Direction::ToClient), 20);
+        assert_ne!(reference, sequence(Delays::for_direction(43, 3, Direction::ToClient), 20));
+        assert_ne!(reference, sequence(Delays::for_direction(42, 4, Direction::ToClient), 20));
+        assert_ne!(reference, sequence(Delays::for_direction(42, 3, Direction::ToUpstream), 20));
+    }
+
+    #[test]
+    fn zero_jitter_is_the_base() {
+        let mut delays = Delays::new(5);
+        for _ in 0..10 {
+            assert_eq!(delays.next_delay(Duration::from_millis(50), Duration::ZERO), Duration::from_millis(50));
+        }
+        assert_eq!(delays.next_delay(Duration::ZERO, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_chunk_never_overtakes_the_one_ahead() {
+        let t0 = Instant::now();
+        let first = release_at(t0, Duration::from_millis(30), None);
+        assert_eq!(first, t0 + Duration::from_millis(30));
+        // Read 1 ms later with a 5 ms delay: waits for the first chunk.
+        let second = release_at(t0 + Duration::from_millis(1), Duration::from_millis(5), Some(first));
+        assert_eq!(second, first);
+        // A longer delay is kept.
+        let third = release_at(t0 + Duration::from_millis(2), Duration::from_millis(40), Some(second));
+        assert_eq!(third, t0 + Duration::from_millis(42));
+    }
+
+    #[test]
+    fn default_config_listens_on_loopback() {
+        let config = ProxyConfig::default();
+        assert_eq!(config.listen, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        assert!(config.chunk_size > 0 && config.queue_chunks > 0);
     }
 }

@@ -37,8 +37,7 @@ fn the_guide_shows_the_tested_example() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_minimal_worker_speaks_the_protocol() {
     let nats = common::start_nats(EnvConfig::single()).await;
-    let mut config = BridgeConfig::default();
-    config.base_url = nats.client_url();
+    let mut config = BridgeConfig { base_url: nats.client_url(), ..Default::default() };
     config.jetstream.replicas = nats.replicas();
     let bridge = Bridge::with_client(nats.connect().await.expect("connect"), config.clone()).await.expect("bridge");
     bridge.ensure_streams().await.expect("streams");

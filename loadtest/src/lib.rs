@@ -105,6 +105,8 @@ const WARMUP: Duration = Duration::from_secs(5);
 const LEAD: Duration = Duration::from_secs(1);
 
 /// A gateway under load: started here (with its environment), or given by URL.
+// One per run: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Target {
     Own { env: Arc<Mutex<Environment>>, gateway: GatewayHandle, description: String, runtimes: cost::SutRuntimes },
     External { url: String },

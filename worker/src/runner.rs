@@ -390,7 +390,7 @@ struct MaxDeliveries {
 fn operation_of_consumer(consumer: &str) -> Option<Operation> {
     catalogue::all()
         .filter(|op| {
-            let suffix = consumer_name("", *op);
+            let suffix = consumer_name("", op);
             consumer.len() > suffix.len() && consumer.ends_with(&suffix)
         })
         // The longest suffix wins (`..._complete_authorize` over `..._authorize`).
