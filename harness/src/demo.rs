@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use crate::cli::CliError;
 use crate::env::{Environment, EnvironmentConfig};
 use crate::nats::EnvConfig;
-use crate::stats::{ms, percentiles, unix_time, Percentiles};
+use crate::stats::{ms, unix_time, Percentiles};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -186,7 +186,7 @@ pub async fn run(config: DemoConfig) -> Result<DemoReport, CliError> {
         payments: config.payments,
         duration_s: duration.as_secs_f64(),
         outcomes,
-        latency: by_op.iter().map(|(k, v)| (k.clone(), percentiles(v))).collect(),
+        latency: by_op.iter().map(|(k, v)| (k.clone(), Percentiles::of_samples(v))).collect(),
         violations,
         effects: ledger.len(),
         bridge: env.bridge().stats(),

@@ -12,7 +12,7 @@
 //! - [`bench`]: bridge round trip beside raw async-nats, maximum sustainable rate, memory with
 //!   10,000 calls in flight, NATS connections per bridge.
 //! - [`scenario`]: scenario scripts, history, invariant checkers.
-//! - [`stats`]: percentiles for reports.
+//! - [`stats`]: the latency percentiles of every report, the load test's included.
 //! - [`store_bench`]: transitions per second of the gateway's attempt store.
 //! - [`workers`]: mock-worker processes (spawn, kill, restart) for crash faults.
 

@@ -185,39 +185,10 @@ impl Recorder {
     }
 }
 
-/// Percentiles of a histogram, µs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Percentiles {
-    /// Values recorded.
-    pub count: u64,
-    /// Median.
-    pub p50_us: u64,
-    /// 99th percentile.
-    pub p99_us: u64,
-    /// 99.9th percentile.
-    pub p999_us: u64,
-    /// Largest.
-    pub max_us: u64,
-}
-
-impl Percentiles {
-    /// Percentiles of `h` (zeros when empty).
-    pub fn of(h: &Histogram<u64>) -> Percentiles {
-        if h.is_empty() {
-            return Percentiles::default();
-        }
-        Percentiles {
-            count: h.len(),
-            p50_us: h.value_at_quantile(0.50),
-            p99_us: h.value_at_quantile(0.99),
-            p999_us: h.value_at_quantile(0.999),
-            max_us: h.max(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use harness::stats::Percentiles;
+
     use super::*;
 
     fn sample(op: Operation, intended_ms: u64, sent_ms: u64, latency_ms: u64, outcome: Outcome) -> Sample {
@@ -249,13 +220,8 @@ mod tests {
         assert_eq!(rec.seconds[&1].max_lag_us, 200_000);
         assert_eq!(rec.seconds[&2].sent, 2, "sent in second 2: the late one and the sync");
         assert_eq!(rec.last_sent, Duration::from_millis(2_100));
-        let p = Percentiles::of(&rec.classes[&StatusClass::Transport]);
+        let p = Percentiles::of_histogram(&rec.classes[&StatusClass::Transport]);
         assert_eq!(p.count, 1);
         assert!(p.max_us >= 300_000 && p.max_us < 300_500, "{p:?}");
-    }
-
-    #[test]
-    fn percentiles_of_an_empty_histogram_are_zero() {
-        assert_eq!(Percentiles::of(&histogram()), Percentiles::default());
     }
 }

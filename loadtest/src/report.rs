@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use harness::scenario::checkers::{Verdict, Violation};
+use harness::stats::Percentiles;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -14,7 +15,7 @@ use crate::faults::{self, AppliedFault, Disruption};
 use crate::hgrm;
 use crate::html::{self, FaultMark, HtmlReport, OpRow, Series};
 use crate::ops::StatusClass;
-use crate::record::{Percentiles, Recorded, Second};
+use crate::record::{Recorded, Second};
 
 /// The thresholds a run is judged by.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -279,7 +280,7 @@ pub fn summarize(info: RunInfo, rec: &Recorded, t: Thresholds, applied: Vec<Appl
     let mut operations = BTreeMap::new();
     let mut gates = Vec::new();
     for (op, r) in &rec.ops {
-        let p = Percentiles::of(&r.total);
+        let p = Percentiles::of_histogram(&r.total);
         operations.insert(
             op.name().to_string(),
             OpSummary {
@@ -317,7 +318,7 @@ pub fn summarize(info: RunInfo, rec: &Recorded, t: Thresholds, applied: Vec<Appl
         actual: errors.to_string(),
         passed: errors <= t.max_errors,
     });
-    let status_classes = rec.classes.iter().map(|(c, h)| (c.name().to_string(), Percentiles::of(h))).collect();
+    let status_classes = rec.classes.iter().map(|(c, h)| (c.name().to_string(), Percentiles::of_histogram(h))).collect();
     let valid = validity.is_empty();
     let passed = valid && gates.iter().all(|g| g.passed) && invariants.passed != Some(false);
     let timeline = rec

@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 use crate::cli::CliError;
 use crate::env::{Environment, EnvironmentConfig};
 use crate::nats::EnvConfig;
-use crate::stats::{ms, percentiles, unix_time, Percentiles};
+use crate::stats::{ms, unix_time, Percentiles};
 
 pub use connz::ConnCount;
 pub use memory::MemoryReport;
@@ -339,10 +339,10 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, CliError> {
     }
     let connections_after_load = connz::count(&monitoring_urls, &connection_name).await?;
 
-    let raw_minimal = percentiles(&raw_minimal);
-    let raw = percentiles(&raw);
-    let bridge_echo = percentiles(&via_bridge);
-    let bridge_full = percentiles(&full);
+    let raw_minimal = Percentiles::of_samples(&raw_minimal);
+    let raw = Percentiles::of_samples(&raw);
+    let bridge_echo = Percentiles::of_samples(&via_bridge);
+    let bridge_full = Percentiles::of_samples(&full);
     let dir = config.report_dir.join(format!("bench-{}", unix_time()));
     let connections_max = ladders
         .iter()

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
 use super::connz;
-use crate::stats::{percentiles, Percentiles};
+use crate::stats::Percentiles;
 
 /// Below this share of the intended rate the generator "could not keep up".
 pub const KEEP_UP: f64 = 0.95;
@@ -80,7 +80,7 @@ pub struct RateStep {
     /// Which try of this rate (1 = first).
     pub attempt: u32,
     /// Calls sent.
-    pub sent: usize,
+    pub sent: u64,
     /// Calls sent per second of sending: below 95% of the target, the generator fell behind.
     pub offered_rps: f64,
     /// Calls that succeeded per second, from the step's start to the last completion.
@@ -255,7 +255,7 @@ async fn step(rate: u32, length: Duration, config: &RateConfig, target: &RateTar
             Err(_) => errors += 1,
         }
     }
-    let latency = percentiles(&latencies);
+    let latency = Percentiles::of_samples(&latencies);
     let offered_rps = n as f64 / send_span;
     let achieved_rps = ok as f64 / last_done.saturating_duration_since(start).as_secs_f64().max(1e-3);
     let kept_up = offered_rps >= KEEP_UP * rate as f64;
@@ -273,11 +273,11 @@ async fn step(rate: u32, length: Duration, config: &RateConfig, target: &RateTar
     RateStep {
         target_rps: rate,
         attempt: 1,
-        sent: n as usize,
+        sent: n,
         offered_rps,
         achieved_rps,
         latency,
-        send_lag_p99_us: percentiles(&lags).p99_us,
+        send_lag_p99_us: Percentiles::of_samples(&lags).p99_us,
         errors,
         not_success,
         connections,
