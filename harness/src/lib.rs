@@ -12,6 +12,8 @@
 //! - [`bench`]: bridge round trip beside raw async-nats, maximum sustainable rate, memory with
 //!   10,000 calls in flight, NATS connections per bridge.
 //! - [`scenario`]: scenario scripts, history, invariant checkers.
+//! - [`schedule`]: the open-model schedule (intended send times from a rate and a duration)
+//!   of the scenarios, the bench's rate ladder and the load test.
 //! - [`stats`]: the latency percentiles of every report, the load test's included.
 //! - [`store_bench`]: transitions per second of the gateway's attempt store.
 //! - [`workers`]: mock-worker processes (spawn, kill, restart) for crash faults.
@@ -25,6 +27,7 @@ pub mod env;
 pub mod nats;
 pub mod netfault;
 pub mod scenario;
+pub mod schedule;
 pub mod stats;
 pub mod store_bench;
 pub mod workers;

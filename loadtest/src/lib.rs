@@ -11,7 +11,7 @@
 //! - [`cli`]: the options.
 //! - [`ops`]: the operations of the mix, their weights and targets, how an answer is judged.
 //! - [`data`]: seeded `fake` payment data per request slot.
-//! - [`schedule`]: the fixed-rate schedule.
+//! - [`schedule`]: the fixed-rate schedule (the harness's, shared with its scenarios and bench).
 //! - [`cost`]: CPU per request per role and NATS traffic per request; the roles' runtimes.
 //! - [`profile`]: `--profile`, a flame graph of the run (perf + inferno).
 //! - [`flows`]: the goose scenario and per-user payment state.
@@ -34,7 +34,7 @@ pub mod ops;
 pub mod profile;
 pub mod record;
 pub mod report;
-pub mod schedule;
+pub use harness::schedule;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -218,7 +218,7 @@ pub async fn run(opts: &Options, command: &str) -> Result<RunOutcome, LoadError>
     println!("target: {target_text} at {url}");
     println!("schedule: {} req/s for {} s, {users} goose users, report in {}", opts.rate, opts.duration.as_secs_f64(), dir.display());
 
-    let schedule = Arc::new(schedule::Schedule::new(opts.rate, opts.duration, LEAD));
+    let schedule = Arc::new(schedule::Schedule::new(opts.rate, opts.duration).map_err(|e| LoadError::Options(e.to_string()))?.lead(LEAD));
     let ctx = Arc::new(flows::LoadContext {
         schedule: schedule.clone(),
         recorder: record::Recorder::new(),

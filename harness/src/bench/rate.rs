@@ -1,6 +1,7 @@
 //! The bridge's maximum sustainable authorize rate: open-model load in steps of rising rate.
 //!
-//! Each step sends requests at fixed intended times (`start + i / rate`), whatever the earlier
+//! Each step sends requests at fixed intended times (`start + i / rate`, the harness's
+//! [`Schedule`](crate::schedule::Schedule)), whatever the earlier
 //! calls are doing, and measures every call's latency from its intended time, so a stalled
 //! generator or a queue building up shows in the latency instead of silently lowering the load
 //! (no coordinated omission). The ladder stops at the first step that is not sustainable: the
@@ -17,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
 use super::connz;
+use crate::schedule::{Schedule, ScheduleError};
 use crate::stats::Percentiles;
 
 /// Below this share of the intended rate the generator "could not keep up".
@@ -187,10 +189,33 @@ pub async fn ladder(path: RatePath, config: &RateConfig, target: &RateTarget<'_>
 /// One call's outcome: latency from its intended time, completion time, error, success status.
 type Outcome = (Duration, Instant, bool, bool);
 
+/// A step that could not run: `rate` for `length` is no schedule (more sends than fit a `u64`).
+fn not_run(rate: u32, e: ScheduleError) -> RateStep {
+    RateStep {
+        target_rps: rate,
+        attempt: 1,
+        sent: 0,
+        offered_rps: 0.0,
+        achieved_rps: 0.0,
+        latency: Percentiles::default(),
+        send_lag_p99_us: 0,
+        errors: 0,
+        not_success: 0,
+        connections: None,
+        kept_up: false,
+        sustainable: false,
+        reason: format!("not run: {e}"),
+    }
+}
+
 async fn step(rate: u32, length: Duration, config: &RateConfig, target: &RateTarget<'_>, seq: &mut u64) -> RateStep {
     let rate = rate.max(1);
-    let n = ((rate as f64) * length.as_secs_f64()).round().max(1.0) as u64;
-    let intended = |start: Instant, i: u64| start + Duration::from_nanos(i * 1_000_000_000 / rate as u64);
+    // Every step sends at least one call, however short.
+    let schedule = match Schedule::new(rate as f64, length) {
+        Ok(s) => s.at_least(1),
+        Err(e) => return not_run(rate, e),
+    };
+    let n = schedule.total();
     // Requests are built ahead so the generator only stamps and spawns.
     let requests: Vec<OperationRequest> = (0..n)
         .map(|_| {
@@ -201,32 +226,31 @@ async fn step(rate: u32, length: Duration, config: &RateConfig, target: &RateTar
         })
         .collect();
     let mut calls: JoinSet<Outcome> = JoinSet::new();
-    let mut lags = Vec::with_capacity(n as usize);
+    let mut lags = Vec::with_capacity(requests.len());
     let start = Instant::now() + Duration::from_millis(5);
+    let schedule = schedule.starting_at(start.into_std());
     let mut last_send = start;
-    let mut requests = requests.into_iter();
-    let mut i = 0u64;
-    while i < n {
-        let due = intended(start, i);
-        if due > Instant::now() {
-            sleep_until(due).await;
+    let mut now = Instant::now();
+    for request in requests {
+        let Some(slot) = schedule.take() else { break };
+        let due = Instant::from_std(slot.intended);
+        // Everything already due goes out with one reading of the clock (the timer wakes at
+        // millisecond granularity); a send not yet due waits for its time.
+        if due > now {
+            if due > Instant::now() {
+                sleep_until(due).await;
+            }
+            now = Instant::now();
         }
-        // Send everything that is due (the timer wakes at millisecond granularity).
-        let now = Instant::now();
-        while i < n && intended(start, i) <= now {
-            let due = intended(start, i);
-            let request = requests.next().expect("one request per intended send");
-            let bridge = target.bridge.clone();
-            calls.spawn(async move {
-                let result = bridge.call(&request).await;
-                let done = Instant::now();
-                let success = matches!(&result, Ok(r) if r.status == ResponseStatus::Success);
-                (done.saturating_duration_since(due), done, result.is_err(), success)
-            });
-            lags.push(now.saturating_duration_since(due));
-            last_send = now;
-            i += 1;
-        }
+        let bridge = target.bridge.clone();
+        calls.spawn(async move {
+            let result = bridge.call(&request).await;
+            let done = Instant::now();
+            let success = matches!(&result, Ok(r) if r.status == ResponseStatus::Success);
+            (done.saturating_duration_since(due), done, result.is_err(), success)
+        });
+        lags.push(now.saturating_duration_since(due));
+        last_send = now;
     }
     let connections = connz::count(target.monitoring_urls, target.connection_name)
         .await
@@ -235,7 +259,7 @@ async fn step(rate: u32, length: Duration, config: &RateConfig, target: &RateTar
         .map(|c| c.named);
     let send_span = last_send.saturating_duration_since(start).as_secs_f64() + 1.0 / rate as f64;
 
-    let mut latencies = Vec::with_capacity(n as usize);
+    let mut latencies = Vec::with_capacity(lags.len());
     let (mut errors, mut not_success, mut ok) = (0, 0, 0usize);
     let mut last_done = start;
     while let Some(joined) = calls.join_next().await {
@@ -256,7 +280,8 @@ async fn step(rate: u32, length: Duration, config: &RateConfig, target: &RateTar
         }
     }
     let latency = Percentiles::of_samples(&latencies);
-    let offered_rps = n as f64 / send_span;
+    let sent = lags.len() as u64;
+    let offered_rps = sent as f64 / send_span;
     let achieved_rps = ok as f64 / last_done.saturating_duration_since(start).as_secs_f64().max(1e-3);
     let kept_up = offered_rps >= KEEP_UP * rate as f64;
     let p99_ok = Duration::from_micros(latency.p99_us) <= config.p99_limit;
@@ -273,7 +298,7 @@ async fn step(rate: u32, length: Duration, config: &RateConfig, target: &RateTar
     RateStep {
         target_rps: rate,
         attempt: 1,
-        sent: n,
+        sent,
         offered_rps,
         achieved_rps,
         latency,

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::checkers::Verdict;
 use super::history::{to_jsonl, Event, Kind};
-use super::workload::Schedule;
+use super::workload::Pacing;
 use crate::stats::ms;
 
 /// What a run produced.
@@ -21,7 +21,7 @@ pub struct RunReport {
     /// Wall time, seconds.
     pub duration_s: f64,
     /// How the generator kept to its schedule.
-    pub schedule: Schedule,
+    pub schedule: Pacing,
     /// Client calls whose outcome was unknown when they completed (before reconciliation).
     pub unknown_before_reconciliation: usize,
     /// Worker processes that died at a crash point.

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 
 use super::history::{Entry, Kind, Recorder};
 use super::spec::Workload;
+use crate::schedule::Schedule;
 
 /// One client of the gateway.
 #[derive(Clone)]
@@ -210,7 +211,7 @@ async fn flow(client: Client, name: String, seed: u64, i: u64, intended_us: u64)
 
 /// How the generator kept to its schedule.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct Schedule {
+pub struct Pacing {
     /// Payments started.
     pub started: u64,
     /// Largest lag behind the intended start, µs.
@@ -218,29 +219,57 @@ pub struct Schedule {
 }
 
 /// Starts payments at `payments_per_s` for `duration_s` (at most `concurrency` in flight) and
-/// waits for every flow to end.
-pub async fn run(client: Client, w: &Workload, seed: u64) -> Schedule {
+/// waits for every flow to end. Payment `i` is intended at `i / payments_per_s` after the
+/// history's start; its flow is drawn from the seeded mix in slot order, so a seed gives the
+/// same payments at the same intended times whatever the timing. A workload no schedule can
+/// hold (refused by the spec's checks before this) starts nothing.
+pub async fn run(client: Client, w: &Workload, seed: u64) -> Pacing {
     let recorder = client.recorder.clone();
+    let schedule = match Schedule::for_secs(w.payments_per_s, w.duration_s) {
+        Ok(s) => s.starting_at(recorder.start()),
+        Err(e) => {
+            tracing::warn!(error = %e, "no payments started");
+            return Pacing::default();
+        }
+    };
     let limit = Arc::new(Semaphore::new(w.concurrency));
     let mut rng = StdRng::seed_from_u64(seed);
-    let total = (w.payments_per_s * w.duration_s).round() as u64;
     let mut tasks = tokio::task::JoinSet::new();
-    let mut sched = Schedule::default();
-    let start = tokio::time::Instant::from_std(recorder.start());
-    for i in 0..total {
-        let intended = Duration::from_secs_f64(i as f64 / w.payments_per_s);
-        tokio::time::sleep_until(start + intended).await;
+    let mut pacing = Pacing::default();
+    while let Some(slot) = schedule.take() {
+        tokio::time::sleep_until(slot.intended.into()).await;
         let permit = limit.clone().acquire_owned().await.expect("semaphore");
-        let intended_us = intended.as_micros() as u64;
-        sched.max_lag_us = sched.max_lag_us.max(recorder.now_us().saturating_sub(intended_us));
+        let intended_us = slot.offset.as_micros() as u64;
+        pacing.max_lag_us = pacing.max_lag_us.max(recorder.now_us().saturating_sub(intended_us));
         let name = pick(&w.mix, &mut rng).to_string();
         let c = client.clone();
+        let i = slot.index;
         tasks.spawn(async move {
             flow(c, name, seed, i, intended_us).await;
             drop(permit);
         });
-        sched.started += 1;
+        pacing.started += 1;
     }
     while tasks.join_next().await.is_some() {}
-    sched
+    pacing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_fixes_the_flows_in_slot_order() {
+        let w = Workload::default();
+        let draw = |seed: u64| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..200).map(|_| pick(&w.mix, &mut rng).to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+        let flows = draw(7);
+        for f in w.mix.keys() {
+            assert!(flows.contains(f), "{f} is drawn");
+        }
+    }
 }
