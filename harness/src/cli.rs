@@ -248,7 +248,16 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let mut failed = Vec::new();
             for s in &parsed {
                 let options = crate::scenario::runner::RunOptions { seed, report_dir: report_dir.clone(), defect };
-                let report = crate::scenario::runner::run(s, &options).await?;
+                // A run that could not be judged (an unreadable source, a fault that could
+                // not be applied) fails with its reason; the next scenario still runs.
+                let report = match crate::scenario::runner::run(s, &options).await {
+                    Ok(report) => report,
+                    Err(e) => {
+                        println!("ERROR {}: {e}", s.name);
+                        failed.push(s.name.clone());
+                        continue;
+                    }
+                };
                 let verdict = if report.verdict.passed() { "PASS" } else { "FAIL" };
                 println!("{verdict} {} (seed {}): {}", s.name, report.seed, report.dir.join("summary.md").display());
                 for v in &report.verdict.violations {
@@ -261,7 +270,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             if failed.is_empty() {
                 Ok(())
             } else {
-                Err(format!("invariants failed in: {}", failed.join(", ")).into())
+                Err(format!("failed or could not be judged: {}", failed.join(", ")).into())
             }
         }
         Action::StoreBench { payments, threads, dir } => {

@@ -755,16 +755,16 @@ fn header<'a>(m: &'a AuditMessage, name: &str) -> Option<&'a str> {
 }
 
 /// The stream sequences of the answered requests, by stream, in publish order.
-async fn stored_sequences(run: &Run, answered: &[Answered]) -> BTreeMap<String, Vec<(u64, usize)>> {
+async fn stored_sequences(run: &Run, answered: &[Answered]) -> Result<BTreeMap<String, Vec<(u64, usize)>>, String> {
     let wanted: BTreeMap<&str, usize> =
         answered.iter().enumerate().map(|(i, a)| (a.request.envelope().correlation_id.as_str(), i)).collect();
     let mut out: BTreeMap<String, Vec<(u64, usize)>> = BTreeMap::new();
-    for m in observe::audit(&run.env).await {
+    for m in observe::audit(&run.env).await.map_err(|e| e.to_string())? {
         if let Some(i) = header(&m, headers::CORRELATION_ID).and_then(|cid| wanted.get(cid)) {
             out.entry(m.stream.clone()).or_default().push((m.seq, *i));
         }
     }
-    out
+    Ok(out)
 }
 
 async fn redelivery(run: &Run, answered: &[Answered]) -> Check {
@@ -772,7 +772,11 @@ async fn redelivery(run: &Run, answered: &[Answered]) -> Check {
         return Check { name: "redelivery", passed: false, detail: "no durable operation succeeded to deliver again".into() };
     };
     let one = std::slice::from_ref(a);
-    let failures = match stored_sequences(run, one).await.iter().next() {
+    let stored = match stored_sequences(run, one).await {
+        Ok(stored) => stored,
+        Err(e) => return Check { name: "redelivery", passed: false, detail: e },
+    };
+    let failures = match stored.iter().next() {
         None => vec![format!("the stored request of {} was not found", a.op.name)],
         Some((stream, list)) => {
             let before = run.effects();
@@ -854,7 +858,11 @@ async fn replay(run: &Run, answered: &[Answered]) -> Check {
     let before = run.effects();
     let mut failures = Vec::new();
     let mut count = 0;
-    for (stream, list) in &stored_sequences(run, answered).await {
+    let stored = match stored_sequences(run, answered).await {
+        Ok(stored) => stored,
+        Err(e) => return Check { name: "replay", passed: false, detail: e },
+    };
+    for (stream, list) in &stored {
         count += list.len();
         failures.extend(compare_again(run, stream, list, answered, before).await);
     }
@@ -932,8 +940,11 @@ async fn dead_letter(run: &Run, tap: &Tap) -> Check {
 async fn ack_after_reply(run: &Run, tap: &Tap) -> Check {
     // Every stored request of the run: where its reply must go, and its correlation id (a
     // message without them, like the poison message, expects no reply).
-    let requests: Vec<(String, u64, String, String, String)> = observe::audit(&run.env)
-        .await
+    let audit = match observe::audit(&run.env).await {
+        Ok(audit) => audit,
+        Err(e) => return Check { name: "ack_after_reply", passed: false, detail: e.to_string() },
+    };
+    let requests: Vec<(String, u64, String, String, String)> = audit
         .into_iter()
         .filter_map(|m| {
             let reply_to = header(&m, headers::REPLY_TO)?.to_string();
@@ -983,6 +994,10 @@ async fn ack_after_reply(run: &Run, tap: &Tap) -> Check {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if requests.is_empty() {
+        // The kit sent durable requests before this check: none stored means nothing was read.
+        failures.push("no stored request with a reply subject was read: nothing to check".into());
     }
     // Ack-order violations first: they name the defect.
     failures.sort_by_key(|f| !f.starts_with("ack before reply"));

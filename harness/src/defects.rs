@@ -7,6 +7,8 @@ use mock_worker::WorkerConfig;
 use nats_bridge::BridgeConfig;
 use serde::Serialize;
 
+use crate::scenario::checkers::Invariant;
+
 /// One deliberate defect.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Defect {
@@ -19,7 +21,7 @@ pub struct Defect {
     /// A scenario that catches it.
     pub caught_by: &'static str,
     /// The invariant that fails there.
-    pub invariant: &'static str,
+    pub invariant: Invariant,
 }
 
 /// Every defect.
@@ -29,70 +31,70 @@ pub const DEFECTS: [Defect; 10] = [
         component: "bridge",
         description: "capture, void and refund reuse the authorization's message id: JetStream drops them as duplicates",
         caught_by: "happy-path",
-        invariant: "liveness",
+        invariant: Invariant::Liveness,
     },
     Defect {
         name: "reserved-reply-header",
         component: "bridge",
         description: "the reply inbox travels in a custom Nats-Reply-To header (reserved prefix); workers find no reply address",
         caught_by: "happy-path",
-        invariant: "integrity",
+        invariant: Invariant::Integrity,
     },
     Defect {
         name: "stream-captures-queries",
         component: "bridge",
         description: "streams take whole families (hyperswitch.payments.>): a sync request gets JetStream's publish ack as its reply",
         caught_by: "happy-path",
-        invariant: "integrity",
+        invariant: Invariant::Integrity,
     },
     Defect {
         name: "card-data-in-headers",
         component: "bridge",
         description: "the card number is copied into a message header",
         caught_by: "happy-path",
-        invariant: "no_card_data",
+        invariant: Invariant::NoCardData,
     },
     Defect {
         name: "duplicate-waits-for-reply",
         component: "bridge",
         description: "a re-sent operation that JetStream reports as a duplicate waits for a reply with no deadline and no lookup; when the first reply was lost it waits forever",
         caught_by: "lost-reply",
-        invariant: "zero_stuck",
+        invariant: Invariant::ZeroStuck,
     },
     Defect {
         name: "manual-capture-as-charged",
         component: "gateway",
         description: "a manual-capture authorization is reported as charged",
         caught_by: "happy-path",
-        invariant: "agreement",
+        invariant: Invariant::Agreement,
     },
     Defect {
         name: "late-reply-overwrites-terminal",
         component: "gateway",
         description: "a late or duplicate reply is applied to an operation already final",
         caught_by: "worker-crash-after-reply",
-        invariant: "agreement",
+        invariant: Invariant::Agreement,
     },
     Defect {
         name: "recovery-without-asking",
         component: "gateway",
         description: "the recovery job fails stuck operations without asking the workers or the processor",
         caught_by: "recovery-lost-reply",
-        invariant: "agreement",
+        invariant: Invariant::Agreement,
     },
     Defect {
         name: "ack-before-processor",
         component: "worker",
         description: "the worker acks a message when it arrives, before the processor call and the reply",
         caught_by: "worker-crash-before-processor",
-        invariant: "liveness",
+        invariant: Invariant::Liveness,
     },
     Defect {
         name: "lookup-ignores-claims",
         component: "worker",
         description: "the reply lookup answers miss while a delivery is at the processor: recovery fails a payment the processor then performs",
         caught_by: "slow-processor",
-        invariant: "agreement",
+        invariant: Invariant::Agreement,
     },
 ];
 

@@ -41,7 +41,7 @@ fn the_catalogue_is_consistent() {
     for d in DEFECTS {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios").join(format!("{}.toml", d.caught_by));
         let s = Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", d.name));
-        assert!(s.expect.invariants.iter().any(|i| i == d.invariant), "{}: {} does not check {}", d.name, d.caught_by, d.invariant);
+        assert!(s.expect.invariants.contains(&d.invariant), "{}: {} does not check {}", d.name, d.caught_by, d.invariant);
     }
 }
 

@@ -226,7 +226,7 @@ async fn card_data_travels_only_in_request_bodies() {
     }
     drain(&tap_client, &seen).await;
     let wire = seen.lock().expect("tap").clone();
-    let audit = harness::scenario::observe::audit(&env).await;
+    let audit = harness::scenario::observe::audit(&env).await.expect("the streams are readable");
     let log_text = logs_since(mark);
 
     // Not vacuous: the cards did travel, in request bodies.

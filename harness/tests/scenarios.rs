@@ -109,7 +109,7 @@ async fn cluster_node_kill() {
 #[tokio::test]
 async fn cluster_partition() {
     let (report, _) = passes("cluster-partition", 0.6).await;
-    assert!(report.verdict.checked.contains(&"zero_stuck"));
+    assert!(report.verdict.checked.contains(&harness::scenario::checkers::Invariant::ZeroStuck));
 }
 
 #[tokio::test]

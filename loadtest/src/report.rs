@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use harness::scenario::checkers::{Verdict, Violation};
+use harness::scenario::checkers::{Invariant, Verdict, Violation};
 use harness::stats::Percentiles;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -66,7 +66,10 @@ pub struct Invariants {
     /// Whether every checked invariant held; `None` when none could be checked.
     pub passed: Option<bool>,
     /// Invariants checked.
-    pub checked: Vec<String>,
+    pub checked: Vec<Invariant>,
+    /// Why the run could not be judged (a source that could not be read): a failure, never a pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// What broke.
     pub violations: Vec<Violation>,
     /// Payments, operations and refunds still open when the checks ran.
@@ -85,13 +88,24 @@ impl Invariants {
     pub fn from_verdict(v: &Verdict, open: usize, settle_s: f64, observed: BTreeMap<String, usize>) -> Invariants {
         Invariants {
             passed: Some(v.passed()),
-            checked: v.checked.iter().map(|s| s.to_string()).collect(),
+            checked: v.checked.clone(),
+            error: None,
             violations: v.violations.clone(),
             open_after_settle: open,
             settle_s,
             skipped: None,
             observed,
         }
+    }
+
+    /// Not judged: a source could not be read. The run fails with `reason`.
+    pub fn unobserved(reason: String) -> Invariants {
+        Invariants { passed: Some(false), error: Some(reason), ..Default::default() }
+    }
+
+    /// The checked invariants' names, comma-separated.
+    pub fn checked_names(&self) -> String {
+        self.checked.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
     }
 
     /// Nothing checked, for `reason`.
@@ -365,6 +379,9 @@ impl Summary {
         for g in self.gates.iter().filter(|g| !g.passed) {
             out.push(format!("gate breached: {} is {}, limit {}", g.name, g.actual, g.limit));
         }
+        if let Some(e) = &self.invariants.error {
+            out.push(format!("invariants not judged: {e}"));
+        }
         for v in &self.invariants.violations {
             out.push(format!("invariant violated: {}: {}", v.invariant, v.message));
         }
@@ -531,12 +548,15 @@ pub fn markdown(s: &Summary) -> String {
         (Some(why), _) => {
             let _ = writeln!(m, "Not checked: {why}.");
         }
+        (None, _) if inv.error.is_some() => {
+            let _ = writeln!(m, "NOT JUDGED: {}.", inv.error.as_deref().unwrap_or_default());
+        }
         (None, passed) => {
             let word = if passed == Some(true) { "all held" } else { "VIOLATED" };
             let _ = writeln!(
                 m,
                 "{word}: {} — after {:.1} s of settling, {} item(s) still open.",
-                inv.checked.join(", "),
+                inv.checked_names(),
                 inv.settle_s,
                 inv.open_after_settle
             );
@@ -621,7 +641,10 @@ pub fn html_data(s: &Summary, rec: &Recorded) -> HtmlReport {
                 "invariants".into(),
                 match (&s.invariants.skipped, s.invariants.passed) {
                     (Some(why), _) => format!("not checked: {why}"),
-                    (None, Some(true)) => format!("held: {}", s.invariants.checked.join(", ")),
+                    (None, _) if s.invariants.error.is_some() => {
+                        format!("not judged: {}", s.invariants.error.as_deref().unwrap_or_default())
+                    }
+                    (None, Some(true)) => format!("held: {}", s.invariants.checked_names()),
                     _ => format!("{} violation(s)", s.invariants.violations.len()),
                 },
             ),

@@ -11,6 +11,99 @@ use serde::Serialize;
 
 use super::history::{pairs, Event, Kind};
 
+/// An invariant: one name each, the same in scenario files, checkers, reports and the load test
+/// (docs/architecture.md section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Invariant {
+    /// At most one processor effect per operation instance.
+    NoDoubleEffect,
+    /// Captured within authorized, refunded within captured, per payment.
+    Amounts,
+    /// Nothing left in a transitional state once the run has settled.
+    ZeroStuck,
+    /// The gateway's final state agrees with the processor's accounts.
+    Agreement,
+    /// Jepsen-style: nothing reported done is lost, nothing reported failed happened.
+    Accounting,
+    /// One stored request per operation instance, with its protocol headers.
+    Integrity,
+    /// p99 latency per operation within the scenario's targets.
+    Latency,
+    /// No card number in logs, reports or stored messages.
+    NoCardData,
+    /// No operation failed because of the system (faults a correct system masks completely).
+    Liveness,
+    /// The breaker opened, refused calls, and a probe closed it again.
+    CircuitBreaker,
+    /// Every poison message reached the dead-letter stream.
+    DeadLetter,
+}
+
+impl Invariant {
+    /// Every invariant, in the order checkers run and reports list them.
+    pub const ALL: [Invariant; 11] = [
+        Invariant::NoDoubleEffect,
+        Invariant::Amounts,
+        Invariant::ZeroStuck,
+        Invariant::Agreement,
+        Invariant::Accounting,
+        Invariant::Integrity,
+        Invariant::Latency,
+        Invariant::NoCardData,
+        Invariant::Liveness,
+        Invariant::CircuitBreaker,
+        Invariant::DeadLetter,
+    ];
+
+    /// The name used in scenario files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::NoDoubleEffect => "no_double_effect",
+            Invariant::Amounts => "amounts",
+            Invariant::ZeroStuck => "zero_stuck",
+            Invariant::Agreement => "agreement",
+            Invariant::Accounting => "accounting",
+            Invariant::Integrity => "integrity",
+            Invariant::Latency => "latency",
+            Invariant::NoCardData => "no_card_data",
+            Invariant::Liveness => "liveness",
+            Invariant::CircuitBreaker => "circuit_breaker",
+            Invariant::DeadLetter => "dead_letter",
+        }
+    }
+
+    /// Whether the checker reads the client history (a load run keeps none).
+    pub fn needs_history(self) -> bool {
+        matches!(self, Invariant::Accounting | Invariant::Latency | Invariant::CircuitBreaker)
+    }
+}
+
+impl std::fmt::Display for Invariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is no invariant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown invariant {0:?} (known: {known})", known = Invariant::ALL.map(Invariant::name).join(", "))]
+pub struct UnknownInvariant(pub String);
+
+impl std::str::FromStr for Invariant {
+    type Err = UnknownInvariant;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Invariant::ALL.into_iter().find(|i| i.name() == s).ok_or_else(|| UnknownInvariant(s.to_string()))
+    }
+}
+
+impl PartialEq<&str> for Invariant {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
+}
+
 /// One stored message of a stream, as the audit trail sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditMessage {
@@ -53,13 +146,16 @@ pub struct Observations {
     pub poisoned: usize,
     /// Messages in the dead-letter stream.
     pub dead_letters: usize,
+    /// Payment calls the clients sent (from the history, or the load generator's count): a run
+    /// that sent work and read nothing back has checked nothing.
+    pub sent: usize,
 }
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Violation {
     /// The invariant.
-    pub invariant: &'static str,
+    pub invariant: Invariant,
     /// The payments involved.
     pub payments: Vec<String>,
     /// What is wrong.
@@ -87,7 +183,7 @@ pub struct Accounting {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Verdict {
     /// Invariants checked.
-    pub checked: Vec<&'static str>,
+    pub checked: Vec<Invariant>,
     /// What broke.
     pub violations: Vec<Violation>,
     /// Operation accounting.
@@ -103,7 +199,7 @@ impl Verdict {
     }
 }
 
-fn v(invariant: &'static str, payments: Vec<String>, message: String) -> Violation {
+fn v(invariant: Invariant, payments: Vec<String>, message: String) -> Violation {
     Violation { invariant, payments, message }
 }
 
@@ -126,7 +222,7 @@ pub fn no_double_effect(ledger: &[Effect]) -> Vec<Violation> {
         if effects.len() > 1 {
             seen.insert(k.to_string());
             out.push(v(
-                "no_double_effect",
+                Invariant::NoDoubleEffect,
                 vec![effects[0].payment_id.clone()],
                 format!("{} effects for idempotency key {k}", effects.len()),
             ));
@@ -135,7 +231,7 @@ pub fn no_double_effect(ledger: &[Effect]) -> Vec<Violation> {
     for ((_, p, op, r), effects) in by_instance {
         let keys: BTreeSet<_> = effects.iter().filter_map(|e| e.idempotency_key.clone()).collect();
         if effects.len() > 1 && !keys.iter().any(|k| seen.contains(k)) {
-            out.push(v("no_double_effect", vec![p.to_string()], format!("{} {op} effects for instance {r}", effects.len())));
+            out.push(v(Invariant::NoDoubleEffect, vec![p.to_string()], format!("{} {op} effects for instance {r}", effects.len())));
         }
     }
     out.sort_by(|a, b| a.message.cmp(&b.message));
@@ -149,7 +245,7 @@ pub fn amounts(accounts: &[Account]) -> Vec<Violation> {
         .filter(|a| a.captured > a.authorized || a.refunded > a.captured)
         .map(|a| {
             v(
-                "amounts",
+                Invariant::Amounts,
                 vec![a.payment_id.clone()],
                 format!("authorized {}, captured {}, refunded {}", a.authorized, a.captured, a.refunded),
             )
@@ -162,19 +258,18 @@ pub fn zero_stuck(payments: &[Payment], operations: &[OperationRecord], refunds:
     let mut out: Vec<Violation> = payments
         .iter()
         .filter(|p| p.status.is_transitional())
-        .map(|p| v("zero_stuck", vec![p.payment_id.clone()], format!("payment stuck in {}", p.status.as_str())))
+        .map(|p| v(Invariant::ZeroStuck, vec![p.payment_id.clone()], format!("payment stuck in {}", p.status.as_str())))
         .collect();
     out.extend(
-        operations
-            .iter()
-            .filter(|o| !o.status.is_final())
-            .map(|o| v("zero_stuck", vec![o.payment_id.clone()], format!("operation {} ({}) unresolved", o.message_id, o.operation))),
+        operations.iter().filter(|o| !o.status.is_final()).map(|o| {
+            v(Invariant::ZeroStuck, vec![o.payment_id.clone()], format!("operation {} ({}) unresolved", o.message_id, o.operation))
+        }),
     );
     out.extend(
         refunds
             .iter()
             .filter(|r| r.status == RefundStatus::Pending)
-            .map(|r| v("zero_stuck", vec![r.payment_id.clone()], format!("refund {} still pending", r.refund_id))),
+            .map(|r| v(Invariant::ZeroStuck, vec![r.payment_id.clone()], format!("refund {} still pending", r.refund_id))),
     );
     out
 }
@@ -188,12 +283,12 @@ pub fn agreement(o: &Observations) -> Vec<Violation> {
         let effect = effect_by_key.get(op.message_id.as_str());
         match (op.status, effect) {
             (OpStatus::Succeeded, None) if op.operation != "payments.sync" => out.push(v(
-                "agreement",
+                Invariant::Agreement,
                 vec![op.payment_id.clone()],
                 format!("{} succeeded in the gateway, no effect at the processor", op.message_id),
             )),
             (OpStatus::Failed, Some(_)) => out.push(v(
-                "agreement",
+                Invariant::Agreement,
                 vec![op.payment_id.clone()],
                 format!("{} failed in the gateway, but the processor did it", op.message_id),
             )),
@@ -201,7 +296,7 @@ pub fn agreement(o: &Observations) -> Vec<Violation> {
         }
         if op.status == OpStatus::Succeeded && !audited.contains(op.message_id.as_str()) {
             out.push(v(
-                "agreement",
+                Invariant::Agreement,
                 vec![op.payment_id.clone()],
                 format!("{} succeeded but is not in the stream audit trail", op.message_id),
             ));
@@ -225,7 +320,7 @@ pub fn agreement(o: &Observations) -> Vec<Violation> {
         };
         if !consistent {
             out.push(v(
-                "agreement",
+                Invariant::Agreement,
                 vec![p.payment_id.clone()],
                 format!(
                     "status {} contradicts its amounts (authorized {}, captured {})",
@@ -238,7 +333,7 @@ pub fn agreement(o: &Observations) -> Vec<Violation> {
         let ours = (p.amount_authorized, p.amount_captured, p.amount_refunded, p.status == gateway::model::AttemptStatus::Voided);
         if ours != (authorized, captured, refunded, voided) {
             out.push(v(
-                "agreement",
+                Invariant::Agreement,
                 vec![p.payment_id.clone()],
                 format!(
                     "gateway (authorized {}, captured {}, refunded {}, voided {}) != processor (authorized {authorized}, captured {captured}, refunded {refunded}, voided {voided})",
@@ -286,7 +381,11 @@ pub fn accounting(o: &Observations) -> (Accounting, Vec<Violation>) {
                     acc.lost += 1;
                     let missing =
                         if intent == "succeeded" && has(pid, "payments.authorize") { "captured nothing" } else { "has no such effect" };
-                    out.push(v("accounting", vec![pid.to_string()], format!("{} answered {intent} but the processor {missing}", done.f)));
+                    out.push(v(
+                        Invariant::Accounting,
+                        vec![pid.to_string()],
+                        format!("{} answered {intent} but the processor {missing}", done.f),
+                    ));
                 }
             }
             Kind::Failed => {
@@ -297,7 +396,11 @@ pub fn accounting(o: &Observations) -> (Accounting, Vec<Violation>) {
                     && has(pid, "payments.authorize");
                 if authorized_anyway {
                     acc.unexpected += 1;
-                    out.push(v("accounting", vec![pid.to_string()], format!("{} answered failed but the processor authorized", done.f)));
+                    out.push(v(
+                        Invariant::Accounting,
+                        vec![pid.to_string()],
+                        format!("{} answered failed but the processor authorized", done.f),
+                    ));
                 }
             }
             Kind::Unknown => {
@@ -323,14 +426,14 @@ pub fn integrity(o: &Observations) -> Vec<Violation> {
         let got_merchant = done.value["merchant_id"].as_str();
         if got_payment.is_some() && got_payment != inv.payment_id.as_deref() {
             out.push(v(
-                "integrity",
+                Invariant::Integrity,
                 vec![inv.payment_id.clone().unwrap_or_default()],
                 format!("{} for {:?} answered for payment {:?}", inv.f, inv.payment_id, got_payment),
             ));
         }
         if got_merchant.is_some() && got_merchant != inv.merchant_id.as_deref() {
             out.push(v(
-                "integrity",
+                Invariant::Integrity,
                 vec![inv.payment_id.clone().unwrap_or_default()],
                 format!("{} of merchant {:?} answered for merchant {:?}", inv.f, inv.merchant_id, got_merchant),
             ));
@@ -344,13 +447,17 @@ pub fn integrity(o: &Observations) -> Vec<Violation> {
         .filter(|name| nats_bridge::headers::misuses_reserved_prefix(name))
         .collect();
     for name in misused {
-        out.push(v("integrity", vec![], format!("messages carry the custom header {name}, which uses the reserved Nats- prefix")));
+        out.push(v(Invariant::Integrity, vec![], format!("messages carry the custom header {name}, which uses the reserved Nats- prefix")));
     }
     if let Some(capture) = &o.stream_capture {
-        out.push(v("integrity", vec![], format!("a stream captures a query subject: {capture}")));
+        out.push(v(Invariant::Integrity, vec![], format!("a stream captures a query subject: {capture}")));
     }
     if o.rejected_replies > 0 {
-        out.push(v("integrity", vec![], format!("the bridges refused {} replies that did not match their request", o.rejected_replies)));
+        out.push(v(
+            Invariant::Integrity,
+            vec![],
+            format!("the bridges refused {} replies that did not match their request", o.rejected_replies),
+        ));
     }
     out
 }
@@ -377,7 +484,7 @@ pub fn latency(
         let value = s[rank];
         if let Some(target) = targets.get(&op) {
             if value as f64 > target * 1000.0 {
-                out.push(v("latency", vec![], format!("{op} p99 {:.1} ms exceeds {target} ms", value as f64 / 1000.0)));
+                out.push(v(Invariant::Latency, vec![], format!("{op} p99 {:.1} ms exceeds {target} ms", value as f64 / 1000.0)));
             }
         }
         p99.insert(op, value);
@@ -433,20 +540,20 @@ pub fn no_card_data(o: &Observations) -> Vec<Violation> {
         for (name, value) in &m.headers {
             let lower = name.to_ascii_lowercase();
             if !card_numbers(value).is_empty() || lower.contains("cvc") || lower.contains("card") {
-                out.push(v("no_card_data", vec![], format!("header {name} of {} #{} carries card data", m.stream, m.seq)));
+                out.push(v(Invariant::NoCardData, vec![], format!("header {name} of {} #{} carries card data", m.stream, m.seq)));
             }
         }
         if !card_numbers(&m.subject).is_empty() {
-            out.push(v("no_card_data", vec![], format!("subject {} carries a card number", m.subject)));
+            out.push(v(Invariant::NoCardData, vec![], format!("subject {} carries a card number", m.subject)));
         }
     }
     for (place, text) in &o.texts {
         let found = card_numbers(text);
         if !found.is_empty() {
-            out.push(v("no_card_data", vec![], format!("{place} contains {} card number(s)", found.len())));
+            out.push(v(Invariant::NoCardData, vec![], format!("{place} contains {} card number(s)", found.len())));
         }
         if text.contains("\"cvc\"") || text.contains("card_cvc") {
-            out.push(v("no_card_data", vec![], format!("{place} contains a CVC field")));
+            out.push(v(Invariant::NoCardData, vec![], format!("{place} contains a CVC field")));
         }
     }
     out
@@ -473,7 +580,7 @@ pub fn liveness(operations: &[OperationRecord]) -> Vec<Violation> {
         .filter(|o| o.status == OpStatus::Failed && o.error_code.as_deref().is_some_and(|c| SYSTEM_FAILURES.contains(&c)))
         .map(|o| {
             v(
-                "liveness",
+                Invariant::Liveness,
                 vec![o.payment_id.clone()],
                 format!(
                     "{} failed with {} ({})",
@@ -501,7 +608,11 @@ pub fn circuit_breaker(history: &[Event]) -> Vec<Violation> {
         entry.2.extend(e.payment_id.clone());
     }
     if last_refusal.is_empty() {
-        return vec![v("circuit_breaker", Vec::new(), "no call was refused by an open circuit breaker: the faults never opened it".into())];
+        return vec![v(
+            Invariant::CircuitBreaker,
+            Vec::new(),
+            "no call was refused by an open circuit breaker: the faults never opened it".into(),
+        )];
     }
     last_refusal
         .into_iter()
@@ -511,7 +622,7 @@ pub fn circuit_breaker(history: &[Event]) -> Vec<Violation> {
             payments.dedup();
             payments.truncate(10);
             v(
-                "circuit_breaker",
+                Invariant::CircuitBreaker,
                 payments,
                 format!("no `{f}` call succeeded after the last refusal at {:.3} s: the breaker never closed", t as f64 / 1e6),
             )
@@ -522,11 +633,11 @@ pub fn circuit_breaker(history: &[Event]) -> Vec<Violation> {
 /// Dead letters: every poison message published reached the dead-letter stream.
 pub fn dead_letter(o: &Observations) -> Vec<Violation> {
     if o.poisoned == 0 {
-        return vec![v("dead_letter", Vec::new(), "no poison message was published: the scenario tests nothing".into())];
+        return vec![v(Invariant::DeadLetter, Vec::new(), "no poison message was published: the scenario tests nothing".into())];
     }
     if o.dead_letters < o.poisoned {
         return vec![v(
-            "dead_letter",
+            Invariant::DeadLetter,
             Vec::new(),
             format!("{} poison message(s) published, {} in the dead-letter stream", o.poisoned, o.dead_letters),
         )];
@@ -534,36 +645,61 @@ pub fn dead_letter(o: &Observations) -> Vec<Violation> {
     Vec::new()
 }
 
-/// Runs the named invariants.
+/// What a checker of `invariant` reads was found empty although the run clearly did work:
+/// the checker would pass over nothing, so this is the violation instead.
+pub fn unobserved(o: &Observations, invariant: Invariant) -> Option<Violation> {
+    let succeeded = o.operations.iter().filter(|op| op.status == OpStatus::Succeeded && op.operation != "payments.sync").count();
+    let stored = o.operations.len();
+    let empty = |what: &str, because: String| Some(v(invariant, Vec::new(), format!("nothing to check: {what} although {because}")));
+    let sent = || format!("{} payment call(s) were sent", o.sent);
+    match invariant {
+        Invariant::NoDoubleEffect | Invariant::Amounts if succeeded > 0 && o.ledger.is_empty() => {
+            empty("the processor's ledger is empty", format!("the gateway holds {succeeded} succeeded operation(s)"))
+        }
+        Invariant::ZeroStuck | Invariant::Agreement | Invariant::Liveness if o.sent > 0 && o.payments.is_empty() => {
+            empty("the gateway's store holds no payment", sent())
+        }
+        Invariant::Integrity if stored > 0 && o.audit.is_empty() => {
+            empty("no stream message was read", format!("the gateway holds {stored} bus operation(s)"))
+        }
+        Invariant::Integrity if o.sent > 0 && o.payments.is_empty() => empty("the gateway's store holds no payment", sent()),
+        Invariant::NoCardData if o.sent > 0 && o.texts.is_empty() => empty("no log or report text was scanned", sent()),
+        Invariant::Accounting | Invariant::Latency if o.sent > 0 && o.history.is_empty() => empty("the client history is empty", sent()),
+        _ => None,
+    }
+}
+
+/// Runs the named invariants. Each one whose input is empty although the run did work fails
+/// with that reason ([`unobserved`]) instead of passing over nothing.
 pub fn check(
     o: &Observations,
-    invariants: &[String],
+    invariants: &[Invariant],
     targets: &BTreeMap<String, f64>,
     call_of: impl Fn(&str) -> Option<&'static str>,
 ) -> Verdict {
     let mut verdict = Verdict::default();
-    let wanted = |name: &str| invariants.iter().any(|i| i == name);
     let (acc, acc_violations) = accounting(o);
     verdict.accounting = acc;
     let (p99, lat) = latency(&o.history, targets, call_of);
     verdict.p99_us = p99;
-    let mut run = |name: &'static str, found: Vec<Violation>| {
-        if wanted(name) {
-            verdict.checked.push(name);
+    let mut run = |invariant: Invariant, found: Vec<Violation>| {
+        if invariants.contains(&invariant) {
+            verdict.checked.push(invariant);
+            verdict.violations.extend(unobserved(o, invariant));
             verdict.violations.extend(found);
         }
     };
-    run("no_double_effect", no_double_effect(&o.ledger));
-    run("amounts", amounts(&o.accounts));
-    run("zero_stuck", zero_stuck(&o.payments, &o.operations, &o.refunds));
-    run("agreement", agreement(o));
-    run("accounting", acc_violations);
-    run("integrity", integrity(o));
-    run("latency", lat);
-    run("no_card_data", no_card_data(o));
-    run("liveness", liveness(&o.operations));
-    run("circuit_breaker", circuit_breaker(&o.history));
-    run("dead_letter", dead_letter(o));
+    run(Invariant::NoDoubleEffect, no_double_effect(&o.ledger));
+    run(Invariant::Amounts, amounts(&o.accounts));
+    run(Invariant::ZeroStuck, zero_stuck(&o.payments, &o.operations, &o.refunds));
+    run(Invariant::Agreement, agreement(o));
+    run(Invariant::Accounting, acc_violations);
+    run(Invariant::Integrity, integrity(o));
+    run(Invariant::Latency, lat);
+    run(Invariant::NoCardData, no_card_data(o));
+    run(Invariant::Liveness, liveness(&o.operations));
+    run(Invariant::CircuitBreaker, circuit_breaker(&o.history));
+    run(Invariant::DeadLetter, dead_letter(o));
     verdict
 }
 
@@ -593,6 +729,64 @@ mod tests {
             voided: false,
             status: AccountStatus::Authorized,
         }
+    }
+
+    #[test]
+    fn invariants_have_one_name_each() {
+        for i in Invariant::ALL {
+            assert_eq!(i.name().parse::<Invariant>(), Ok(i));
+            assert_eq!(serde_json::to_value(i).unwrap(), serde_json::json!(i.name()));
+        }
+        let e = "zero_stuk".parse::<Invariant>().unwrap_err().to_string();
+        assert!(e.contains("zero_stuk") && e.contains("zero_stuck"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_observation_of_a_run_that_sent_work_fails() {
+        let all = Invariant::ALL.to_vec();
+        // Nothing sent, nothing read: nothing to complain about (the breaker and dead-letter
+        // checkers aside: they want their faults to have happened).
+        let quiet = check(&Observations::default(), &all, &BTreeMap::new(), |_| None);
+        let wanting = [Invariant::CircuitBreaker, Invariant::DeadLetter];
+        assert!(quiet.violations.iter().all(|v| wanting.contains(&v.invariant)), "{:?}", quiet.violations);
+        // Work sent, nothing read back: every checker that reads the store, the history or the
+        // texts says so instead of passing.
+        let o = Observations { sent: 5, ..Default::default() };
+        let v = check(&o, &all, &BTreeMap::new(), |_| None);
+        for i in [
+            Invariant::ZeroStuck,
+            Invariant::Agreement,
+            Invariant::Liveness,
+            Invariant::Integrity,
+            Invariant::NoCardData,
+            Invariant::Accounting,
+            Invariant::Latency,
+        ] {
+            let found = v.violations.iter().find(|x| x.invariant == i).unwrap_or_else(|| panic!("{i} passed over nothing"));
+            assert!(found.message.starts_with("nothing to check:") && found.message.contains("5 payment call(s)"), "{}", found.message);
+        }
+        // Operations stored and succeeded, but no stream message and no ledger entry read.
+        let op = OperationRecord {
+            message_id: "msg_1".into(),
+            merchant_id: "m".into(),
+            payment_id: "p1".into(),
+            operation: "payments.capture".into(),
+            object_id: "cap_1".into(),
+            amount: Some(10),
+            status: OpStatus::Succeeded,
+            request: String::new(),
+            transaction_id: None,
+            error_code: None,
+            error_message: None,
+            created_ms: 0,
+            updated_ms: 0,
+        };
+        let o = Observations { operations: vec![op], ..Default::default() };
+        let v = check(&o, &[Invariant::NoDoubleEffect, Invariant::Amounts, Invariant::Integrity], &BTreeMap::new(), |_| None);
+        let reasons: Vec<(Invariant, &str)> = v.violations.iter().map(|x| (x.invariant, x.message.as_str())).collect();
+        assert!(reasons.iter().any(|(i, m)| *i == Invariant::NoDoubleEffect && m.contains("ledger is empty")), "{reasons:?}");
+        assert!(reasons.iter().any(|(i, m)| *i == Invariant::Amounts && m.contains("ledger is empty")), "{reasons:?}");
+        assert!(reasons.iter().any(|(i, m)| *i == Invariant::Integrity && m.contains("no stream message")), "{reasons:?}");
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub fn markdown(r: &RunReport, history: &[Event]) -> String {
     for (op, p) in &v.p99_us {
         s.push_str(&format!("| {op} | {} |\n", ms(*p)));
     }
-    s.push_str(&format!("\n## Invariants\n\nChecked: {}.\n\n", v.checked.join(", ")));
+    s.push_str(&format!("\n## Invariants\n\nChecked: {}.\n\n", v.checked.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")));
     if v.violations.is_empty() {
         s.push_str("All held.\n");
     } else {

@@ -39,7 +39,8 @@ pub mod timing {
     pub const STUCK_AFTER_MS: u64 = 8_000;
     /// Workers refuse requests older than this (below the recovery threshold).
     pub const MAX_REQUEST_AGE_MS: u64 = 6_000;
-    /// HTTP clients give up after this (longer than a call, so a timeout is rare).
+    /// HTTP clients give up after this (longer than a call, so a timeout is rare): the
+    /// default of a scenario's `workload.client_timeout_ms`.
     pub const CLIENT_TIMEOUT_MS: u64 = 12_000;
     /// Bridge: how long an open circuit breaker refuses calls before a half-open probe.
     pub const BREAKER_OPEN_MS: u64 = 3_000;
@@ -354,8 +355,13 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     );
     let env = Arc::new(Mutex::new(env));
     let recorder = Recorder::new();
-    let client =
-        Client::new(&gateway.url, "scenario_key", "merchant_s", Duration::from_millis(timing::CLIENT_TIMEOUT_MS), recorder.clone());
+    let client = Client::new(
+        &gateway.url,
+        "scenario_key",
+        "merchant_s",
+        Duration::from_millis(scenario.workload.client_timeout_ms),
+        recorder.clone(),
+    );
 
     // Worker processes started by crash faults; killed when the run ends.
     let crashers: Arc<Mutex<Option<WorkerPool>>> = Arc::default();
@@ -400,7 +406,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     };
     let started = std::time::Instant::now();
     let schedule = workload::run(client.clone(), &scenario.workload, seed).await;
-    let fault_errors = timeline.await.unwrap_or_default();
+    // A timeline that panicked applied an unknown part of the faults: that is an error too.
+    let fault_errors = timeline.await.unwrap_or_else(|e| vec![format!("the fault timeline stopped: {e}")]);
     // Worker processes that crash faults started: how many really died (by SIGKILL).
     let worker_crashes = {
         let mut pool = crashers.lock().await;
@@ -426,15 +433,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     // Quiesce: wait for every attempt, operation and refund to settle (recovery included),
     // and for the workers to finish every delivery (an effect may still be on its way).
     let store = gateway.running.state.gateway.store.clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(scenario.expect.quiesce_s);
-    loop {
-        let open = observe::open_items(&store);
-        let busy = if open == 0 { observe::unfinished_deliveries(&*env.lock().await).await } else { 0 };
-        if (open == 0 && busy == 0) || tokio::time::Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    observe::settle(&*env.lock().await, &store, Duration::from_secs_f64(scenario.expect.quiesce_s)).await?;
 
     let history = recorder.events();
     let unknown = history.iter().filter(|e| e.kind == Kind::Unknown).count();
@@ -442,7 +441,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
     let observations = {
         let env = env.lock().await;
         let poisoned = scenario.faults.iter().map(|f| if let Verb::Poison { count } = f.verb { count } else { 0 }).sum();
-        observe::collect(&env, &gateway, history.clone(), texts, poisoned).await
+        let sent = observe::payments_sent(&history);
+        observe::collect(&env, &gateway, history.clone(), sent, texts, poisoned).await?
     };
     let call_of = |f: &str| -> Option<&'static str> {
         Some(match f {
