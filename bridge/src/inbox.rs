@@ -15,6 +15,7 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 
 use crate::late::{LateSink, Offered};
+use crate::reply_token;
 use crate::stats::Stats;
 
 type Waiters = HashMap<String, Vec<(u64, Arc<Slot>)>>;
@@ -69,17 +70,6 @@ impl Drop for ReplyInbox {
     }
 }
 
-/// 128-bit FNV-1a of the message id, hex: a subject-safe token, stable across processes.
-pub(crate) fn token(message_id: &str) -> String {
-    let mut h1: u64 = 0xcbf29ce484222325;
-    let mut h2: u64 = 0x84222325cbf29ce4;
-    for b in message_id.bytes() {
-        h1 = (h1 ^ b as u64).wrapping_mul(0x100000001b3);
-        h2 = (h2 ^ b as u64).wrapping_mul(0x100000001b3).rotate_left(5);
-    }
-    format!("{h1:016x}{h2:016x}")
-}
-
 impl ReplyInbox {
     /// Subscribes the inbox and starts routing replies.
     pub(crate) async fn start(client: &Client, stats: Arc<Stats>, late: LateSink) -> Result<Self, String> {
@@ -122,12 +112,12 @@ impl ReplyInbox {
 
     /// The reply subject for a message id.
     pub(crate) fn subject_for(&self, message_id: &str) -> String {
-        format!("{}.{}", self.prefix, token(message_id))
+        format!("{}.{}", self.prefix, reply_token::token(message_id))
     }
 
     /// Starts waiting for replies to a message id; dropping the waiter stops it.
     pub(crate) fn register(&self, message_id: &str) -> Waiter {
-        let token = token(message_id);
+        let token = reply_token::token(message_id);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot::default());
         self.waiters.lock().expect("inbox lock").entry(token.clone()).or_default().push((id, slot.clone()));
@@ -181,16 +171,5 @@ impl Drop for Waiter {
                 map.remove(&self.token);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn tokens_are_stable_subject_safe_and_distinct() {
-        let a = super::token("m:p:payments.capture:cap_1");
-        assert_eq!(a, super::token("m:p:payments.capture:cap_1"));
-        assert_ne!(a, super::token("m:p:payments.capture:cap_2"));
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()) && a.len() == 32);
     }
 }

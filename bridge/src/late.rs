@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 use crate::envelope::ResponseEnvelope;
 use crate::headers;
 use crate::metrics::Counter;
+use crate::reply_token;
 
 /// A reply that arrived with no call waiting for it.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +105,7 @@ impl LateSink {
         let Some(message_id) = reply.message_id.as_deref() else {
             return reject("no_message_id");
         };
-        if crate::inbox::token(message_id) != token {
+        if reply_token::token(message_id) != token {
             // Sent to the address of another message: misrouted, or forged.
             return reject("wrong_inbox");
         }
@@ -165,7 +166,7 @@ mod tests {
     fn a_full_buffer_or_a_dropped_receiver_drops_and_counts() {
         let (arrived, dropped) = (Counter::default(), Counter::default());
         let (sink, mut rx) = LateSink::new(1, 1024, arrived.clone(), dropped.clone(), rejections());
-        let (h, token) = (with_id("m:p:payments.capture:c1"), crate::inbox::token("m:p:payments.capture:c1"));
+        let (h, token) = (with_id("m:p:payments.capture:c1"), reply_token::token("m:p:payments.capture:c1"));
         assert_eq!(sink.offer(&token, Some(&h), OK), Offered::Handed);
         assert_eq!(sink.offer(&token, Some(&h), OK), Offered::Dropped);
         assert_eq!((arrived.get(), dropped.get()), (2, 1));
@@ -180,11 +181,11 @@ mod tests {
         let rejected = rejections();
         let (sink, mut rx) = LateSink::new(8, 64, Counter::default(), Counter::default(), rejected.clone());
         let id = "m:p:payments.capture:c1";
-        let (h, token) = (with_id(id), crate::inbox::token(id));
+        let (h, token) = (with_id(id), reply_token::token(id));
         assert_eq!(sink.offer(&token, Some(&h), &[b' '; 65]), Offered::Rejected("oversized"));
         assert_eq!(sink.offer(&token, Some(&h), b"{\"status\":\"succ"), Offered::Rejected("undecodable"));
         assert_eq!(sink.offer(&token, None, OK), Offered::Rejected("no_message_id"));
-        let other = crate::inbox::token("m:p:payments.capture:c2");
+        let other = reply_token::token("m:p:payments.capture:c2");
         assert_eq!(sink.offer(&other, Some(&h), OK), Offered::Rejected("wrong_inbox"));
         assert!(rx.try_recv().is_err(), "nothing refused reaches the application");
         assert!(rejected.iter().all(|(_, c)| c.get() == 1), "each reason counted once");

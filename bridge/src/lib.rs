@@ -21,6 +21,7 @@
 //! - [`defects`]: deliberate defects, settable only from code, for proving the harness.
 //! - [`error`]: [`CallError`], outcome (not applied / unknown) and the seed error mapping.
 //! - `inbox` (private): the one multiplexed reply subscription and its routing table.
+//! - `reply_token` (private): the inbox address of a message id, shared by `inbox` and [`late`].
 //! - `stats` (private): counters behind [`StatsSnapshot`].
 
 pub mod asyncapi;
@@ -35,6 +36,7 @@ pub mod headers;
 mod inbox;
 pub mod late;
 pub mod metrics;
+mod reply_token;
 pub mod request;
 mod stats;
 pub mod streams;
