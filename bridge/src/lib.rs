@@ -5,13 +5,11 @@
 //! request/reply. A timeout after a publish is "unknown", never "failed".
 //!
 //! Map of the crate:
-//! - [`catalogue`]: the 35 operations, one row each; everything else derives from it.
+//! - [`catalogue`], [`envelope`], [`headers`], [`request`], [`subjects`]: the protocol shared with
+//!   the workers, re-exported from [`nats_protocol`] (the 35 operations, the bodies, the header
+//!   names, an operation instance with its stable message id, subject templates).
 //! - [`asyncapi`]: the worker protocol as an AsyncAPI 3.0 document, generated from the catalogue.
 //! - [`config`]: `[nats_bridge]` TOML + `NATS_BRIDGE_*` env, seed defaults, validation.
-//! - [`subjects`]: subject templates and wildcard matching.
-//! - [`envelope`]: request and response bodies.
-//! - [`headers`]: header names (never a custom `Nats-` header).
-//! - [`request`]: an operation instance with its stable message id.
 //! - [`streams`]: stream plans per family + dead letters, provisioning and server-side checks.
 //! - [`client`]: [`Bridge`], the hybrid durable call and the query call.
 //! - [`breaker`]: a circuit breaker per operation (closed / open / half-open) and what counts as
@@ -26,29 +24,26 @@
 
 pub mod asyncapi;
 pub mod breaker;
-pub mod catalogue;
 pub mod client;
 pub mod config;
 pub mod defects;
-pub mod envelope;
 pub mod error;
-pub mod headers;
 mod inbox;
 pub mod late;
 pub mod metrics;
 mod reply_token;
-pub mod request;
 mod stats;
 pub mod streams;
-pub mod subjects;
+
+pub use nats_protocol::{catalogue, envelope, headers, request, subjects};
 
 pub use breaker::BreakerState;
-pub use catalogue::{Family, Operation, OperationSpec, Pattern, CATALOGUE};
 pub use client::Bridge;
 pub use config::{BridgeConfig, CircuitBreakerConfig, SubjectScheme};
-pub use envelope::{ErrorBody, RequestEnvelope, ResponseEnvelope, ResponseStatus};
 pub use error::{AttemptStatusHint, CallError, ConnectError, ErrorMapping, Outcome};
 pub use late::LateReply;
 pub use metrics::Registry;
-pub use request::OperationRequest;
+pub use nats_protocol::{
+    ErrorBody, Family, Operation, OperationRequest, OperationSpec, Pattern, RequestEnvelope, ResponseEnvelope, ResponseStatus, CATALOGUE,
+};
 pub use stats::StatsSnapshot;

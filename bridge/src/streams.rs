@@ -1,5 +1,6 @@
-//! Stream provisioning, derived from the catalogue: one stream per family that has durable
-//! operations, plus the dead-letter stream.
+//! Stream provisioning: creates the streams the protocol plans ([`nats_protocol::streams`]: one
+//! per family that has durable operations, plus the dead-letter stream), and asks the server
+//! that none captures a query subject.
 //!
 //! Stream subjects are the durable operations' own subjects (placeholders as `*`), never a
 //! family wildcard such as `hyperswitch.payments.>`: that would capture `payments.sync`, and a
@@ -10,47 +11,11 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use futures::TryStreamExt;
 
-use crate::catalogue::{self, Family, Pattern};
-use crate::config::{BridgeConfig, Storage};
+use crate::catalogue::{self, Pattern};
+use crate::config::BridgeConfig;
 use crate::subjects;
 
-/// What one stream should look like.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamPlan {
-    /// Stream name.
-    pub name: String,
-    /// Its subjects.
-    pub subjects: Vec<String>,
-    /// How long messages are kept.
-    pub max_age: Duration,
-    /// Replicas.
-    pub replicas: usize,
-    /// De-duplication window.
-    pub duplicate_window: Duration,
-    /// File or memory.
-    pub storage: Storage,
-}
-
-impl StreamPlan {
-    /// The JetStream configuration for this plan.
-    pub fn to_config(&self) -> stream::Config {
-        stream::Config {
-            name: self.name.clone(),
-            subjects: self.subjects.clone(),
-            retention: stream::RetentionPolicy::Limits,
-            max_age: self.max_age,
-            storage: match self.storage {
-                Storage::File => stream::StorageType::File,
-                Storage::Memory => stream::StorageType::Memory,
-            },
-            num_replicas: self.replicas,
-            duplicate_window: self.duplicate_window,
-            discard: stream::DiscardPolicy::Old,
-            description: Some("payment bridge operations".into()),
-            ..Default::default()
-        }
-    }
-}
+pub use nats_protocol::streams::StreamPlan;
 
 /// Errors while provisioning or verifying streams.
 #[derive(Debug, thiserror::Error)]
@@ -80,34 +45,16 @@ pub enum StreamError {
     },
 }
 
-/// The streams the configuration calls for.
+/// The streams the configuration calls for ([`nats_protocol::streams::plan`] of its names),
+/// with the `stream_captures_queries` defect applied when set.
 pub fn plan(config: &BridgeConfig) -> Vec<StreamPlan> {
-    let window = Duration::from_millis(config.jetstream.duplicate_window_ms);
-    let mut plans: Vec<StreamPlan> = catalogue::durable_families()
-        .map(|family: Family| StreamPlan {
-            name: config.stream_name(family),
-            subjects: if config.defects.stream_captures_queries {
-                vec![format!("{}.{}.>", config.subjects.prefix, family)]
-            } else {
-                catalogue::family(family)
-                    .filter(|op| op.pattern == Pattern::Durable)
-                    .map(|op| subjects::wildcard(&config.subject_template(op)))
-                    .collect()
-            },
-            max_age: config.retention(family),
-            replicas: config.jetstream.replicas,
-            duplicate_window: window,
-            storage: config.jetstream.storage,
-        })
-        .collect();
-    plans.push(StreamPlan {
-        name: config.dlq_stream_name(),
-        subjects: vec![format!("{}.dlq.>", config.subjects.prefix)],
-        max_age: Duration::from_secs(config.jetstream.dlq_retention_days * 86_400),
-        replicas: config.jetstream.replicas,
-        duplicate_window: window,
-        storage: config.jetstream.storage,
-    });
+    let mut plans = nats_protocol::streams::plan(&config.naming());
+    if config.defects.stream_captures_queries {
+        // The family streams come first, in the order of the durable families.
+        for (p, family) in plans.iter_mut().zip(catalogue::durable_families()) {
+            p.subjects = vec![format!("{}.{}.>", config.subjects.prefix, family)];
+        }
+    }
     plans
 }
 
@@ -206,25 +153,16 @@ pub async fn verify_no_query_capture(js: &jetstream::Context, config: &BridgeCon
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SubjectScheme;
 
     #[test]
-    fn plan_covers_every_durable_operation_and_no_query() {
-        for scheme in [SubjectScheme::Shared, SubjectScheme::PerMerchant] {
-            let mut c = BridgeConfig::default();
-            c.subjects.scheme = scheme;
-            let plans = plan(&c);
-            assert_eq!(plans.len(), 9);
-            let all: Vec<&String> = plans.iter().flat_map(|p| &p.subjects).collect();
-            for op in catalogue::all() {
-                let s = subjects::wildcard(&c.subject_template(op));
-                let captured = all.iter().any(|f| subjects::overlap(f, &s));
-                assert_eq!(captured, op.pattern == Pattern::Durable, "{}", op.name);
-            }
-            let payments = &plans[0];
-            assert_eq!(payments.name, "HYPERSWITCH_PAYMENTS");
-            assert_eq!(payments.max_age, Duration::from_secs(30 * 86_400));
-            assert_eq!(plans.last().unwrap().name, "HYPERSWITCH_DLQ");
-        }
+    fn the_plan_is_the_protocols_unless_the_defect_widens_the_family_streams() {
+        let mut c = BridgeConfig::default();
+        let plans = plan(&c);
+        assert_eq!(plans, nats_protocol::streams::plan(&c.naming()));
+        c.defects.stream_captures_queries = true;
+        let widened = plan(&c);
+        assert_eq!(widened[0].subjects, vec!["hyperswitch.payments.>".to_string()]);
+        assert_eq!(widened.last(), plans.last(), "the dead-letter stream is unchanged");
+        assert!(widened.iter().zip(&plans).all(|(w, p)| w.name == p.name && w.max_age == p.max_age));
     }
 }

@@ -372,8 +372,8 @@ pub fn catalogue_text(config: &BridgeConfig, json: bool) -> String {
 }
 
 async fn up(cluster: bool, workers: usize, config: Option<&Path>, gateway_addr: &str) -> Result<(), CliError> {
-    let (worker_config, bridge_config) = mock_worker::WorkerConfig::load(config)?;
-    let (mut gateway_config, _) = gateway::config::GatewayConfig::load(config)?;
+    let (worker_config, _) = mock_worker::WorkerConfig::load(config)?;
+    let (mut gateway_config, bridge_config) = gateway::config::GatewayConfig::load(config)?;
     let binary = if workers > 0 { Some(crate::workers::worker_binary()?) } else { None };
     let env = Environment::start(EnvironmentConfig {
         nats: if cluster { EnvConfig::cluster() } else { EnvConfig::single() },

@@ -205,15 +205,15 @@ impl Environment {
                     Some(link) => link.connect().await.map_err(|e| EnvError::Proxy(e.to_string()))?,
                     None => self.nats.connect().await?,
                 };
-                mock_worker::start_with_client(client, config, self.bridge_config.clone()).await
+                mock_worker::start_with_client(client, config, self.bridge_config.naming()).await
             }
             Some(runtime) => {
                 // Connected there too: the connection's own task runs where it was made.
                 let (options, urls) = self.connector(self.workers_link.as_ref());
-                let bridge = self.bridge_config.clone();
+                let naming = self.bridge_config.naming();
                 let started = run_on(Some(runtime), async move {
                     let client = connect(options, urls).await.map_err(EnvError::Worker)?;
-                    Ok::<_, EnvError>(mock_worker::start_with_client(client, config, bridge).await)
+                    Ok::<_, EnvError>(mock_worker::start_with_client(client, config, naming).await)
                 });
                 started.await?
             }

@@ -67,7 +67,7 @@ async fn bridge_and_worker_authorize_over_mutual_tls_with_users() {
         ..WorkerConfig::default()
     };
     assert!(worker.auth.nkey_seed_file.is_some(), "the worker uses its nkey");
-    let handle = mock_worker::start(worker, config.clone()).await.expect("the worker connects over tls with an nkey");
+    let handle = mock_worker::start(worker, config.naming()).await.expect("the worker connects over tls with an nkey");
 
     let request = OperationRequest::new(ops::authorize(), "merchant_tls", "pay_tls_1", "att_1").router_data(common::money(1250));
     let reply = bridge.call(&request).await.expect("authorize over tls");
@@ -115,7 +115,7 @@ async fn misconfigured_clients_fail_fast_with_a_clear_error() {
         ..WorkerConfig::default()
     };
     let started = Instant::now();
-    let err = mock_worker::start(worker, BridgeConfig::default()).await.err().expect("the worker must not start").to_string();
+    let err = mock_worker::start(worker, BridgeConfig::default().naming()).await.err().expect("the worker must not start").to_string();
     assert!(started.elapsed() < FAST, "took {:?}: {err}", started.elapsed());
     assert!(err.contains("authorization violation"), "{err}");
 }

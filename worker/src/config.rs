@@ -1,5 +1,6 @@
-//! Worker configuration: a `[worker]` table (and the `[nats_bridge]` table for subjects and
-//! streams) in a TOML file, overridden by `WORKER_*` environment variables.
+//! Worker configuration: a `[worker]` table (and the subject and stream names of the
+//! `[nats_bridge]` table, [`Naming`]) in a TOML file, overridden by `WORKER_*` environment
+//! variables (and the naming `NATS_BRIDGE_*` ones).
 //!
 //! The worker's own connection takes TLS and credentials from `[worker.tls]` (`required`,
 //! `ca_file`, `cert_file`, `key_file`) and `[worker.auth]` (`user` + `password`, `token`,
@@ -11,8 +12,8 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use nats_bridge::config::{AuthConfig, TlsConfig};
-use nats_bridge::BridgeConfig;
+use nats_protocol::connection::{self, AuthConfig, TlsConfig};
+use nats_protocol::{catalogue, Naming};
 use serde::{Deserialize, Serialize};
 
 use crate::profile::Profile;
@@ -31,9 +32,10 @@ pub enum ConfigError {
     /// Malformed TOML, unknown keys, bad values.
     #[error("invalid worker config: {0}")]
     Invalid(String),
-    /// The bridge part is invalid.
+    /// The names of the `[nats_bridge]` table, a `NATS_BRIDGE_*` variable or the connection
+    /// security are invalid.
     #[error(transparent)]
-    Bridge(#[from] nats_bridge::config::ConfigError),
+    Bridge(#[from] nats_protocol::ConfigError),
 }
 
 /// Where a worker process kills itself (SIGKILL, nothing flushed, nothing acked), for chaos
@@ -229,25 +231,26 @@ impl WorkerConfig {
         if self.connection_timeout_ms == 0 {
             return bad("connection_timeout_ms must be positive".into());
         }
-        nats_bridge::config::validate_security("worker", &self.tls, &self.auth).map_err(|e| match e {
-            nats_bridge::config::ConfigError::Invalid(m) => ConfigError::Invalid(m),
+        connection::validate_security("worker", &self.tls, &self.auth).map_err(|e| match e {
+            nats_protocol::ConfigError::Invalid(m) => ConfigError::Invalid(m),
             other => ConfigError::Bridge(other),
         })?;
         if self.crash_after == 0 {
             return bad("crash_after must be at least 1 (the first operation reaching crash_at is number 1)".into());
         }
         for name in &self.operations {
-            if nats_bridge::catalogue::find(name).is_none() {
+            if catalogue::find(name).is_none() {
                 return bad(format!("operations: unknown operation {name:?}"));
             }
         }
         self.profile.validate().map_err(ConfigError::Invalid)
     }
 
-    /// Loads both tables from a file (or defaults), then applies environment overrides.
-    pub fn load(path: Option<&Path>) -> Result<(WorkerConfig, BridgeConfig), ConfigError> {
-        let (mut worker, mut bridge) = match path {
-            None => (WorkerConfig::default(), BridgeConfig::default()),
+    /// Loads the `[worker]` table and the names of the `[nats_bridge]` table from a file (or
+    /// defaults), then applies environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<(WorkerConfig, Naming), ConfigError> {
+        let (mut worker, mut naming) = match path {
+            None => (WorkerConfig::default(), Naming::default()),
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
@@ -258,18 +261,19 @@ impl WorkerConfig {
             worker.apply_generic_env(std::env::vars());
         }
         worker.apply_env(std::env::vars())?;
-        bridge.apply_env(std::env::vars())?;
+        naming.apply_env(std::env::vars())?;
         worker.validate()?;
-        bridge.validate()?;
-        Ok((worker, bridge))
+        naming.validate()?;
+        Ok((worker, naming))
     }
 
-    /// Parses a document with `[worker]` and optional `[nats_bridge]` tables.
-    pub fn from_toml(text: &str) -> Result<(WorkerConfig, BridgeConfig), ConfigError> {
+    /// Parses a document with `[worker]` and optional `[nats_bridge]` tables; of the latter only
+    /// the names are read (the bridge checks its other keys).
+    pub fn from_toml(text: &str) -> Result<(WorkerConfig, Naming), ConfigError> {
         let file: File = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let bridge = BridgeConfig::from_table(file.nats_bridge)?;
+        let naming = Naming::from_table(file.nats_bridge)?;
         file.worker.validate()?;
-        Ok((file.worker, bridge))
+        Ok((file.worker, naming))
     }
 
     /// The `[worker]` table as a TOML document, readable by [`WorkerConfig::from_toml`] (to hand
@@ -331,7 +335,7 @@ impl WorkerConfig {
                         value.parse().map_err(|_| ConfigError::Invalid(format!("{name}={value}: expected true or false")))?
                 }
                 _ if key.starts_with("TLS_") || key.starts_with("AUTH_") => {
-                    match nats_bridge::config::apply_security_env(key, &value, &mut self.tls, &mut self.auth) {
+                    match connection::apply_security_env(key, &value, &mut self.tls, &mut self.auth) {
                         Ok(true) => {}
                         Ok(false) => return Err(ConfigError::Invalid(format!("unknown variable {name}"))),
                         Err(reason) => return Err(ConfigError::Invalid(format!("{name}={value}: {reason}"))),
@@ -362,6 +366,19 @@ mod tests {
         assert!(err.to_string().contains("ack_wiat_ms"), "{err}");
         let err = WorkerConfig::from_toml("[worker.profile]\ndecline_rate = 1.5\n").unwrap_err();
         assert!(err.to_string().contains("decline_rate"), "{err}");
+    }
+
+    #[test]
+    fn the_names_come_from_the_bridge_table_and_its_other_keys_are_the_bridges() {
+        let (_, n) = WorkerConfig::from_toml(
+            "[nats_bridge]\nrequest_timeout_ms = 9000\n[nats_bridge.subjects]\nprefix = \"acme\"\n[nats_bridge.circuit_breaker]\nopen_ms = 5\n",
+        )
+        .unwrap();
+        assert_eq!(n.subject_template(nats_protocol::catalogue::ops::authorize()), "acme.payments.authorize");
+        let err = WorkerConfig::from_toml("[nats_bridge.subjects]\nprefx = \"acme\"\n").unwrap_err().to_string();
+        assert!(err.contains("prefx"), "{err}");
+        let err = WorkerConfig::from_toml("[nats_bridge.jetstream]\nreplicas = 0\n").unwrap_err().to_string();
+        assert!(err.contains("jetstream.replicas"), "{err}");
     }
 
     #[test]

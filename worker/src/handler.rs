@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mock_processor::{CaptureMethod, ClientError, Effect, EffectRequest, ProcessorClient};
-use nats_bridge::{catalogue::Pattern, Operation, RequestEnvelope, ResponseEnvelope, ResponseStatus};
+use nats_protocol::{catalogue::Pattern, Operation, RequestEnvelope, ResponseEnvelope, ResponseStatus};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -555,7 +555,7 @@ impl Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nats_bridge::{catalogue, OperationRequest};
+    use nats_protocol::{catalogue, OperationRequest};
 
     fn envelope(op: Operation, router_data: serde_json::Value) -> RequestEnvelope {
         OperationRequest::new(op, "m1", "pay_1", "pay_1_1").router_data(router_data).envelope().clone()

@@ -9,7 +9,7 @@ use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::StreamExt;
 use mock_processor::ProcessorClient;
-use nats_bridge::{catalogue, headers, subjects, BridgeConfig, Operation, Pattern, RequestEnvelope, ResponseEnvelope};
+use nats_protocol::{catalogue, connection, headers, request, subjects, Naming, Operation, Pattern, RequestEnvelope, ResponseEnvelope};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -93,31 +93,31 @@ pub fn consumer_name(prefix: &str, op: Operation) -> String {
     format!("{prefix}_{}_{}", op.family, op.action)
 }
 
-/// Connects and starts serving. Streams must exist (the bridge provisions them).
-pub async fn start(config: WorkerConfig, bridge: BridgeConfig) -> Result<WorkerHandle, StartError> {
+/// Connects and starts serving. Streams must exist (the bridge provisions them); `naming`
+/// gives their names and the subjects (a bridge configuration's `naming()`).
+pub async fn start(config: WorkerConfig, naming: Naming) -> Result<WorkerHandle, StartError> {
     let fail = |reason: String| StartError::Connect { url: config.nats_url.clone(), reason };
     let timeout = Duration::from_millis(config.connection_timeout_ms.max(1));
     let options = async_nats::ConnectOptions::new().name(&config.name).connection_timeout(timeout).max_reconnects(None);
-    let options =
-        nats_bridge::config::apply_security("worker", options, &config.tls, &config.auth).await.map_err(|e| fail(e.to_string()))?;
+    let options = connection::apply_security("worker", options, &config.tls, &config.auth).await.map_err(|e| fail(e.to_string()))?;
     // Tried once per server: a bad certificate or password fails the start instead of looping.
-    let urls = nats_bridge::config::split_urls(&config.nats_url);
+    let urls = connection::split_urls(&config.nats_url);
     let bound = timeout * urls.len().max(1) as u32 + Duration::from_secs(1);
     let client = match tokio::time::timeout(bound, options.connect(urls)).await {
         Ok(Ok(client)) => client,
-        Ok(Err(e)) => return Err(fail(nats_bridge::config::explain_connect_error(&e, &config.tls, &config.auth, timeout))),
+        Ok(Err(e)) => return Err(fail(connection::explain_connect_error(&e, &config.tls, &config.auth, timeout))),
         Err(_) => return Err(fail(format!("timed out after {}ms", timeout.as_millis()))),
     };
-    start_with_client(client, config, bridge).await
+    start_with_client(client, config, naming).await
 }
 
 /// Starts serving over an existing connection.
-pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: BridgeConfig) -> Result<WorkerHandle, StartError> {
+pub async fn start_with_client(client: Client, config: WorkerConfig, naming: Naming) -> Result<WorkerHandle, StartError> {
     let js = jetstream::new(client.clone());
     let processor = ProcessorClient::new(&config.processor_url)
         .map_err(|e| StartError::Processor(e.to_string()))?
         .with_timeout(std::time::Duration::from_millis(config.processor_timeout_ms.max(1)));
-    let store = ResultStore::open(&js, &config.results_bucket, bridge.jetstream.replicas)
+    let store = ResultStore::open(&js, &config.results_bucket, naming.jetstream.replicas)
         .await
         .map_err(|e| setup("result bucket")(e.to_string()))?;
     let faults = Arc::new(Faults::default());
@@ -132,14 +132,14 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
         warn!(worker = %config.name, %point, after = config.crash_after, "crash point armed: this process will kill itself");
     }
     let limit = Arc::new(Semaphore::new(config.max_in_flight));
-    let bridge = Arc::new(bridge);
+    let naming = Arc::new(naming);
     let mut tasks = JoinSet::new();
 
     for op in served(&config) {
-        let filter = subjects::wildcard(&bridge.subject_template(op));
+        let filter = subjects::wildcard(&naming.subject_template(op));
         match op.pattern {
             Pattern::Durable => {
-                let stream_name = bridge.stream_name(op.family);
+                let stream_name = naming.stream_name(op.family);
                 let stream = js.get_stream(&stream_name).await.map_err(|e| setup(format!("stream {stream_name}"))(e.to_string()))?;
                 let name = consumer_name(&config.consumer_prefix, op);
                 let deliver_policy = match config.deliver_from_seq {
@@ -163,7 +163,7 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
                     .await
                     .map_err(|e| setup(format!("consumer {name}"))(e.to_string()))?;
                 let mut messages = consumer.messages().await.map_err(|e| setup(format!("pull of {}", op.name))(e.to_string()))?;
-                let (client, handler, limit, bridge) = (client.clone(), handler.clone(), limit.clone(), bridge.clone());
+                let (client, handler, limit, naming) = (client.clone(), handler.clone(), limit.clone(), naming.clone());
                 let ack_first = config.defects.ack_before_processor;
                 // Well inside the ack wait, so a live worker's message is never redelivered.
                 let progress_every = Duration::from_millis((config.ack_wait_ms / 3).max(50));
@@ -178,9 +178,9 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
                             }
                         };
                         let Ok(permit) = limit.clone().acquire_owned().await else { break };
-                        let (client, handler, bridge) = (client.clone(), handler.clone(), bridge.clone());
+                        let (client, handler, naming) = (client.clone(), handler.clone(), naming.clone());
                         inner.spawn(async move {
-                            on_durable(&client, &handler, &bridge, op, msg, ack_first, progress_every).await;
+                            on_durable(&client, &handler, &naming, op, msg, ack_first, progress_every).await;
                             drop(permit);
                         });
                         while inner.try_join_next().is_some() {}
@@ -206,7 +206,7 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
     }
 
     // Reply lookups, asked by a bridge whose publish JetStream reported as a duplicate.
-    let lookup = subjects::wildcard(&bridge.lookup_template());
+    let lookup = subjects::wildcard(&naming.lookup_template());
     let mut sub = client
         .queue_subscribe(lookup.clone(), config.queue_group.clone())
         .await
@@ -240,10 +240,10 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
         .await
         .map_err(|e| setup(format!("subscription {advisories}"))(e.to_string()))?;
     {
-        let (js, bridge) = (js.clone(), bridge.clone());
+        let (js, naming) = (js.clone(), naming.clone());
         tasks.spawn(async move {
             while let Some(msg) = sub.next().await {
-                if let Err(e) = dead_letter_from_advisory(&js, &bridge, &msg.payload).await {
+                if let Err(e) = dead_letter_from_advisory(&js, &naming, &msg.payload).await {
                     error!(error = %e, "dead-letter move failed");
                 }
             }
@@ -262,7 +262,7 @@ pub async fn start_with_client(client: Client, config: WorkerConfig, bridge: Bri
 async fn on_durable(
     client: &Client,
     handler: &Handler,
-    bridge: &BridgeConfig,
+    naming: &Naming,
     op: Operation,
     msg: jetstream::Message,
     ack_first: bool,
@@ -274,8 +274,8 @@ async fn on_durable(
     }
     let env = match serde_json::from_slice::<RequestEnvelope>(&msg.payload) {
         Ok(env) if env.operation == op.name => env,
-        Ok(env) => return poison(client, bridge, op, &msg, &format!("operation {} on the subject of {}", env.operation, op.name)).await,
-        Err(e) => return poison(client, bridge, op, &msg, &format!("undecodable envelope: {e}")).await,
+        Ok(env) => return poison(client, naming, op, &msg, &format!("operation {} on the subject of {}", env.operation, op.name)).await,
+        Err(e) => return poison(client, naming, op, &msg, &format!("undecodable envelope: {e}")).await,
     };
     let reply_to = msg.headers.as_ref().and_then(|h| h.get(headers::REPLY_TO)).map(|v| v.as_str().to_string());
     let work = handler.durable(op, &env);
@@ -330,7 +330,7 @@ async fn send_reply(client: &Client, reply_to: &str, env: &RequestEnvelope, resp
     h.insert(headers::OPERATION, env.operation.as_str());
     // The message id lets a caller that gave up match a late reply to its operation.
     if let Some(op) = catalogue::find(&env.operation) {
-        h.insert(headers::MESSAGE_ID, nats_bridge::request::message_id(&env.merchant_id, &env.payment_id, op, &env.attempt_id));
+        h.insert(headers::MESSAGE_ID, request::message_id(&env.merchant_id, &env.payment_id, op, &env.attempt_id));
     }
     let body = Bytes::from(serde_json::to_vec(response).unwrap_or_default());
     if let Err(e) = client.publish_with_headers(reply_to.to_string(), h, body).await {
@@ -354,15 +354,15 @@ async fn on_query(client: &Client, handler: &Handler, op: Operation, msg: async_
 }
 
 /// Copies an undecodable message to the dead-letter stream, then terminates it.
-async fn poison(client: &Client, bridge: &BridgeConfig, op: Operation, msg: &jetstream::Message, reason: &str) {
+async fn poison(client: &Client, naming: &Naming, op: Operation, msg: &jetstream::Message, reason: &str) {
     warn!(operation = op.name, %reason, "poison message");
     let js = jetstream::new(client.clone());
     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let mut h = msg.headers.clone().unwrap_or_default();
-    h.insert(headers::NATS_MSG_ID, format!("dlq:{}:{seq}", bridge.stream_name(op.family)));
+    h.insert(headers::NATS_MSG_ID, format!("dlq:{}:{seq}", naming.stream_name(op.family)));
     h.insert("X-Dlq-Reason", reason);
     h.insert("X-Dlq-Sequence", seq.to_string());
-    let stored = match js.publish_with_headers(bridge.dlq_subject(op), h, msg.payload.clone()).await {
+    let stored = match js.publish_with_headers(naming.dlq_subject(op), h, msg.payload.clone()).await {
         Ok(ack) => ack.await.is_ok(),
         Err(_) => false,
     };
@@ -397,9 +397,9 @@ fn operation_of_consumer(consumer: &str) -> Option<Operation> {
         .max_by_key(|op| op.family.to_string().len() + op.action.len())
 }
 
-async fn dead_letter_from_advisory(js: &jetstream::Context, bridge: &BridgeConfig, payload: &[u8]) -> Result<(), String> {
+async fn dead_letter_from_advisory(js: &jetstream::Context, naming: &Naming, payload: &[u8]) -> Result<(), String> {
     let adv: MaxDeliveries = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
-    if !adv.stream.starts_with(&format!("{}_", bridge.jetstream.stream_prefix)) || adv.stream == bridge.dlq_stream_name() {
+    if !adv.stream.starts_with(&format!("{}_", naming.jetstream.stream_prefix)) || adv.stream == naming.dlq_stream_name() {
         return Ok(());
     }
     let op = operation_of_consumer(&adv.consumer).ok_or_else(|| format!("advisory for unknown consumer {}", adv.consumer))?;
@@ -409,7 +409,7 @@ async fn dead_letter_from_advisory(js: &jetstream::Context, bridge: &BridgeConfi
     h.insert(headers::NATS_MSG_ID, format!("dlq:{}:{}", adv.stream, adv.stream_seq));
     h.insert("X-Dlq-Reason", format!("max deliveries ({}) reached", adv.deliveries));
     h.insert("X-Dlq-Sequence", adv.stream_seq.to_string());
-    js.publish_with_headers(bridge.dlq_subject(op), h, original.payload.clone())
+    js.publish_with_headers(naming.dlq_subject(op), h, original.payload.clone())
         .await
         .map_err(|e| e.to_string())?
         .await

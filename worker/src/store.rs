@@ -9,7 +9,7 @@
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use nats_bridge::{RequestEnvelope, ResponseEnvelope};
+use nats_protocol::{RequestEnvelope, ResponseEnvelope};
 use serde::{Deserialize, Serialize};
 
 /// State of one idempotency key.
@@ -177,8 +177,8 @@ mod tests {
     /// compact JSON with sorted keys: records written by earlier workers keep matching.
     #[test]
     fn fingerprints_hash_the_canonical_json_array() {
-        let op = nats_bridge::catalogue::ops::capture();
-        let env = nats_bridge::OperationRequest::new(op, "m1", "pay_1", "cap_1")
+        let op = nats_protocol::catalogue::ops::capture();
+        let env = nats_protocol::OperationRequest::new(op, "m1", "pay_1", "cap_1")
             .router_data(serde_json::json!({ "currency": "EUR", "amount": 700, "note": "caf\u{e9} \"x\"" }))
             .envelope()
             .clone();

@@ -25,7 +25,7 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let (config, bridge) = match mock_worker::WorkerConfig::load(args.config.as_deref()) {
+    let (config, naming) = match mock_worker::WorkerConfig::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -33,7 +33,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let name = config.name.clone();
-    let handle = match mock_worker::start(config, bridge).await {
+    let handle = match mock_worker::start(config, naming).await {
         Ok(h) => h,
         Err(e) => {
             eprintln!("error: {e}");
