@@ -6,11 +6,13 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use harness::scenario::faults;
+use harness::scenario::spec::Verb;
 use harness::Environment;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
-use crate::schedule::Schedule;
+use harness::schedule::Schedule;
 
 /// Parses `500ms`, `20s`, `1.5s`, `2m` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -35,9 +37,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum FaultKind {
-    /// Restarts every NATS node, store kept (`NatsEnv::restart_all`).
+    /// Restarts every NATS node, store kept (the scenario verb `nats_restart`).
     NatsRestart,
-    /// Kills every in-process worker and starts as many again after `down`.
+    /// Kills every in-process worker and starts as many again after `down` (the scenario verb
+    /// `worker_kill` and its undo).
     WorkerCrash {
         /// How long no worker runs.
         #[serde(with = "secs")]
@@ -137,25 +140,23 @@ pub async fn timeline(
     out
 }
 
+/// Applies a fault through the scenario verbs (`harness::scenario::faults`): a NATS restart is
+/// `nats_restart`, a worker crash is `worker_kill` and, `down` later, its undo (the workers
+/// start again).
 async fn apply(env: &Mutex<Environment>, workers: usize, kind: FaultKind) -> Result<(), String> {
     match kind {
-        FaultKind::NatsRestart => env.lock().await.nats().restart_all().await.map_err(|e| format!("nats restart failed: {e}")),
+        FaultKind::NatsRestart => verb(env, &Verb::NatsRestart { node: None }, false, workers).await,
         FaultKind::WorkerCrash { down } => {
-            {
-                let mut env = env.lock().await;
-                // As the scenario runner's worker_kill: the tasks stop at once, nothing acked.
-                while !env.workers().is_empty() {
-                    env.take_worker(0).kill();
-                }
-            }
+            verb(env, &Verb::WorkerKill, false, workers).await?;
             tokio::time::sleep(down).await;
-            let mut env = env.lock().await;
-            for _ in 0..workers {
-                env.start_worker().await.map_err(|e| format!("cannot restart a worker: {e}"))?;
-            }
-            Ok(())
+            verb(env, &Verb::WorkerKill, true, workers).await
         }
     }
+}
+
+async fn verb(env: &Mutex<Environment>, verb: &Verb, undo: bool, workers: usize) -> Result<(), String> {
+    let phase = if undo { "undo" } else { "apply" };
+    faults::apply(verb, undo, &mut *env.lock().await, workers).await.map_err(|e| format!("{} ({phase}) failed: {e}", verb.name()))
 }
 
 /// Good seconds in a row that end a disruption.

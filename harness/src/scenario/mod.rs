@@ -1,7 +1,9 @@
-//! Chaos scenarios: scripts as data ([`spec`]), the recorded history ([`history`]) and the
-//! invariant checkers ([`checkers`]), pure functions run after the faults stop.
+//! Chaos scenarios: scripts as data ([`spec`]), the fault verbs ([`faults`]), the recorded
+//! history ([`history`]), what a run left behind ([`observe`]) and the invariant checkers
+//! ([`checkers`]), pure functions run after the faults stop.
 
 pub mod checkers;
+pub mod faults;
 pub mod history;
 pub mod observe;
 pub mod report;

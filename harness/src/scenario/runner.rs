@@ -130,50 +130,12 @@ struct FaultContext {
     replays: std::sync::atomic::AtomicUsize,
 }
 
-/// The fault proxies of `link` (the runner asks for them whenever a fault names the link).
-fn proxied(env: &Environment, link: Link) -> Result<&crate::netfault::ProxiedLink, String> {
-    env.link(link == Link::Gateway).ok_or_else(|| format!("the {link:?} link has no fault proxies"))
-}
-
 /// Applies one fault verb (`undo` = false) or undoes it (`undo` = true).
 async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String> {
     let (recorder, client, workers, crashers, defects, ack_wait_ms) =
         (&cx.recorder, &cx.client, cx.workers, &cx.crashers, cx.defects, cx.ack_wait_ms);
     let mut env = cx.env.lock().await;
     match (verb, undo) {
-        (Verb::ProcessorDown, flag) => {
-            for w in env.workers() {
-                w.faults().processor_unavailable.store(!flag, std::sync::atomic::Ordering::SeqCst);
-            }
-            Ok(())
-        }
-        (Verb::ProcessorLatency { ms }, undo) => {
-            let processor = env.processor();
-            let mut config = processor.config();
-            config.delay_before_effect_ms = if undo { 0 } else { *ms };
-            processor.set_config(config);
-            Ok(())
-        }
-        (Verb::WorkerKill, false) => {
-            while !env.workers().is_empty() {
-                env.take_worker(0).kill();
-            }
-            Ok(())
-        }
-        (Verb::WorkerKill, true) => {
-            for _ in 0..workers {
-                env.start_worker().await.map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        }
-        (Verb::Poison { count }, false) => {
-            let js = env.bridge().jetstream().clone();
-            let subject = env.bridge_config().subject_template(nats_bridge::catalogue::ops::authorize());
-            for i in 0..*count {
-                js.publish(subject.clone(), format!("{{poison {i}").into()).await.map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        }
         (Verb::Duplicates { count, kind: DuplicateKind::Publish }, false) => {
             let (sent, duplicates) = republish(&env, *count).await?;
             info!(sent, duplicates, "republished stream messages with their message ids");
@@ -198,13 +160,6 @@ async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String>
                     intended_us: None,
                 };
                 client.call(call).await;
-            }
-            Ok(())
-        }
-        (Verb::WorkerLatency { latency }, undo) => {
-            let value = (!undo).then(|| latency.clone());
-            for w in env.workers() {
-                *w.faults().latency.lock().unwrap_or_else(|p| p.into_inner()) = value.clone();
             }
             Ok(())
         }
@@ -233,24 +188,6 @@ async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String>
             pool.as_mut().expect("pool").spawn(spec).await.map_err(|e| e.to_string())?;
             Ok(())
         }
-        (Verb::WorkerErrors { rate }, undo) => {
-            for w in env.workers() {
-                *w.faults().error_rate.lock().unwrap_or_else(|p| p.into_inner()) = (!undo).then_some(*rate);
-            }
-            Ok(())
-        }
-        (Verb::DuplicateReplies, undo) => {
-            for w in env.workers() {
-                w.faults().duplicate_replies.store(!undo, std::sync::atomic::Ordering::SeqCst);
-            }
-            Ok(())
-        }
-        (Verb::DropReplies, undo) => {
-            for w in env.workers() {
-                w.faults().drop_replies.store(!undo, std::sync::atomic::Ordering::SeqCst);
-            }
-            Ok(())
-        }
         (Verb::Replay { from_seq }, false) => {
             // A fresh consumer per durable operation, from `from_seq`: every message in range is
             // delivered again, to a worker that must answer from its stored results.
@@ -264,43 +201,7 @@ async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String>
             env.start_worker_with(config).await.map_err(|e| e.to_string())?;
             Ok(())
         }
-        (Verb::NetLatency { link, base_ms, jitter_ms }, undo) => {
-            let link = proxied(&env, *link)?;
-            match undo {
-                false => link.set_latency(Duration::from_millis(*base_ms), Duration::from_millis(*jitter_ms)),
-                true => link.clear_latency(),
-            }
-            Ok(())
-        }
-        (Verb::NetCut { link }, undo) => {
-            let link = proxied(&env, *link)?;
-            if undo {
-                link.restore()
-            } else {
-                link.cut()
-            }
-            Ok(())
-        }
-        (Verb::NetHold { link }, undo) => {
-            let link = proxied(&env, *link)?;
-            if undo {
-                link.release()
-            } else {
-                link.hold()
-            }
-            Ok(())
-        }
-        (Verb::NatsRestart { node: Some(node) }, false) => env.nats().restart(node).await.map_err(|e| e.to_string()),
-        (Verb::NatsRestart { node: None }, false) => env.nats().restart_all().await.map_err(|e| e.to_string()),
-        (Verb::NodeKill { node }, false) => env.nats().kill(node).await.map_err(|e| e.to_string()),
-        (Verb::NodeKill { node }, true) => env.nats().start_node(node).await.map_err(|e| e.to_string()),
-        (Verb::Partition { node }, false) => env.nats().partition(node).await.map_err(|e| e.to_string()),
-        (Verb::Partition { node }, true) => env.nats().heal(node).await.map_err(|e| e.to_string()),
-        (Verb::Pause { node }, false) => env.nats().pause(node).await.map_err(|e| e.to_string()),
-        (Verb::Pause { node }, true) => env.nats().unpause(node).await.map_err(|e| e.to_string()),
-        (Verb::RollingRestart, false) => env.nats().rolling_restart().await.map_err(|e| e.to_string()),
-        (_, true) if !verb.needs_until() => Ok(()),
-        (other, _) => Err(format!("{} is not available in this build", other.name())),
+        _ => super::faults::apply(verb, undo, &mut env, workers).await,
     }
 }
 
