@@ -8,13 +8,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::model::CaptureMethod;
-use crate::service::{ApiError, Gateway, NewPayment};
+use crate::service::{ApiError, Gateway, NewPayment, RequestContext};
 use crate::store::{KeyState, Payment, Refund};
 
 /// Currencies the gateway accepts.
@@ -196,7 +196,14 @@ fn valid_amount(field: &str, amount: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn create_payment(State(s): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn create_payment(
+    State(s): State<AppState>,
+    Extension(cx): Extension<RequestContext>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let merchant_id = match merchant(&s, &headers) {
         Ok(m) => m,
         Err(e) => return e.into_response(),
@@ -220,6 +227,7 @@ async fn create_payment(State(s): State<AppState>, method: Method, uri: Uri, hea
         let p = s
             .gateway
             .create(
+                &cx,
                 &merchant_id,
                 NewPayment {
                     payment_id: req.payment_id,
@@ -262,6 +270,7 @@ struct Empty {}
 async fn payment_action(
     State(s): State<AppState>,
     Path((id, action)): Path<(String, String)>,
+    Extension(cx): Extension<RequestContext>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -276,27 +285,27 @@ async fn payment_action(
         let p = match action.as_str() {
             "confirm" => {
                 parse::<Empty>(&body)?;
-                g.confirm(&merchant_id, &id).await?
+                g.confirm(&cx, &merchant_id, &id).await?
             }
             "capture" => {
                 let b: CaptureBody = parse(&body)?;
                 if let Some(a) = b.amount_to_capture {
                     valid_amount("amount_to_capture", a)?;
                 }
-                g.capture(&merchant_id, &id, b.amount_to_capture).await?
+                g.capture(&cx, &merchant_id, &id, b.amount_to_capture).await?
             }
             "cancel" => {
                 parse::<CancelBody>(&body)?;
-                g.cancel(&merchant_id, &id).await?
+                g.cancel(&cx, &merchant_id, &id).await?
             }
             "complete_authorize" => {
                 parse::<Empty>(&body)?;
-                g.complete_authorize(&merchant_id, &id).await?
+                g.complete_authorize(&cx, &merchant_id, &id).await?
             }
             "incremental_authorization" => {
                 let b: IncrementalBody = parse(&body)?;
                 valid_amount("amount", b.amount)?;
-                g.incremental_authorization(&merchant_id, &id, b.amount).await?
+                g.incremental_authorization(&cx, &merchant_id, &id, b.amount).await?
             }
             other => return Err(ApiError::new(404, "not_found", format!("no payment action {other}"))),
         };
@@ -335,7 +344,14 @@ struct CreateRefund {
     reason: Option<String>,
 }
 
-async fn create_refund(State(s): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn create_refund(
+    State(s): State<AppState>,
+    Extension(cx): Extension<RequestContext>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let merchant_id = match merchant(&s, &headers) {
         Ok(m) => m,
         Err(e) => return e.into_response(),
@@ -348,7 +364,7 @@ async fn create_refund(State(s): State<AppState>, method: Method, uri: Uri, head
         if let Some(a) = req.amount {
             valid_amount("amount", a)?;
         }
-        let r = s.gateway.refund(&merchant_id, &req.payment_id, req.refund_id, req.amount, req.reason).await?;
+        let r = s.gateway.refund(&cx, &merchant_id, &req.payment_id, req.refund_id, req.amount, req.reason).await?;
         Ok((200, refund_json(&r)))
     };
     idempotent(&s, &merchant_id, &headers, &method, &uri, &body, run).await
@@ -376,6 +392,7 @@ struct FlowBody {
 async fn run_flow(
     State(s): State<AppState>,
     Path(operation): Path<String>,
+    Extension(cx): Extension<RequestContext>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -389,7 +406,7 @@ async fn run_flow(
         let req: FlowBody = parse(&body)?;
         valid_id("payment_id", &req.payment_id)?;
         valid_id("object_id", &req.object_id)?;
-        let reply = s.gateway.flow(&merchant_id, &operation, &req.payment_id, &req.object_id, req.data).await?;
+        let reply = s.gateway.flow(&cx, &merchant_id, &operation, &req.payment_id, &req.object_id, req.data).await?;
         Ok((200, serde_json::to_value(reply).unwrap_or_default()))
     };
     idempotent(&s, &merchant_id, &headers, &method, &uri, &body, run).await
@@ -408,20 +425,10 @@ async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(404, "not_found", format!("no route for {}", uri.path()))
 }
 
-tokio::task_local! {
-    /// The correlation id of the HTTP request being served.
-    pub static CORRELATION_ID: String;
-}
-
-/// The current request's correlation id, if serving one.
-pub fn correlation_id() -> Option<String> {
-    CORRELATION_ID.try_with(Clone::clone).ok()
-}
-
 /// Gives every request a correlation id (the client's `x-correlation-id` or a new one): it
-/// is on every log line of the request, on every operation it sends to the workers, and
-/// echoed in the response.
-async fn correlate(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// is on every log line of the request, on every operation it sends to the workers (the
+/// handlers pass it to the flows in a [`RequestContext`]), and echoed in the response.
+async fn correlate(mut request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let id = request
         .headers()
         .get("x-correlation-id")
@@ -430,7 +437,8 @@ async fn correlate(request: axum::extract::Request, next: axum::middleware::Next
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let span = tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), correlation_id = %id);
-    let mut response = CORRELATION_ID.scope(id.clone(), tracing::Instrument::instrument(next.run(request), span)).await;
+    request.extensions_mut().insert(RequestContext { correlation_id: Some(id.clone()) });
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
     if let Ok(v) = id.parse() {
         response.headers_mut().insert("x-correlation-id", v);
     }

@@ -58,6 +58,15 @@ pub struct NewPayment {
     pub router_data: Value,
 }
 
+/// Who asked for a flow, as far as the flows care: the HTTP API builds one per request, so the
+/// flows read nothing of HTTP.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestContext {
+    /// The correlation id of the request (its `x-correlation-id`), carried by every operation
+    /// the flow sends; `None` leaves each operation its own.
+    pub correlation_id: Option<String>,
+}
+
 /// The gateway's core, shared by the HTTP handlers, the late-reply task and the recovery job.
 pub struct Gateway {
     /// The attempt store.
@@ -77,14 +86,14 @@ pub fn captured_with(effect: &Value) -> Option<i64> {
 }
 
 /// The authorization of a payment: its router data plus amount, currency and capture method.
-fn authorize_request(p: &Payment) -> OperationRequest {
+fn authorize_request(cx: &RequestContext, p: &Payment) -> OperationRequest {
     let mut router_data = p.router_data.clone();
     if let Value::Object(m) = &mut router_data {
         m.insert("amount".into(), json!(p.amount));
         m.insert("currency".into(), json!(p.currency));
         m.insert("capture_method".into(), json!(p.capture_method.as_str()));
     }
-    new_request(catalogue::ops::authorize(), &p.merchant_id, &p.payment_id, &p.attempt_id).router_data(router_data)
+    new_request(cx, catalogue::ops::authorize(), &p.merchant_id, &p.payment_id, &p.attempt_id).router_data(router_data)
 }
 
 /// What a call returned, as the store understands it.
@@ -113,11 +122,11 @@ pub fn resolution(result: &Result<ResponseEnvelope, CallError>) -> Resolution {
     }
 }
 
-/// A new operation instance, carrying the HTTP request's correlation id when there is one.
-fn new_request(op: nats_bridge::Operation, merchant_id: &str, payment_id: &str, object_id: &str) -> OperationRequest {
+/// A new operation instance, carrying the request's correlation id when there is one.
+fn new_request(cx: &RequestContext, op: nats_bridge::Operation, merchant_id: &str, payment_id: &str, object_id: &str) -> OperationRequest {
     let request = OperationRequest::new(op, merchant_id, payment_id, object_id);
-    match crate::api::correlation_id() {
-        Some(id) => request.correlation_id(id),
+    match &cx.correlation_id {
+        Some(id) => request.correlation_id(id.clone()),
         None => request,
     }
 }
@@ -169,11 +178,11 @@ impl Gateway {
     }
 
     /// Creates a payment; with `confirm` it authorizes (and charges, if automatic).
-    pub async fn create(&self, merchant_id: &str, new: NewPayment, confirm: bool) -> Result<Payment, ApiError> {
+    pub async fn create(&self, cx: &RequestContext, merchant_id: &str, new: NewPayment, confirm: bool) -> Result<Payment, ApiError> {
         let payment_id = new.payment_id.unwrap_or_else(|| format!("pay_{}", uuid::Uuid::new_v4().simple()));
         let payment = Payment::new(merchant_id, &payment_id, new.amount, &new.currency, new.capture_method, new.router_data);
         // Created and confirmed at once: the payment and its authorization in one commit.
-        let authorization = confirm.then(|| authorize_request(&payment));
+        let authorization = confirm.then(|| authorize_request(cx, &payment));
         let inserted = match &authorization {
             Some(request) => {
                 self.store.insert_payment_and_begin(&payment, &record(request, &payment.attempt_id, Some(payment.amount))).map(|_| ())
@@ -193,14 +202,14 @@ impl Gateway {
                     return Err(ApiError::new(409, "duplicate", format!("{what} already exists with other parameters")));
                 }
                 if confirm && existing.status == AttemptStatus::Started {
-                    return self.confirm(merchant_id, &payment_id).await;
+                    return self.confirm(cx, merchant_id, &payment_id).await;
                 }
                 return Ok(existing);
             }
             Err(e) => return Err(e.into()),
         }
         match authorization {
-            Some(request) => self.authorize(merchant_id, &payment_id, request).await,
+            Some(request) => self.authorize(cx, merchant_id, &payment_id, request).await,
             None => Ok(self.store.payment(merchant_id, &payment_id)?),
         }
     }
@@ -211,15 +220,21 @@ impl Gateway {
     /// successful authorization come back without a capture (a worker that does not pass
     /// `capture_method` on to the processor), the capture is sent as a second operation, so that
     /// no automatic payment is left authorized but not captured.
-    pub async fn confirm(&self, merchant_id: &str, payment_id: &str) -> Result<Payment, ApiError> {
+    pub async fn confirm(&self, cx: &RequestContext, merchant_id: &str, payment_id: &str) -> Result<Payment, ApiError> {
         let p = self.store.payment(merchant_id, payment_id)?;
-        let request = authorize_request(&p);
+        let request = authorize_request(cx, &p);
         self.store.begin_operation(&record(&request, &p.attempt_id, Some(p.amount)))?;
-        self.authorize(merchant_id, payment_id, request).await
+        self.authorize(cx, merchant_id, payment_id, request).await
     }
 
     /// Sends a begun authorization and applies its outcome (see [`Gateway::confirm`]).
-    async fn authorize(&self, merchant_id: &str, payment_id: &str, request: OperationRequest) -> Result<Payment, ApiError> {
+    async fn authorize(
+        &self,
+        cx: &RequestContext,
+        merchant_id: &str,
+        payment_id: &str,
+        request: OperationRequest,
+    ) -> Result<Payment, ApiError> {
         self.execute(&request).await.ok();
         let p = self.store.payment(merchant_id, payment_id)?;
         if p.capture_method == CaptureMethod::Automatic && p.status == AttemptStatus::Authorized {
@@ -233,51 +248,65 @@ impl Gateway {
                     &[],
                 )
                 .inc();
-            return self.capture(merchant_id, payment_id, None).await;
+            return self.capture(cx, merchant_id, payment_id, None).await;
         }
         Ok(p)
     }
 
     /// Captures `amount` (default: all that is capturable).
-    pub async fn capture(&self, merchant_id: &str, payment_id: &str, amount: Option<i64>) -> Result<Payment, ApiError> {
+    pub async fn capture(
+        &self,
+        cx: &RequestContext,
+        merchant_id: &str,
+        payment_id: &str,
+        amount: Option<i64>,
+    ) -> Result<Payment, ApiError> {
         let p = self.store.payment(merchant_id, payment_id)?;
         let amount = amount.unwrap_or(p.amount_authorized - p.amount_captured);
         let n = self.store.count_operations(merchant_id, payment_id, "payments.capture")?;
         let capture_id = format!("{payment_id}_cap_{}", n + 1);
-        let request = new_request(catalogue::ops::capture(), merchant_id, payment_id, &capture_id).router_data(money(amount, &p.currency));
+        let request =
+            new_request(cx, catalogue::ops::capture(), merchant_id, payment_id, &capture_id).router_data(money(amount, &p.currency));
         self.store.begin_operation(&record(&request, &capture_id, Some(amount)))?;
         self.execute(&request).await.ok();
         Ok(self.store.payment(merchant_id, payment_id)?)
     }
 
     /// Voids the authorization.
-    pub async fn cancel(&self, merchant_id: &str, payment_id: &str) -> Result<Payment, ApiError> {
+    pub async fn cancel(&self, cx: &RequestContext, merchant_id: &str, payment_id: &str) -> Result<Payment, ApiError> {
         let p = self.store.payment(merchant_id, payment_id)?;
         let void_id = format!("{payment_id}_void");
-        let request = new_request(catalogue::ops::void(), merchant_id, payment_id, &void_id).router_data(json!({ "currency": p.currency }));
+        let request =
+            new_request(cx, catalogue::ops::void(), merchant_id, payment_id, &void_id).router_data(json!({ "currency": p.currency }));
         self.store.begin_operation(&record(&request, &void_id, None))?;
         self.execute(&request).await.ok();
         Ok(self.store.payment(merchant_id, payment_id)?)
     }
 
     /// Completes a 3DS authorization.
-    pub async fn complete_authorize(&self, merchant_id: &str, payment_id: &str) -> Result<Payment, ApiError> {
+    pub async fn complete_authorize(&self, cx: &RequestContext, merchant_id: &str, payment_id: &str) -> Result<Payment, ApiError> {
         let p = self.store.payment(merchant_id, payment_id)?;
         let id = format!("{}_complete", p.attempt_id);
         let op = catalogue::find("payments.complete_authorize").expect("catalogue row");
-        let request = new_request(op, merchant_id, payment_id, &id).router_data(money(p.amount, &p.currency));
+        let request = new_request(cx, op, merchant_id, payment_id, &id).router_data(money(p.amount, &p.currency));
         self.store.begin_operation(&record(&request, &id, Some(p.amount)))?;
         self.execute(&request).await.ok();
         Ok(self.store.payment(merchant_id, payment_id)?)
     }
 
     /// Increases the authorized amount.
-    pub async fn incremental_authorization(&self, merchant_id: &str, payment_id: &str, amount: i64) -> Result<Payment, ApiError> {
+    pub async fn incremental_authorization(
+        &self,
+        cx: &RequestContext,
+        merchant_id: &str,
+        payment_id: &str,
+        amount: i64,
+    ) -> Result<Payment, ApiError> {
         let p = self.store.payment(merchant_id, payment_id)?;
         let n = self.store.count_operations(merchant_id, payment_id, "payments.incremental_auth")?;
         let id = format!("{payment_id}_inc_{}", n + 1);
         let op = catalogue::find("payments.incremental_auth").expect("catalogue row");
-        let request = new_request(op, merchant_id, payment_id, &id).router_data(money(amount, &p.currency));
+        let request = new_request(cx, op, merchant_id, payment_id, &id).router_data(money(amount, &p.currency));
         self.store.begin_operation(&record(&request, &id, Some(amount)))?;
         self.execute(&request).await.ok();
         Ok(self.store.payment(merchant_id, payment_id)?)
@@ -303,6 +332,7 @@ impl Gateway {
     /// Creates a refund.
     pub async fn refund(
         &self,
+        cx: &RequestContext,
         merchant_id: &str,
         payment_id: &str,
         refund_id: Option<String>,
@@ -312,7 +342,7 @@ impl Gateway {
         let p = self.store.payment(merchant_id, payment_id)?;
         let refund_id = refund_id.unwrap_or_else(|| format!("ref_{}", uuid::Uuid::new_v4().simple()));
         let amount = amount.unwrap_or(p.amount_captured - p.amount_refunded - p.amount_refund_pending);
-        let request = new_request(catalogue::ops::refund(), merchant_id, payment_id, &refund_id)
+        let request = new_request(cx, catalogue::ops::refund(), merchant_id, payment_id, &refund_id)
             .router_data(json!({ "amount": amount, "currency": p.currency, "refund_id": refund_id, "reason": reason }));
         let refund = Refund {
             merchant_id: merchant_id.to_string(),
@@ -347,6 +377,7 @@ impl Gateway {
     /// Runs any other catalogue operation for a payment and returns the worker's reply.
     pub async fn flow(
         &self,
+        cx: &RequestContext,
         merchant_id: &str,
         operation: &str,
         payment_id: &str,
@@ -358,7 +389,7 @@ impl Gateway {
             // These move the payment's state: only their own routes keep the store in step.
             return Err(ApiError::new(400, "use_dedicated_route", format!("{operation} has its own route: {route}")));
         }
-        let request = new_request(op, merchant_id, payment_id, object_id).router_data(router_data);
+        let request = new_request(cx, op, merchant_id, payment_id, object_id).router_data(router_data);
         if op.pattern == catalogue::Pattern::Durable {
             self.store.record_operation(&record(&request, object_id, None))?;
             self.execute(&request).await.map_err(call_error)

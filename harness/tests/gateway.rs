@@ -295,6 +295,7 @@ async fn recovery_fails_an_operation_the_processor_never_saw() {
     let g = &running.state.gateway;
     let p = g
         .create(
+            &gateway::service::RequestContext::default(),
             "m1",
             gateway::service::NewPayment {
                 payment_id: Some("pay_rec".into()),
