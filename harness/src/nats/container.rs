@@ -11,6 +11,7 @@ use testcontainers::core::{IntoContainerPort, Mount};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, CopyTargetOptions, GenericImage, ImageExt};
 
+use super::docker::{engine, ENV_LABEL};
 use super::image::ImageRef;
 use super::{ports, reaper, server_config, NatsError, NodeSpec};
 
@@ -28,13 +29,6 @@ pub const MONITORING_PORT: u16 = 8222;
 /// stop, kill and start, and goes when the container is removed (with
 /// `v`, as testcontainers and the [`reaper`] remove them).
 pub const STORE_DIR: &str = "/data";
-
-/// Label put on every container and network (value: the environment id),
-/// so leftovers of killed runs can be found with
-/// `docker ps -a --filter label=hs.nats.env`. Next to it, the owner labels
-/// of [`reaper`](super::reaper) let later runs remove leftovers whose
-/// process is gone.
-pub const ENV_LABEL: &str = "hs.nats.env";
 
 /// Whether a Docker engine is usable: the `docker` cli is installed (it
 /// builds the image) and the engine answers a ping. `Err` says why not.
@@ -189,13 +183,6 @@ pub(crate) struct ContainerFacts {
     pub(crate) paused: bool,
     /// Names of the networks the container is attached to.
     pub(crate) networks: Vec<String>,
-}
-
-/// The Docker engine client testcontainers uses.
-pub(crate) async fn engine() -> Result<testcontainers::bollard::Docker, NatsError> {
-    testcontainers::core::client::docker_client_instance()
-        .await
-        .map_err(|e| NatsError::DockerUnavailable(format!("cannot create a docker client: {e}")))
 }
 
 /// Names derived from the environment id.

@@ -56,6 +56,7 @@
 
 pub mod binary;
 mod container;
+mod docker;
 mod error;
 pub mod faults;
 pub mod image;
@@ -74,7 +75,8 @@ use std::time::{Duration, Instant};
 use testcontainers::{ContainerAsync, GenericImage};
 
 pub use binary::{NatsBinary, BINARY_ENV};
-pub use container::{CLIENT_PORT, CLUSTER_PORT, ENV_LABEL, MONITORING_PORT, STORE_DIR};
+pub use container::{CLIENT_PORT, CLUSTER_PORT, MONITORING_PORT, STORE_DIR};
+pub use docker::ENV_LABEL;
 pub use error::NatsError;
 pub use faults::NodeState;
 pub use image::{ensure_image, ImageRef};

@@ -24,7 +24,7 @@ use testcontainers::bollard::query_parameters::{
     ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptions,
 };
 
-use super::container::{engine, ENV_LABEL};
+use super::docker::{engine, ENV_LABEL};
 use super::NatsError;
 
 /// Label holding the process id of the process that created the container
