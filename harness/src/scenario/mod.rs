@@ -1,6 +1,7 @@
 //! Chaos scenarios: scripts as data ([`spec`]), the fault verbs ([`faults`]), the recorded
 //! history ([`history`]), what a run left behind ([`observe`]) and the invariant checkers
-//! ([`checkers`]), pure functions run after the faults stop.
+//! ([`checkers`]), pure functions run after the faults stop; [`runner`] runs a scenario with
+//! the timeouts of [`timing`].
 
 pub mod checkers;
 pub mod faults;
@@ -9,4 +10,5 @@ pub mod observe;
 pub mod report;
 pub mod runner;
 pub mod spec;
+pub mod timing;
 pub mod workload;

@@ -160,7 +160,7 @@ impl Default for Workload {
                 ("refund".to_string(), 2),
                 ("void".to_string(), 1),
             ]),
-            client_timeout_ms: super::runner::timing::CLIENT_TIMEOUT_MS,
+            client_timeout_ms: super::timing::CLIENT_TIMEOUT_MS,
         }
     }
 }
