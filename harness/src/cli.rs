@@ -237,17 +237,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Action::Run { scenarios, seed, report_dir, defect } => {
             let defect = match defect {
-                Some(name) => Some(crate::defects::find(&name).ok_or_else(|| {
-                    let known: Vec<_> = crate::defects::DEFECTS.iter().map(|d| d.name).collect();
-                    format!("unknown defect {name:?} (known: {})", known.join(", "))
-                })?),
+                Some(name) => {
+                    let found = crate::defects::find(&name).ok_or_else(|| {
+                        let known: Vec<_> = crate::defects::DEFECTS.iter().map(|d| d.name).collect();
+                        format!("unknown defect {name:?} (known: {})", known.join(", "))
+                    })?;
+                    Some(found.switches())
+                }
                 None => None,
             };
             // Check every file first: a typo in the fifth file should not wait for four runs.
             let parsed = scenarios.iter().map(|p| crate::scenario::spec::Scenario::load(p)).collect::<Result<Vec<_>, _>>()?;
             let mut failed = Vec::new();
             for s in &parsed {
-                let options = crate::scenario::runner::RunOptions { seed, report_dir: report_dir.clone(), defect };
+                let options = crate::scenario::runner::RunOptions { seed, report_dir: report_dir.clone(), defect: defect.clone() };
                 // A run that could not be judged (an unreadable source, a fault that could
                 // not be applied) fails with its reason; the next scenario still runs.
                 let report = match crate::scenario::runner::run(s, &options).await {

@@ -2,12 +2,10 @@
 //! with the scenario and invariant expected to catch it. A harness is only as good as the bugs
 //! it finds; `harness run --defect NAME` runs any scenario against one of them.
 
-use gateway::config::GatewayConfig;
-use mock_worker::WorkerConfig;
-use nats_bridge::BridgeConfig;
 use serde::Serialize;
 
 use crate::scenario::checkers::Invariant;
+use crate::scenario::runner::DefectSwitches;
 
 /// One deliberate defect.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -103,19 +101,50 @@ pub fn find(name: &str) -> Option<&'static Defect> {
     DEFECTS.iter().find(|d| d.name == name)
 }
 
-/// Switches the defect on in the configurations of a run.
-pub fn apply(defect: &Defect, bridge: &mut BridgeConfig, gateway: &mut GatewayConfig, worker: &mut WorkerConfig) {
-    match defect.name {
-        "reuse-authorize-message-id" => bridge.defects.reuse_authorize_message_id = true,
-        "reserved-reply-header" => bridge.defects.reserved_reply_header = true,
-        "stream-captures-queries" => bridge.defects.stream_captures_queries = true,
-        "card-data-in-headers" => bridge.defects.card_data_in_headers = true,
-        "duplicate-waits-for-reply" => bridge.defects.duplicate_waits_for_reply = true,
-        "manual-capture-as-charged" => gateway.defects.manual_capture_as_charged = true,
-        "late-reply-overwrites-terminal" => gateway.defects.late_reply_overwrites_terminal = true,
-        "recovery-without-asking" => gateway.defects.recovery_without_asking = true,
-        "ack-before-processor" => worker.defects.ack_before_processor = true,
-        "lookup-ignores-claims" => worker.defects.lookup_ignores_claims = true,
-        other => unreachable!("defect {other} has no switch"),
+impl Defect {
+    /// The defect as a scenario run takes it (`RunOptions::defect`): its switch on, every
+    /// other off.
+    pub fn switches(&self) -> DefectSwitches {
+        let mut s = DefectSwitches { name: self.name.to_string(), description: self.description.to_string(), ..Default::default() };
+        match self.name {
+            "reuse-authorize-message-id" => s.bridge.reuse_authorize_message_id = true,
+            "reserved-reply-header" => s.bridge.reserved_reply_header = true,
+            "stream-captures-queries" => s.bridge.stream_captures_queries = true,
+            "card-data-in-headers" => s.bridge.card_data_in_headers = true,
+            "duplicate-waits-for-reply" => s.bridge.duplicate_waits_for_reply = true,
+            "manual-capture-as-charged" => s.gateway.manual_capture_as_charged = true,
+            "late-reply-overwrites-terminal" => s.gateway.late_reply_overwrites_terminal = true,
+            "recovery-without-asking" => s.gateway.recovery_without_asking = true,
+            "ack-before-processor" => s.worker.ack_before_processor = true,
+            "lookup-ignores-claims" => s.worker.lookup_ignores_claims = true,
+            other => unreachable!("defect {other} has no switch"),
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_defect_turns_its_own_switch_on() {
+        let off = DefectSwitches::default();
+        let mut seen: Vec<DefectSwitches> = Vec::new();
+        for d in DEFECTS {
+            let s = d.switches();
+            assert_eq!((s.name.as_str(), s.description.as_str()), (d.name, d.description));
+            let changed = [s.bridge != off.bridge, s.gateway != off.gateway, s.worker != off.worker];
+            assert_eq!(changed.iter().filter(|c| **c).count(), 1, "{} switches one component", d.name);
+            assert_eq!(
+                changed.iter().position(|c| *c),
+                ["bridge", "gateway", "worker"].iter().position(|c| *c == d.component),
+                "{}",
+                d.name
+            );
+            let bare = DefectSwitches { name: String::new(), description: String::new(), ..s };
+            assert!(!seen.contains(&bare), "{} switches what another defect does", d.name);
+            seen.push(bare);
+        }
     }
 }

@@ -17,7 +17,9 @@ async fn run_scenario(name: &str, defect: Option<&'static Defect>) -> (RunReport
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios").join(format!("{name}.toml"));
     let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}")).scaled(0.6);
     let dir = common::TempDir::new(&format!("defect-{name}"));
-    let report = run(&scenario, &RunOptions { seed: None, report_dir: dir.path().to_path_buf(), defect }).await.expect("the scenario runs");
+    let report = run(&scenario, &RunOptions { seed: None, report_dir: dir.path().to_path_buf(), defect: defect.map(Defect::switches) })
+        .await
+        .expect("the scenario runs");
     let summary = std::fs::read_to_string(report.dir.join("summary.md")).expect("summary written");
     (report, summary)
 }

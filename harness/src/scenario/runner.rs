@@ -35,7 +35,23 @@ pub struct RunOptions {
     /// Where `<scenario>-<seed>-<time>/` goes.
     pub report_dir: PathBuf,
     /// Run against a deliberately broken variant (see `harness defects`).
-    pub defect: Option<&'static crate::defects::Defect>,
+    pub defect: Option<DefectSwitches>,
+}
+
+/// A deliberately broken variant of the system, as the configuration a run takes: the
+/// defect catalogue ([`crate::defects`]) fills it in, so the runner knows no catalogue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DefectSwitches {
+    /// The defect's name, printed when the run starts.
+    pub name: String,
+    /// What is wrong, printed beside the name.
+    pub description: String,
+    /// The bridge's switches.
+    pub bridge: nats_bridge::defects::Defects,
+    /// The gateway's switches.
+    pub gateway: gateway::config::GatewayDefects,
+    /// The workers' switches, crash workers' included.
+    pub worker: mock_worker::config::WorkerDefects,
 }
 
 fn bridge_config(s: &Scenario) -> BridgeConfig {
@@ -204,9 +220,11 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
         },
         ..Default::default()
     };
-    if let Some(defect) = options.defect {
+    if let Some(defect) = &options.defect {
         println!("defect: {} ({})", defect.name, defect.description);
-        crate::defects::apply(defect, &mut bridge, &mut gateway_config, &mut worker);
+        bridge.defects = defect.bridge;
+        gateway_config.defects = defect.gateway;
+        worker.defects = defect.worker;
     }
     let crash_defects = worker.defects;
     let worker_base = worker.clone();
