@@ -299,7 +299,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             memory_probe,
         } => {
             if let Some(probe) = memory_probe {
-                return crate::bench::memory::probe_main(&probe).await;
+                return Ok(crate::bench::memory::probe_main(&probe).await?);
             }
             let positive = |x: f64| x > 0.0 && x.is_finite();
             if !positive(rate_step_secs) || !positive(rate_p99_ms) {

@@ -15,10 +15,26 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::cli::CliError;
-use crate::env::{Environment, EnvironmentConfig};
+use crate::env::{EnvError, Environment, EnvironmentConfig};
 use crate::nats::EnvConfig;
 use crate::stats::{ms, unix_time, Percentiles};
+
+/// Why the demo stopped before its report.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The environment could not be started.
+    #[error(transparent)]
+    Environment(#[from] EnvError),
+    /// The limit on payments in flight was closed.
+    #[error(transparent)]
+    Concurrency(#[from] tokio::sync::AcquireError),
+    /// The report could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+    /// The report could not be written.
+    #[error(transparent)]
+    Report(#[from] std::io::Error),
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -147,7 +163,7 @@ async fn payment(bridge: nats_bridge::Bridge, seed: u64, i: usize, log: Arc<Mute
 }
 
 /// Runs the demo and writes `summary.md` and `summary.json`.
-pub async fn run(config: DemoConfig) -> Result<DemoReport, CliError> {
+pub async fn run(config: DemoConfig) -> Result<DemoReport, DemoError> {
     println!("seed: {}", config.seed);
     let env = Environment::start(EnvironmentConfig {
         nats: if config.cluster { EnvConfig::cluster() } else { EnvConfig::single() },

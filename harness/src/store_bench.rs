@@ -6,9 +6,24 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gateway::model::{AttemptStatus, CaptureMethod};
-use gateway::store::{now_ms, OpStatus, OperationRecord, Payment, Resolution, Store};
+use gateway::store::{now_ms, OpStatus, OperationRecord, Payment, Resolution, Store, StoreError};
 
-use crate::cli::CliError;
+/// Why the store benchmark stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreBenchError {
+    /// The directory for the database file could not be created.
+    #[error(transparent)]
+    Dir(std::io::Error),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Open(StoreError),
+    /// A transition failed, or a payment did not end charged.
+    #[error("{0}")]
+    Transition(String),
+    /// A thread driving payments panicked.
+    #[error("bench thread panicked")]
+    Panicked,
+}
 
 /// The measurement.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -45,10 +60,10 @@ fn op(merchant: &str, payment: &str, name: &str, object: &str, amount: i64) -> O
 
 /// Drives `payments` payments through create, authorize (begin + success), capture (begin +
 /// success): five committed transitions each.
-pub fn run(dir: &Path, payments: usize, threads: usize) -> Result<StoreBench, CliError> {
-    std::fs::create_dir_all(dir)?;
+pub fn run(dir: &Path, payments: usize, threads: usize) -> Result<StoreBench, StoreBenchError> {
+    std::fs::create_dir_all(dir).map_err(StoreBenchError::Dir)?;
     let path = dir.join(format!("store-bench-{}.db", std::process::id()));
-    let store = Arc::new(Store::open(&path)?);
+    let store = Arc::new(Store::open(&path).map_err(StoreBenchError::Open)?);
     let started = Instant::now();
     let per_thread = payments.div_ceil(threads.max(1));
     let handles: Vec<_> = (0..threads.max(1))
@@ -59,7 +74,7 @@ pub fn run(dir: &Path, payments: usize, threads: usize) -> Result<StoreBench, Cl
                 for i in 0..per_thread {
                     let id = format!("p{t}_{i}");
                     let p = Payment::new("m", &id, 1000, "USD", CaptureMethod::Manual, serde_json::json!({}));
-                    let e = |e: gateway::store::StoreError| e.to_string();
+                    let e = |e: StoreError| e.to_string();
                     store.insert_payment(&p).map_err(e)?;
                     let auth = op("m", &id, "payments.authorize", &p.attempt_id, 1000);
                     store.begin_operation(&auth).map_err(e)?;
@@ -81,7 +96,7 @@ pub fn run(dir: &Path, payments: usize, threads: usize) -> Result<StoreBench, Cl
         .collect();
     let mut transitions = 0;
     for h in handles {
-        transitions += h.join().map_err(|_| "bench thread panicked")??;
+        transitions += h.join().map_err(|_| StoreBenchError::Panicked)?.map_err(StoreBenchError::Transition)?;
     }
     let seconds = started.elapsed().as_secs_f64();
     drop(store);

@@ -14,8 +14,8 @@
 //! the responder starts, and every call must complete with a reply (the bridge's request
 //! timeout is raised far above the time this takes, so no call times out while held).
 
-use std::path::Path;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,11 +24,88 @@ use nats_bridge::{catalogue::ops, subjects, Bridge, BridgeConfig, OperationReque
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::connz::{self, ConnCount};
-use crate::cli::CliError;
+use super::connz::{self, ConnCount, ConnzError};
 
 /// Marks the probe's result line on its standard output.
 const RESULT_PREFIX: &str = "memory-probe ";
+
+/// Why the probe (the child process) could not measure.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The configuration passed on the command line is not a probe configuration.
+    #[error("invalid memory probe config: {0}")]
+    InvalidConfig(serde_json::Error),
+    /// The bridge configuration built from it is invalid.
+    #[error(transparent)]
+    BridgeConfig(nats_bridge::config::ConfigError),
+    /// The authorize subject could not be rendered for the probe's merchant.
+    #[error("{0}")]
+    Subject(String),
+    /// The responder could not connect to NATS.
+    #[error(transparent)]
+    Connect(async_nats::ConnectError),
+    /// The payments stream could not be read.
+    #[error(transparent)]
+    Stream(jetstream::context::GetStreamError),
+    /// The responder's consumer could not be created.
+    #[error(transparent)]
+    Consumer(jetstream::stream::ConsumerError),
+    /// The bridge under test could not connect.
+    #[error(transparent)]
+    Bridge(nats_bridge::ConnectError),
+    /// `/proc/self/status` could not be read.
+    #[error("cannot read /proc/self/status: {0}")]
+    ReadStatus(std::io::Error),
+    /// `/proc/self/status` has no such field.
+    #[error("no {0} in /proc/self/status")]
+    StatusField(String),
+    /// A call ended while its reply was held back.
+    #[error("call {0} ended while its reply was held back")]
+    CallEnded(usize),
+    /// Something the probe waits for did not happen in time.
+    #[error("timed out waiting for {0}")]
+    TimedOut(String),
+    /// The bridge's connections could not be counted.
+    #[error(transparent)]
+    Connections(ConnzError),
+    /// Not every call completed within the deadline once the replies were released.
+    #[error("not every call completed within {0:?} of the release")]
+    NotDrained(Duration),
+    /// The report could not be encoded.
+    #[error(transparent)]
+    Encode(serde_json::Error),
+}
+
+/// Why the probe process could not be run or read.
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    /// The probe configuration could not be encoded.
+    #[error(transparent)]
+    Encode(serde_json::Error),
+    /// The probe process could not be started.
+    #[error("cannot start the memory probe {}: {source}", .exe.display())]
+    Start {
+        /// The harness executable run as the probe.
+        exe: PathBuf,
+        /// Why it did not start.
+        source: std::io::Error,
+    },
+    /// The probe process did not finish in time.
+    #[error("the memory probe did not finish within {0:?}")]
+    Unfinished(Duration),
+    /// Waiting for the probe process failed.
+    #[error(transparent)]
+    Wait(std::io::Error),
+    /// The probe process failed; it printed its errors on standard error.
+    #[error("the memory probe failed ({0}); its errors are above")]
+    Failed(ExitStatus),
+    /// The probe process printed no result line.
+    #[error("the memory probe printed no result")]
+    NoResult,
+    /// The probe process's result line could not be read.
+    #[error("unreadable memory probe result: {0}")]
+    UnreadableResult(serde_json::Error),
+}
 
 /// What the probe process does; passed to it as JSON.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -106,33 +183,33 @@ pub struct MemoryReport {
 }
 
 /// Resident set and its high-water mark of this process, KiB, from `/proc/self/status`.
-pub fn rss_kib() -> Result<(u64, u64), CliError> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+pub fn rss_kib() -> Result<(u64, u64), ProbeError> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(ProbeError::ReadStatus)?;
     let field = |name: &str| {
         status
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("no {name} in /proc/self/status"))
+            .ok_or_else(|| ProbeError::StatusField(name.to_string()))
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// Polls `check` every 10 ms until it returns `Ok(true)`, fails, or `deadline` passes.
-async fn poll(deadline: Instant, what: &str, mut check: impl FnMut() -> Result<bool, String>) -> Result<(), CliError> {
+async fn poll(deadline: Instant, what: &str, mut check: impl FnMut() -> Result<bool, ProbeError>) -> Result<(), ProbeError> {
     loop {
         if check()? {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(format!("timed out waiting for {what}").into());
+            return Err(ProbeError::TimedOut(what.to_string()));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 /// The probe itself: runs in the child process and returns its numbers.
-pub async fn probe(config: ProbeConfig) -> Result<MemoryReport, CliError> {
+pub async fn probe(config: ProbeConfig) -> Result<MemoryReport, ProbeError> {
     let n = config.in_flight;
     let deadline = Duration::from_secs(config.deadline_secs);
     let mut bridge_config = BridgeConfig {
@@ -145,19 +222,20 @@ pub async fn probe(config: ProbeConfig) -> Result<MemoryReport, CliError> {
     };
     bridge_config.jetstream.replicas = config.replicas;
     bridge_config.circuit_breaker.enabled = false;
-    bridge_config.validate()?;
+    bridge_config.validate().map_err(ProbeError::BridgeConfig)?;
 
     // Everything that is not the bridge exists before the baseline.
     let op = ops::authorize();
-    let subject = subjects::render(&bridge_config.subject_template(op), &config.merchant, "default")?;
+    let subject = subjects::render(&bridge_config.subject_template(op), &config.merchant, "default").map_err(ProbeError::Subject)?;
     let stream_name = bridge_config.stream_name(op.family);
     let responder = async_nats::ConnectOptions::new()
         .name(format!("{}-responder", config.connection_name))
         .ignore_discovered_servers()
         .connect(bridge_config.server_urls())
-        .await?;
+        .await
+        .map_err(ProbeError::Connect)?;
     let js = jetstream::new(responder.clone());
-    let stream = js.get_stream(&stream_name).await?;
+    let stream = js.get_stream(&stream_name).await.map_err(ProbeError::Stream)?;
     let durable = format!("bench_mem_{}", std::process::id());
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::Config {
@@ -167,7 +245,8 @@ pub async fn probe(config: ProbeConfig) -> Result<MemoryReport, CliError> {
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ..Default::default()
         })
-        .await?;
+        .await
+        .map_err(ProbeError::Consumer)?;
     // The requests stay where they are; each call's task holds only a shared pointer and an
     // index besides the bridge's call itself, so the caller adds nothing but the task header.
     let requests: Arc<Vec<OperationRequest>> = Arc::new(
@@ -181,7 +260,7 @@ pub async fn probe(config: ProbeConfig) -> Result<MemoryReport, CliError> {
     let mut calls = Vec::with_capacity(n);
     let (rss_base_kib, hwm_base_kib) = rss_kib()?;
 
-    let bridge = Bridge::connect(bridge_config).await?;
+    let bridge = Bridge::connect(bridge_config).await.map_err(ProbeError::Bridge)?;
     let (rss_connected_kib, _) = rss_kib()?;
     let call_future_bytes = requests.first().map_or(0, |r| std::mem::size_of_val(&bridge.call(r)));
 
@@ -198,7 +277,7 @@ pub async fn probe(config: ProbeConfig) -> Result<MemoryReport, CliError> {
         started += wave;
         poll(fill_deadline, "every call of the wave to be published", || {
             if let Some(done) = calls.iter().position(|c| c.is_finished()) {
-                return Err(format!("call {done} ended while its reply was held back"));
+                return Err(ProbeError::CallEnded(done));
             }
             Ok(bridge.stats().published >= started as u64 && bridge.in_flight() >= started)
         })
@@ -208,14 +287,12 @@ pub async fn probe(config: ProbeConfig) -> Result<MemoryReport, CliError> {
     let waiting_at_sample = bridge.in_flight();
     let published_at_sample = bridge.stats().published;
     let (rss_in_flight_kib, hwm_in_flight_kib) = rss_kib()?;
-    let connections = connz::count(&config.monitoring_urls, &config.connection_name).await?;
+    let connections = connz::count(&config.monitoring_urls, &config.connection_name).await.map_err(ProbeError::Connections)?;
 
     // Release: the responder starts pulling; every held call must complete.
     let released = Instant::now();
     let echo = super::echo(responder.clone(), consumer).await;
-    let joined = tokio::time::timeout(deadline, futures::future::join_all(calls))
-        .await
-        .map_err(|_| format!("not every call completed within {deadline:?} of the release"))?;
+    let joined = tokio::time::timeout(deadline, futures::future::join_all(calls)).await.map_err(|_| ProbeError::NotDrained(deadline))?;
     let release_ms = released.elapsed().as_millis() as u64;
     let (mut completed, mut success, mut errors) = (0, 0, 0);
     for result in joined {
@@ -270,34 +347,51 @@ pub async fn probe(config: ProbeConfig) -> Result<MemoryReport, CliError> {
 }
 
 /// Runs the probe in the child process and prints its result line.
-pub async fn probe_main(json: &str) -> Result<(), CliError> {
-    let config: ProbeConfig = serde_json::from_str(json).map_err(|e| format!("invalid memory probe config: {e}"))?;
+pub async fn probe_main(json: &str) -> Result<(), ProbeError> {
+    let config: ProbeConfig = serde_json::from_str(json).map_err(ProbeError::InvalidConfig)?;
     let report = probe(config).await?;
-    println!("{RESULT_PREFIX}{}", serde_json::to_string(&report)?);
+    println!("{RESULT_PREFIX}{}", serde_json::to_string(&report).map_err(ProbeError::Encode)?);
     Ok(())
 }
 
 /// Starts `exe bench --memory-probe <config>` and reads its result.
-pub async fn measure(exe: &Path, config: &ProbeConfig) -> Result<MemoryReport, CliError> {
+pub async fn measure(exe: &Path, config: &ProbeConfig) -> Result<MemoryReport, MeasureError> {
     let child = tokio::process::Command::new(exe)
         .arg("bench")
         .arg("--memory-probe")
-        .arg(serde_json::to_string(config)?)
+        .arg(serde_json::to_string(config).map_err(MeasureError::Encode)?)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start the memory probe {}: {e}", exe.display()))?;
+        .map_err(|source| MeasureError::Start { exe: exe.to_path_buf(), source })?;
     // Filling and draining each have the deadline; startup and connect get a minute more.
     let limit = Duration::from_secs(config.deadline_secs * 2 + 60);
     let out = tokio::time::timeout(limit, child.wait_with_output())
         .await
-        .map_err(|_| format!("the memory probe did not finish within {limit:?}"))??;
+        .map_err(|_| MeasureError::Unfinished(limit))?
+        .map_err(MeasureError::Wait)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(format!("the memory probe failed ({}); its errors are above", out.status).into());
+        return Err(MeasureError::Failed(out.status));
     }
-    let line = stdout.lines().find_map(|l| l.strip_prefix(RESULT_PREFIX)).ok_or("the memory probe printed no result")?;
-    Ok(serde_json::from_str(line).map_err(|e| format!("unreadable memory probe result: {e}"))?)
+    let line = stdout.lines().find_map(|l| l.strip_prefix(RESULT_PREFIX)).ok_or(MeasureError::NoResult)?;
+    serde_json::from_str(line).map_err(MeasureError::UnreadableResult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_as_before_they_were_typed() {
+        let not_found = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let start = MeasureError::Start { exe: "/x/harness".into(), source: not_found() };
+        assert_eq!(start.to_string(), format!("cannot start the memory probe /x/harness: {}", not_found()));
+        assert_eq!(MeasureError::Unfinished(Duration::from_secs(300)).to_string(), "the memory probe did not finish within 300s");
+        assert_eq!(ProbeError::StatusField("VmRSS:".into()).to_string(), "no VmRSS: in /proc/self/status");
+        assert_eq!(ProbeError::NotDrained(Duration::from_secs(120)).to_string(), "not every call completed within 120s of the release");
+        assert_eq!(ProbeError::CallEnded(7).to_string(), "call 7 ended while its reply was held back");
+    }
 }

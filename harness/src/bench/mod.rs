@@ -36,13 +36,12 @@ use nats_bridge::{catalogue::ops, headers, Bridge, OperationRequest};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::cli::CliError;
-use crate::env::{Environment, EnvironmentConfig};
-use crate::nats::EnvConfig;
+use crate::env::{EnvError, Environment, EnvironmentConfig};
+use crate::nats::{EnvConfig, NatsError};
 use crate::stats::{ms, unix_time, Percentiles};
 
-pub use connz::ConnCount;
-pub use memory::MemoryReport;
+pub use connz::{ConnCount, ConnzError};
+pub use memory::{MeasureError, MemoryReport, ProbeError};
 pub use rate::{RateConfig, RateLadder, RatePath};
 
 /// The bridge must be at least this fast relative to raw async-nats (raw / bridge).
@@ -153,6 +152,62 @@ pub struct BenchReport {
     pub report: PathBuf,
 }
 
+/// Why the benchmark stopped before its report.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The environment (NATS, processor, streams, a worker) could not be started.
+    #[error(transparent)]
+    Environment(#[from] EnvError),
+    /// A client could not connect to NATS.
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    /// The raw round trip's stream could not be created.
+    #[error(transparent)]
+    CreateStream(#[from] jetstream::context::CreateStreamError),
+    /// A stream could not be read.
+    #[error(transparent)]
+    GetStream(#[from] jetstream::context::GetStreamError),
+    /// The echo responder's consumer could not be created or deleted.
+    #[error(transparent)]
+    Consumer(#[from] jetstream::stream::ConsumerError),
+    /// The payments stream could not be purged between phases.
+    #[error(transparent)]
+    Purge(#[from] jetstream::stream::PurgeError),
+    /// The rate ladders' bridge could not connect.
+    #[error(transparent)]
+    Bridge(#[from] nats_bridge::ConnectError),
+    /// The raw client could not subscribe to its inbox.
+    #[error(transparent)]
+    Subscribe(#[from] async_nats::SubscribeError),
+    /// A raw publish was not acknowledged.
+    #[error(transparent)]
+    Publish(#[from] jetstream::context::PublishError),
+    /// A raw round trip's reply did not come within 5 s.
+    #[error(transparent)]
+    ReplyTimeout(#[from] tokio::time::error::Elapsed),
+    /// The raw client's inbox subscription ended.
+    #[error("raw inbox closed")]
+    RawInboxClosed,
+    /// A bridge call failed.
+    #[error(transparent)]
+    Call(#[from] nats_bridge::CallError),
+    /// The harness executable to run the memory probe with is unknown.
+    #[error(transparent)]
+    HarnessExe(std::io::Error),
+    /// The memory probe could not be run or read.
+    #[error(transparent)]
+    MemoryProbe(#[from] MeasureError),
+    /// The bridge's connections could not be counted.
+    #[error(transparent)]
+    Connections(#[from] ConnzError),
+    /// A request or the report could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+    /// The report could not be written.
+    #[error(transparent)]
+    Report(#[from] std::io::Error),
+}
+
 async fn echo(client: Client, consumer: PullConsumer) -> JoinHandle<()> {
     let mut messages = consumer.messages().await.expect("echo pull");
     tokio::spawn(async move {
@@ -172,7 +227,7 @@ async fn echo(client: Client, consumer: PullConsumer) -> JoinHandle<()> {
     })
 }
 
-async fn echo_consumer(js: &jetstream::Context, stream: &str, filter: &str) -> Result<PullConsumer, CliError> {
+async fn echo_consumer(js: &jetstream::Context, stream: &str, filter: &str) -> Result<PullConsumer, BenchError> {
     Ok(js
         .get_stream(stream)
         .await?
@@ -186,7 +241,7 @@ async fn echo_consumer(js: &jetstream::Context, stream: &str, filter: &str) -> R
 }
 
 /// Runs the benchmark and writes `summary.md` and `summary.json`.
-pub async fn run(config: BenchConfig) -> Result<BenchReport, CliError> {
+pub async fn run(config: BenchConfig) -> Result<BenchReport, BenchError> {
     let load_before = load_average();
     let mut env = Environment::start(EnvironmentConfig {
         nats: if config.cluster { EnvConfig::cluster() } else { EnvConfig::single() },
@@ -258,7 +313,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, CliError> {
             let (h, body) = raw_once();
             let t = Instant::now();
             raw_js.publish_with_headers("bench.raw", h, body).await?.await?;
-            tokio::time::timeout(Duration::from_secs(5), replies.next()).await?.ok_or("raw inbox closed")?;
+            tokio::time::timeout(Duration::from_secs(5), replies.next()).await?.ok_or(BenchError::RawInboxClosed)?;
             if done >= config.warmup {
                 raw_minimal.push(t.elapsed());
             }
@@ -269,7 +324,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, CliError> {
             let body = Bytes::from(serde_json::to_vec(r.envelope())?);
             let t = Instant::now();
             raw_js.publish_with_headers("bench.raw", h, body).await?.await?;
-            tokio::time::timeout(Duration::from_secs(5), replies.next()).await?.ok_or("raw inbox closed")?;
+            tokio::time::timeout(Duration::from_secs(5), replies.next()).await?.ok_or(BenchError::RawInboxClosed)?;
             if done >= config.warmup {
                 raw.push(t.elapsed());
             }
@@ -301,7 +356,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, CliError> {
     let memory = if config.in_flight > 0 {
         let exe = match &config.harness_exe {
             Some(exe) => exe.clone(),
-            None => std::env::current_exe()?,
+            None => std::env::current_exe().map_err(BenchError::HarnessExe)?,
         };
         let probe = memory::ProbeConfig {
             nats_url: env.nats().client_url(),
@@ -549,7 +604,7 @@ pub fn markdown(r: &BenchReport) -> String {
     s
 }
 
-fn write(dir: &Path, r: &BenchReport) -> Result<(), CliError> {
+fn write(dir: &Path, r: &BenchReport) -> Result<(), BenchError> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("summary.md"), markdown(r))?;
     std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(r)?)?;

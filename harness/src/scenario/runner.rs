@@ -14,18 +14,34 @@ use tracing::{info, warn};
 
 use super::checkers;
 use super::history::{Kind, Recorder};
-use super::observe;
+use super::observe::{self, ObserveError};
 use super::report::{self, RunReport};
 use super::spec::{CrashPoint, DuplicateKind, Link, Scenario, Scheme, Verb};
 use super::workload::{self, Client};
-use crate::cli::CliError;
-use crate::env::{Environment, EnvironmentConfig, ProxiedLinks};
+use crate::env::{EnvError, Environment, EnvironmentConfig, ProxiedLinks};
 use crate::nats::EnvConfig;
 use crate::stats::unix_time;
 use crate::workers::{WorkerPool, WorkerSpec};
 
 /// The timeouts of a run, kept at the path they first had (the load test names it).
 pub use super::timing;
+
+/// Why a scenario could not be run or judged.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The environment or the gateway could not be started.
+    #[error(transparent)]
+    Environment(#[from] EnvError),
+    /// Faults of the timeline could not be applied (or the timeline stopped), one line each.
+    #[error("faults could not be applied: {}", .0.join("; "))]
+    Faults(Vec<String>),
+    /// What the run left behind could not be read.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    /// The report directory or the report could not be written.
+    #[error(transparent)]
+    Report(#[from] std::io::Error),
+}
 
 /// Options of a run.
 #[derive(Debug, Clone, Default)]
@@ -199,7 +215,7 @@ async fn apply(verb: &Verb, undo: bool, cx: &FaultContext) -> Result<(), String>
 }
 
 /// Runs a scenario and writes its report.
-pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport, CliError> {
+pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport, RunError> {
     let seed = options.seed.or(scenario.seed).unwrap_or_else(|| unix_time() ^ u64::from(std::process::id()));
     println!("seed: {seed}");
     info!(scenario = %scenario.name, seed, "scenario starting");
@@ -323,7 +339,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
         died
     };
     if !fault_errors.is_empty() {
-        return Err(format!("faults could not be applied: {}", fault_errors.join("; ")).into());
+        return Err(RunError::Faults(fault_errors));
     }
 
     // Quiesce: wait for every attempt, operation and refund to settle (recovery included),
@@ -368,4 +384,15 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<RunReport,
         let _ = std::fs::remove_file(dir.join(format!("gateway.db{suffix}")));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_errors_are_one_line() {
+        let e = RunError::Faults(vec!["nats_kill (start): no node 4".into(), "heal (stop): gone".into()]);
+        assert_eq!(e.to_string(), "faults could not be applied: nats_kill (start): no node 4; heal (stop): gone");
+    }
 }
