@@ -9,5 +9,6 @@ scripts/setup.sh
 # Habits first: they fail in seconds, the suite takes minutes.
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+scripts/check-cycles.sh >/dev/null || { scripts/check-cycles.sh | tail -20; exit 1; }
 cargo build --workspace --bins
 cargo test --workspace "$@"

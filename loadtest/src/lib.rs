@@ -47,7 +47,7 @@ use harness::env::GatewayHandle;
 use harness::nats::EnvConfig;
 use harness::scenario::checkers::{self, Invariant};
 use harness::scenario::observe;
-use harness::scenario::runner::timing;
+use harness::scenario::timing;
 use harness::{Environment, EnvironmentConfig};
 use mock_worker::WorkerConfig;
 use nats_bridge::BridgeConfig;

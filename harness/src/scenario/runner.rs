@@ -23,8 +23,7 @@ use crate::nats::EnvConfig;
 use crate::stats::unix_time;
 use crate::workers::{WorkerPool, WorkerSpec};
 
-/// The timeouts of a run, kept at the path they first had (the load test names it).
-pub use super::timing;
+use super::timing;
 
 /// Why a scenario could not be run or judged.
 #[derive(Debug, thiserror::Error)]
