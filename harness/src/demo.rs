@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::env::{EnvError, Environment, EnvironmentConfig};
 use crate::nats::EnvConfig;
+use crate::scenario::checkers::{self, Invariant, Violation};
 use crate::stats::{ms, unix_time, Percentiles};
 
 /// Why the demo stopped before its report.
@@ -92,7 +93,7 @@ pub struct DemoReport {
     /// Latency by operation.
     pub latency: BTreeMap<String, Percentiles>,
     /// Invariant violations (empty: passed).
-    pub violations: Vec<String>,
+    pub violations: Vec<Violation>,
     /// Effects in the ledger.
     pub effects: usize,
     /// The bridge's counters.
@@ -216,49 +217,34 @@ pub async fn run(config: DemoConfig) -> Result<DemoReport, DemoError> {
     Ok(report)
 }
 
-/// The invariants, as a pure function of the calls and the ledger.
-fn check(calls: &[Call], ledger: &[mock_processor::Effect], processor: &mock_processor::Processor) -> Vec<String> {
-    let mut violations = Vec::new();
-    let mut per_key: HashMap<&str, Vec<&mock_processor::Effect>> = HashMap::new();
-    for e in ledger {
-        if let Some(k) = e.idempotency_key.as_deref() {
-            per_key.entry(k).or_default().push(e);
-        }
-    }
-    for (k, effects) in &per_key {
-        if effects.len() > 1 {
-            violations.push(format!("double effect: {} effects for {k}", effects.len()));
-        }
-    }
+/// The invariants, as a pure function of the calls and the ledger: the scenario checkers where
+/// they apply (one effect per operation instance, amounts), and what a bridge-level run adds
+/// (every reply agrees with the ledger; in a run without faults no outcome is left unknown).
+fn check(calls: &[Call], ledger: &[mock_processor::Effect], processor: &mock_processor::Processor) -> Vec<Violation> {
+    let mut violations = checkers::no_double_effect(ledger);
+    let first_effect: HashMap<&str, &mock_processor::Effect> =
+        ledger.iter().rev().filter_map(|e| Some((e.idempotency_key.as_deref()?, e))).collect();
+    let broken = |invariant, message| Violation { invariant, payments: Vec::new(), message };
     for c in calls {
         match c.outcome {
-            "unknown" => violations.push(format!("unknown outcome for {} ({})", c.key, c.operation)),
-            "ok" if c.operation != "payments.sync" => {
-                let effect = per_key.get(c.key.as_str()).and_then(|v| v.first());
-                match (c.status, effect) {
-                    (Some(ResponseStatus::Success), Some(e)) if c.transaction_id.as_deref() == Some(e.effect_id.as_str()) => {}
-                    (Some(ResponseStatus::Success), _) => {
-                        violations.push(format!("reply says success but the ledger disagrees for {}", c.key))
-                    }
-                    (Some(ResponseStatus::Failure), Some(_)) => {
-                        violations.push(format!("reply says failure but the ledger has an effect for {}", c.key))
-                    }
-                    _ => {}
+            "unknown" => violations.push(broken(Invariant::Liveness, format!("unknown outcome for {} ({})", c.key, c.operation))),
+            "ok" if c.operation != "payments.sync" => match (c.status, first_effect.get(c.key.as_str())) {
+                (Some(ResponseStatus::Success), Some(e)) if c.transaction_id.as_deref() == Some(e.effect_id.as_str()) => {}
+                (Some(ResponseStatus::Success), _) => {
+                    violations.push(broken(Invariant::Agreement, format!("reply says success but the ledger disagrees for {}", c.key)))
                 }
-            }
+                (Some(ResponseStatus::Failure), Some(_)) => {
+                    violations.push(broken(Invariant::Agreement, format!("reply says failure but the ledger has an effect for {}", c.key)))
+                }
+                _ => {}
+            },
             _ => {}
         }
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for e in ledger {
-        if seen.insert((e.merchant_id.clone(), e.payment_id.clone())) {
-            if let Some(a) = processor.account(&e.merchant_id, &e.payment_id) {
-                if a.captured > a.authorized || a.refunded > a.captured {
-                    violations.push(format!("amounts out of bounds for {}/{}: {a:?}", e.merchant_id, e.payment_id));
-                }
-            }
-        }
-    }
+    let payments: std::collections::BTreeSet<(&str, &str)> =
+        ledger.iter().map(|e| (e.merchant_id.as_str(), e.payment_id.as_str())).collect();
+    let accounts: Vec<_> = payments.into_iter().filter_map(|(m, p)| processor.account(m, p)).collect();
+    violations.extend(checkers::amounts(&accounts));
     violations
 }
 
@@ -287,7 +273,7 @@ pub fn markdown(r: &DemoReport) -> String {
         s.push_str("All held.\n");
     } else {
         for v in &r.violations {
-            s.push_str(&format!("- {v}\n"));
+            s.push_str(&format!("- {}: {}\n", v.invariant, v.message));
         }
     }
     s.push_str(&format!(
@@ -295,4 +281,43 @@ pub fn markdown(r: &DemoReport) -> String {
         r.bridge.published, r.bridge.duplicates, r.bridge.replies, r.bridge.orphan_replies, r.bridge.rejected_replies, r.bridge.reply_timeouts, r.bridge.queries
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn effect(key: &str, id: &str) -> mock_processor::Effect {
+        serde_json::from_value(json!({
+            "effect_id": id, "seq": 1, "operation": "payments.authorize", "merchant_id": "m", "payment_id": "p",
+            "reference": "att_1", "amount": 10, "currency": "USD", "idempotency_key": key, "created_at_ms": 0
+        }))
+        .unwrap()
+    }
+
+    fn call(key: &str, outcome: &'static str, status: Option<ResponseStatus>, transaction_id: Option<&str>) -> Call {
+        Call {
+            operation: "payments.authorize",
+            key: key.into(),
+            outcome,
+            status,
+            transaction_id: transaction_id.map(str::to_string),
+            latency_us: 1,
+        }
+    }
+
+    #[test]
+    fn the_demo_names_the_invariant_each_violation_breaks() {
+        let processor = mock_processor::Processor::new(Default::default());
+        let good = [call("k1", "ok", Some(ResponseStatus::Success), Some("eff_1"))];
+        assert!(check(&good, &[effect("k1", "eff_1")], &processor).is_empty());
+        let found = |calls: &[Call], ledger: &[mock_processor::Effect]| -> Vec<Invariant> {
+            check(calls, ledger, &processor).into_iter().map(|v| v.invariant).collect()
+        };
+        assert_eq!(found(&good, &[effect("k1", "eff_1"), effect("k1", "eff_2")]), [Invariant::NoDoubleEffect]);
+        assert_eq!(found(&good, &[]), [Invariant::Agreement]);
+        let failed = [call("k1", "ok", Some(ResponseStatus::Failure), None)];
+        assert_eq!(found(&failed, &[effect("k1", "eff_1")]), [Invariant::Agreement]);
+        assert_eq!(found(&[call("k1", "unknown", None, None)], &[]), [Invariant::Liveness]);
+    }
 }
