@@ -2,8 +2,12 @@
 //!
 //! Map of the crate:
 //! - [`nats`]: NATS servers in containers (image built locally) or local processes; one node
-//!   or a 3-node JetStream cluster; readiness by the monitoring endpoint; cleanup on drop.
-//! - [`netfault`]: a TCP proxy between a client and NATS injecting latency, jitter and cuts.
+//!   or a 3-node JetStream cluster; readiness by the monitoring endpoint; cleanup on drop. The
+//!   crate `nats-testkit`, re-exported under its old name.
+//! - [`netfault`]: a TCP proxy between a client and NATS injecting latency, jitter and cuts
+//!   (`nats_testkit::netfault`).
+//! - [`client_security`]: the bridge's and workers' TLS and credential settings for the users
+//!   of a secured [`nats`] environment.
 //! - [`env`]: a whole environment (NATS + processor + streams + workers + bridge).
 //! - [`cli`]: the `harness` command (`catalogue`, `up`, `demo`, `bench`).
 //! - [`conform`]: the worker conformance kit, run against any worker program.
@@ -20,12 +24,11 @@
 
 pub mod bench;
 pub mod cli;
+pub mod client_security;
 pub mod conform;
 pub mod defects;
 pub mod demo;
 pub mod env;
-pub mod nats;
-pub mod netfault;
 pub mod scenario;
 pub mod schedule;
 pub mod stats;
@@ -33,3 +36,5 @@ pub mod store_bench;
 pub mod workers;
 
 pub use env::{Environment, EnvironmentConfig};
+pub use nats_testkit as nats;
+pub use nats_testkit::netfault;

@@ -8,6 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use harness::client_security::ClientSecurity;
 use harness::nats::{EnvConfig, NatsEnv, NatsUser, ServerTls};
 use mock_processor::{Processor, ProcessorConfig};
 use mock_worker::WorkerConfig;

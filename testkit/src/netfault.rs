@@ -29,8 +29,8 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::net::SocketAddr;
 //! use std::time::Duration;
-//! use harness::nats::NatsEnv;
-//! use harness::netfault::Proxy;
+//! use nats_testkit::netfault::Proxy;
+//! use nats_testkit::NatsEnv;
 //!
 //! let nats = NatsEnv::single().await?;
 //! let upstream = SocketAddr::from(([127, 0, 0, 1], nats.nodes()[0].client_port()));

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
-use harness::nats::{Backend, BackendChoice, EnvConfig, NatsEnv, ENV_LABEL};
+use nats_testkit::{Backend, BackendChoice, EnvConfig, NatsEnv, ENV_LABEL};
 
 /// Creates a stream with the environment's replica count, publishes one
 /// message, reads it back by sequence and returns the stream info.
@@ -191,10 +191,10 @@ async fn docker_host_network_single_node() {
     for error in
         [env.partition("n1").await.expect_err("partition on the host network"), env.heal("n1").await.expect_err("heal on the host network")]
     {
-        assert!(matches!(error, harness::nats::NatsError::Unsupported { backend: Backend::Docker, .. }), "{error:?}");
+        assert!(matches!(error, nats_testkit::NatsError::Unsupported { backend: Backend::Docker, .. }), "{error:?}");
         assert!(error.to_string().contains("host network"), "{error}");
     }
-    assert_eq!(node.state(), harness::nats::NodeState::Running);
+    assert_eq!(node.state(), nats_testkit::NodeState::Running);
 
     // Dropping removes the container and its store volume.
     let filter = format!("label={ENV_LABEL}={}", env.id());
@@ -222,7 +222,7 @@ async fn host_network_cluster_is_refused() {
         let error = NatsEnv::start(EnvConfig::cluster().with_backend(backend).with_host_network(true))
             .await
             .expect_err("a host-network cluster must be refused");
-        assert!(matches!(&error, harness::nats::NatsError::InvalidConfig(m) if m.contains("host_network")), "{error:?}");
+        assert!(matches!(&error, nats_testkit::NatsError::InvalidConfig(m) if m.contains("host_network")), "{error:?}");
         assert!(error.to_string().contains("single-node environments only"), "{error}");
     }
 }
@@ -276,7 +276,7 @@ async fn process_cluster() {
 }
 
 /// `gomaxprocs` of the node's `/varz`: what its Go runtime runs with.
-async fn varz_gomaxprocs(node: &harness::nats::NatsNode) -> u64 {
+async fn varz_gomaxprocs(node: &nats_testkit::NatsNode) -> u64 {
     let varz: serde_json::Value =
         reqwest::get(format!("{}/varz", node.monitoring_url())).await.expect("varz").json().await.expect("varz json");
     varz["gomaxprocs"].as_u64().expect("gomaxprocs in /varz")
@@ -323,7 +323,7 @@ async fn fallback_child() {
     common::init_tracing();
     let error =
         NatsEnv::start(EnvConfig::single().with_backend(BackendChoice::Docker)).await.expect_err("docker must be reported unavailable");
-    assert!(matches!(error, harness::nats::NatsError::DockerUnavailable(_)), "{error}");
+    assert!(matches!(error, nats_testkit::NatsError::DockerUnavailable(_)), "{error}");
 
     let env = common::start_nats(EnvConfig::single()).await;
     assert_eq!(env.backend(), Backend::Process);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_nats::connection::State;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
-use harness::nats::{BackendChoice, EnvConfig, NatsEnv, NatsError, NatsNode, NodeState};
+use nats_testkit::{BackendChoice, EnvConfig, NatsEnv, NatsError, NatsNode, NodeState};
 
 /// A client that retries reconnecting every 100ms (the default backs off
 /// up to 4s, which only makes the tests slower).

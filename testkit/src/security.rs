@@ -1,4 +1,4 @@
-//! TLS and authorization for harness servers (see [`EnvConfig::tls`] and
+//! TLS and authorization for the servers (see [`EnvConfig::tls`] and
 //! [`EnvConfig::users`]).
 //!
 //! Everything is generated when the environment starts: a CA, a server
@@ -7,16 +7,16 @@
 //! NKey user (with `nkeys`). The files live in a temporary directory on the
 //! host, deleted with the environment, so clients (the bridge, workers) can
 //! point their `tls.ca_file`, `tls.cert_file`, `tls.key_file` and
-//! `auth.nkey_seed_file` settings at them; the server's own files are copied
-//! into each container (Docker backend) or read in place (process backend).
+//! `auth.nkey_seed_file` settings at them, or take ready-made async-nats
+//! options from [`SecurityFiles::client_options`]; the server's own files are
+//! copied into each container (Docker backend) or read in place (process
+//! backend).
 //!
 //! [`EnvConfig::tls`]: super::EnvConfig::tls
 //! [`EnvConfig::users`]: super::EnvConfig::users
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-use nats_bridge::config::{AuthConfig, TlsConfig};
 
 use super::NatsError;
 
@@ -139,27 +139,37 @@ impl SecurityFiles {
         self.nkeys.get(user).map(|(k, _)| k.as_str())
     }
 
-    /// Client TLS settings for the bridge or a worker: the CA, and the client
-    /// certificate when the servers verify clients; all off without TLS.
-    pub fn client_tls(&self) -> TlsConfig {
-        match self.tls {
-            None => TlsConfig::default(),
-            Some(tls) => TlsConfig {
-                required: true,
-                ca_file: Some(self.ca_file()),
-                cert_file: tls.verify.then(|| self.client_cert_file()),
-                key_file: tls.verify.then(|| self.client_key_file()),
-            },
-        }
+    /// The users of the servers' `authorization` block.
+    pub fn users(&self) -> &[NatsUser] {
+        &self.users
     }
 
-    /// Client credentials of `user` (password or NKey seed file); `None`
-    /// for an unknown user.
-    pub fn client_auth(&self, user: &str) -> Option<AuthConfig> {
-        let u = self.users.iter().find(|u| u.name == user)?;
-        Some(match &u.credential {
-            Credential::Password(p) => AuthConfig { user: Some(u.name.clone()), password: Some(p.clone()), ..AuthConfig::default() },
-            Credential::Nkey => AuthConfig { nkey_seed_file: Some(self.nkey_seed_file(user)?.to_path_buf()), ..AuthConfig::default() },
+    /// The user named `name`; `None` for an unknown user.
+    pub fn user(&self, name: &str) -> Option<&NatsUser> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// async-nats options of a client connecting as `user`: TLS required,
+    /// with the generated CA (and the client certificate when the servers
+    /// verify clients) if the servers run with TLS, and the user's password
+    /// or NKey seed.
+    pub fn client_options(&self, user: &str) -> Result<async_nats::ConnectOptions, NatsError> {
+        let u = self.user(user).ok_or_else(|| NatsError::InvalidConfig(format!("unknown nats user {user:?}")))?;
+        install_crypto_provider();
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(tls) = self.tls {
+            options = options.add_root_certificates(self.ca_file()).require_tls(true);
+            if tls.verify {
+                options = options.add_client_certificate(self.client_cert_file(), self.client_key_file());
+            }
+        }
+        Ok(match &u.credential {
+            Credential::Password(p) => options.user_and_password(u.name.clone(), p.clone()),
+            Credential::Nkey => {
+                let path = self.nkey_seed_file(user).ok_or_else(|| NatsError::InvalidConfig(format!("no nkey seed for {user:?}")))?;
+                let seed = std::fs::read_to_string(path).map_err(|e| NatsError::io(format!("failed to read {}", path.display()), e))?;
+                options.nkey(seed.trim().to_owned())
+            }
         })
     }
 
@@ -233,9 +243,27 @@ impl Drop for SecurityFiles {
     }
 }
 
+/// Installs rustls's `ring` crypto provider as the process default, once, if
+/// none is set. async-nats builds its TLS configuration from the process
+/// default, and rustls refuses to choose one itself when the build enables
+/// more than one provider: without this, the first TLS connection would
+/// panic. [`NatsEnv::start`](super::NatsEnv::start) calls it, so clients of a
+/// started environment need not.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    });
+}
+
 /// Generates certificates and keys for `tls` and `users` in a new directory
-/// `dir` (which must not exist yet).
-pub(crate) fn generate(dir: PathBuf, tls: Option<ServerTls>, users: &[NatsUser]) -> Result<SecurityFiles, NatsError> {
+/// `dir` (which must not exist yet), as [`NatsEnv::start`](super::NatsEnv::start)
+/// does for [`EnvConfig::tls`](super::EnvConfig::tls) and
+/// [`EnvConfig::users`](super::EnvConfig::users). The directory is removed
+/// when the returned files are dropped.
+pub fn generate(dir: PathBuf, tls: Option<ServerTls>, users: &[NatsUser]) -> Result<SecurityFiles, NatsError> {
     std::fs::create_dir_all(&dir).map_err(|e| NatsError::io(format!("failed to create {}", dir.display()), e))?;
     // Built first so an error below removes the directory.
     let mut files = SecurityFiles { dir, tls, users: users.to_vec(), nkeys: BTreeMap::new() };
@@ -332,8 +360,11 @@ mod tests {
         let seed = std::fs::read_to_string(files.nkey_seed_file("w-a").unwrap()).unwrap();
         assert!(seed.starts_with("SU"), "{seed}");
         assert!(std::fs::read_to_string(files.ca_file()).unwrap().contains("BEGIN CERTIFICATE"));
-        assert_eq!(files.client_tls().cert_file, Some(files.client_cert_file()));
-        assert_eq!(files.client_auth("bridge").unwrap().password.as_deref(), Some("pw"));
+        assert_eq!(files.user("bridge").unwrap().credential, Credential::Password("pw".into()));
+        assert!(files.user("nobody").is_none());
+        assert!(files.client_options("bridge").is_ok());
+        assert!(files.client_options("w-a").is_ok());
+        assert!(matches!(files.client_options("nobody"), Err(NatsError::InvalidConfig(_))));
         assert_eq!(files.container_files().unwrap().len(), 3);
         drop(files);
         assert!(!dir.exists(), "the directory is removed with the files");

@@ -1,4 +1,5 @@
-//! Real NATS servers for tests and for the CLI.
+//! Real NATS servers for tests, for any crate of the workspace (as a dev-dependency) and for
+//! the harness's CLI.
 //!
 //! [`NatsEnv`] starts a single JetStream-enabled `nats-server` or a 3-node
 //! JetStream cluster and waits until it is usable. Two backends exist:
@@ -41,9 +42,12 @@
 //! [`NatsEnv::rolling_restart`]; the per-node ones also exist on
 //! [`NatsNode`].
 //!
+//! Between a client and a server, [`netfault::Proxy`] injects latency,
+//! jitter, cuts and black holes on the TCP path.
+//!
 //! ```no_run
-//! # async fn demo() -> Result<(), harness::nats::NatsError> {
-//! use harness::nats::NatsEnv;
+//! # async fn demo() -> Result<(), nats_testkit::NatsError> {
+//! use nats_testkit::NatsEnv;
 //!
 //! let env = NatsEnv::cluster().await?;
 //! let client = env.connect().await?;
@@ -60,6 +64,7 @@ mod docker;
 mod error;
 pub mod faults;
 pub mod image;
+pub mod netfault;
 mod ports;
 mod process;
 mod ready;
@@ -567,7 +572,7 @@ impl NatsEnv {
     /// replicated streams right away.
     pub async fn start(config: EnvConfig) -> Result<NatsEnv, NatsError> {
         // Clients of a TLS server need a crypto provider chosen before they connect.
-        nats_bridge::config::install_crypto_provider();
+        security::install_crypto_provider();
         let names = config.resolved_names()?;
         let backend = resolve_backend(config.backend).await?;
         let prepared = match backend {
@@ -859,11 +864,10 @@ impl NatsEnv {
     pub async fn connect_as(&self, user: &str) -> Result<async_nats::Client, NatsError> {
         let security =
             self.security.as_ref().ok_or_else(|| NatsError::InvalidConfig("connect_as: the environment has no tls or users".into()))?;
-        let auth = security.client_auth(user).ok_or_else(|| NatsError::InvalidConfig(format!("connect_as: unknown user {user:?}")))?;
-        let options = nats_bridge::config::apply_security("harness", async_nats::ConnectOptions::new(), &security.client_tls(), &auth)
-            .await
-            .map_err(|e| NatsError::InvalidConfig(e.to_string()))?;
-        self.connect_with(options).await
+        if security.user(user).is_none() {
+            return Err(NatsError::InvalidConfig(format!("connect_as: unknown user {user:?}")));
+        }
+        self.connect_with(security.client_options(user)?).await
     }
 
     /// Connects a client to all nodes, ignoring any servers the cluster

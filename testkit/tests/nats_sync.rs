@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use harness::nats::{BackendChoice, EnvConfig, NatsEnv, NatsNode, ENV_LABEL, OWNER_PID_LABEL, OWNER_SCOPE_LABEL, OWNER_START_LABEL};
+use nats_testkit::{BackendChoice, EnvConfig, NatsEnv, NatsNode, ENV_LABEL, OWNER_PID_LABEL, OWNER_SCOPE_LABEL, OWNER_START_LABEL};
 use serde_json::Value;
 
 /// Only one cluster of this file starts at a time (the machine is small).
@@ -241,7 +241,7 @@ async fn reaper_removes_leftovers_of_a_killed_process() {
 
     // A live environment is never reaped.
     let reap_started = Instant::now();
-    let reaped = harness::nats::reap_leftovers().await.expect("reap");
+    let reaped = nats_testkit::reap_leftovers().await.expect("reap");
     eprintln!("reap_leftovers with nothing of ours to reap: {:.2?} ({reaped:?})", reap_started.elapsed());
     let mine = format!("hs-nats-{}", env.id());
     assert!(!reaped.containers.iter().chain(&reaped.networks).any(|n| n.starts_with(&mine)), "reaped a live environment: {reaped:?}");

@@ -1,4 +1,4 @@
-//! The TCP fault proxy (`harness::netfault`): raw TCP behaviour against an echo server
+//! The TCP fault proxy (`nats_testkit::netfault`): raw TCP behaviour against an echo server
 //! (order under jitter, refusal while cut, teardown on drop) and NATS request/reply through
 //! the proxy against a real server (latency, cut and restore, hold and release).
 
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::{Client, ConnectOptions, Event};
 use futures::StreamExt;
-use harness::nats::{EnvConfig, NatsEnv};
-use harness::netfault::{Proxy, ProxyConfig};
+use nats_testkit::netfault::{Proxy, ProxyConfig};
+use nats_testkit::{EnvConfig, NatsEnv};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

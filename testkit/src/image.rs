@@ -21,7 +21,7 @@ use super::NatsError;
 pub const IMAGE_NAME: &str = "hs-nats";
 
 /// The image recipe, `fixtures/nats/Dockerfile`.
-pub const DOCKERFILE: &str = include_str!("../../../fixtures/nats/Dockerfile");
+pub const DOCKERFILE: &str = include_str!("../../fixtures/nats/Dockerfile");
 
 /// How long a `docker build` may take before it is abandoned.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(300);

@@ -163,6 +163,6 @@ mod tests {
     #[test]
     fn finds_this_workspace() {
         let root = find_workspace_root(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
-        assert!(root.join("harness").is_dir());
+        assert!(root.join("testkit").is_dir());
     }
 }
