@@ -17,10 +17,10 @@ worker/src/handler.rs) does:
 - poison messages are copied to `hyperswitch.dlq.<family>.<action>` and terminated, and so are
   messages that reached max_deliver (from JetStream's advisory).
 
-Run it against a NATS server whose streams the bridge created, and the mock processor (e.g.
-the addresses `cargo run -p harness -- up --workers 0` prints):
+Run it against a NATS server whose streams the bridge created, and the mock processor: the
+addresses `cargo run -p harness -- up --workers 0` prints (free ports, new on every start):
 
-    NATS_URL=nats://127.0.0.1:4222 PROCESSOR_URL=http://127.0.0.1:4000 \\
+    NATS_URL=nats://127.0.0.1:<nats port> PROCESSOR_URL=http://127.0.0.1:<processor port> \\
         .venv/bin/python docs/examples/python_worker/worker.py
 
 WORKER_NAME (optional) names the instance in the log. Run several copies: consumers and queue
