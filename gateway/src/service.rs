@@ -539,6 +539,8 @@ fn captured_by_authorization(reply: &ResponseEnvelope, key: &str) -> Option<i64>
 fn call_error(e: CallError) -> ApiError {
     let m = e.mapping();
     let code: &'static str = match m.http_status {
+        // The request itself was refused before anything was sent: the caller's to fix.
+        400 => "invalid_request",
         503 => "service_unavailable",
         504 => "gateway_timeout",
         _ => "bad_gateway",
@@ -557,6 +559,14 @@ mod tests {
         r.transaction_id = Some("eff_1".into());
         r.connector_response = connector_response;
         r
+    }
+
+    #[test]
+    fn a_request_the_bridge_refuses_is_the_callers_error() {
+        let e = call_error(CallError::InvalidRequest("router_data must be an object".into()));
+        assert_eq!((e.status, e.code), (400, "invalid_request"));
+        let e = call_error(CallError::InvalidReply("not json".into()));
+        assert_eq!((e.status, e.code), (502, "bad_gateway"));
     }
 
     #[test]
