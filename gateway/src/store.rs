@@ -1266,4 +1266,628 @@ mod tests {
         store.apply(&id, &Resolution::Succeeded { transaction_id: None, captured: Some(1000) }).unwrap();
         assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Charged, 1000, 1000));
     }
+
+    // --- The payment state machine, transition by transition. ---
+
+    /// An operation of `payment_id` (merchant `m`) named `operation` on `object_id`.
+    fn op(message_id: &str, payment_id: &str, operation: &str, object_id: &str, amount: Option<i64>) -> OperationRecord {
+        OperationRecord {
+            message_id: message_id.into(),
+            merchant_id: "m".into(),
+            payment_id: payment_id.into(),
+            operation: operation.into(),
+            object_id: object_id.into(),
+            amount,
+            status: OpStatus::InFlight,
+            request: "{}".into(),
+            transaction_id: None,
+            error_code: None,
+            error_message: None,
+            created_ms: now_ms(),
+            updated_ms: now_ms(),
+        }
+    }
+
+    fn succeeded(txn: &str) -> Resolution {
+        Resolution::Succeeded { transaction_id: Some(txn.into()), captured: None }
+    }
+
+    fn failed(code: &str) -> Resolution {
+        Resolution::Failed { code: code.into(), message: format!("{code} message") }
+    }
+
+    fn unknown() -> Resolution {
+        Resolution::Unknown { reason: "no reply".into() }
+    }
+
+    fn op_status(store: &Store, message_id: &str) -> OpStatus {
+        store.operation(message_id).unwrap().expect("operation recorded").status
+    }
+
+    /// A manual payment `id` of 1000 whose authorization succeeded: `authorized`, 1000 held.
+    fn authorized(store: &Store, id: &str) {
+        store.insert_payment(&Payment::new("m", id, 1000, "USD", CaptureMethod::Manual, serde_json::json!({}))).unwrap();
+        let auth = op(&format!("{id}:auth"), id, "payments.authorize", &format!("{id}_1"), Some(1000));
+        store.begin_operation(&auth).unwrap();
+        assert_eq!(store.apply(&auth.message_id, &succeeded("txn_auth")).unwrap(), Applied::Changed);
+        assert_eq!(amounts(&store.payment("m", id).unwrap()), (AttemptStatus::Authorized, 1000, 0));
+    }
+
+    /// Captures `amount` of payment `id` successfully (capture number `n`).
+    fn capture(store: &Store, id: &str, n: usize, amount: i64) {
+        let cap = op(&format!("{id}:cap{n}"), id, "payments.capture", &format!("{id}_cap{n}"), Some(amount));
+        assert_eq!(store.begin_operation(&cap).unwrap().status, AttemptStatus::CaptureInitiated);
+        assert_eq!(store.apply(&cap.message_id, &succeeded("txn_cap")).unwrap(), Applied::Changed);
+    }
+
+    /// A payment `id` of 1000, authorized and fully captured: `charged`.
+    fn charged(store: &Store, id: &str) {
+        authorized(store, id);
+        capture(store, id, 1, 1000);
+        assert_eq!(amounts(&store.payment("m", id).unwrap()), (AttemptStatus::Charged, 1000, 1000));
+    }
+
+    fn refund(id: &str, payment_id: &str, amount: i64) -> Refund {
+        Refund {
+            merchant_id: "m".into(),
+            refund_id: id.into(),
+            payment_id: payment_id.into(),
+            amount,
+            // The store takes the payment's currency, whatever this says.
+            currency: "XXX".into(),
+            status: RefundStatus::Pending,
+            reason: Some("test".into()),
+            connector_refund_id: None,
+            error_code: None,
+            error_message: None,
+            created_ms: now_ms(),
+            updated_ms: now_ms(),
+        }
+    }
+
+    /// Starts refund `id` of `amount` on `payment_id`; returns the operation's message id.
+    fn begin_refund(store: &Store, id: &str, payment_id: &str, amount: i64) -> Result<String, StoreError> {
+        let o = op(&format!("{id}:exec"), payment_id, "refunds.execute", id, Some(amount));
+        store.begin_refund(&refund(id, payment_id, amount), &o)?;
+        Ok(o.message_id)
+    }
+
+    /// (status, refunded, held by pending refunds) of a payment.
+    fn refunds_of(store: &Store, id: &str) -> (AttemptStatus, i64, i64) {
+        let p = store.payment("m", id).unwrap();
+        (p.status, p.amount_refunded, p.amount_refund_pending)
+    }
+
+    #[test]
+    fn insert_payment_and_begin_records_both_and_moves_to_authorizing() {
+        let store = Store::in_memory().unwrap();
+        let p = payment("p");
+        let auth = op("p:auth", "p", "payments.authorize", "p_1", Some(100));
+        let returned = store.insert_payment_and_begin(&p, &auth).unwrap();
+        assert_eq!(returned.status, AttemptStatus::Authorizing);
+        let stored = store.payment("m", "p").unwrap();
+        assert_eq!(stored.status, AttemptStatus::Authorizing);
+        assert_eq!((stored.amount, stored.amount_authorized, stored.amount_captured), (100, 0, 0));
+        assert_eq!(stored.attempt_id, "p_1");
+        assert_eq!(op_status(&store, "p:auth"), OpStatus::InFlight);
+        // The same payment id again is refused, and its operation is not recorded.
+        let again = op("p:auth2", "p", "payments.authorize", "p_1", Some(100));
+        assert!(matches!(store.insert_payment_and_begin(&p, &again), Err(StoreError::Exists(_))));
+        assert!(store.operation("p:auth2").unwrap().is_none());
+        assert_eq!(store.count_operations("m", "p", "payments.authorize").unwrap(), 1);
+    }
+
+    #[test]
+    fn insert_payment_and_begin_is_one_transaction() {
+        let store = Store::in_memory().unwrap();
+        store.insert_payment_and_begin(&payment("a"), &op("dup", "a", "payments.authorize", "a_1", Some(100))).unwrap();
+        // The operation's message id is taken: the new payment must not stay behind without it.
+        let err = store.insert_payment_and_begin(&payment("b"), &op("dup", "b", "payments.authorize", "b_1", Some(100)));
+        assert!(matches!(err, Err(StoreError::Exists(_))), "{err:?}");
+        assert!(matches!(store.payment("m", "b"), Err(StoreError::NotFound(_))));
+        assert_eq!(store.all_payments().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_authorization_begins_only_from_started() {
+        let (store, _) = authorizing(CaptureMethod::Manual);
+        let again = op("p:auth2", "p", "payments.authorize", "p_2", Some(1000));
+        assert!(matches!(store.begin_operation(&again), Err(StoreError::State { .. })));
+        assert!(store.operation("p:auth2").unwrap().is_none());
+        assert_eq!(store.payment("m", "p").unwrap().status, AttemptStatus::Authorizing);
+        assert!(matches!(store.begin_operation(&op("x", "nope", "payments.authorize", "nope_1", None)), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_manual_authorization_that_succeeded_is_authorized() {
+        let (store, id) = authorizing(CaptureMethod::Manual);
+        assert_eq!(store.apply(&id, &succeeded("txn_1")).unwrap(), Applied::Changed);
+        let p = store.payment("m", "p").unwrap();
+        assert_eq!(amounts(&p), (AttemptStatus::Authorized, 1000, 0));
+        assert_eq!(p.connector_transaction_id.as_deref(), Some("txn_1"));
+        let o = store.operation(&id).unwrap().unwrap();
+        assert_eq!((o.status, o.transaction_id.as_deref()), (OpStatus::Succeeded, Some("txn_1")));
+    }
+
+    #[test]
+    fn a_refused_authorization_is_authorization_failed() {
+        let (store, id) = authorizing(CaptureMethod::Manual);
+        assert_eq!(store.apply(&id, &failed("card_declined")).unwrap(), Applied::Changed);
+        let p = store.payment("m", "p").unwrap();
+        assert_eq!(amounts(&p), (AttemptStatus::AuthorizationFailed, 0, 0));
+        assert_eq!(p.error_code.as_deref(), Some("card_declined"));
+        assert_eq!(p.error_message.as_deref(), Some("card_declined message"));
+        let o = store.operation(&id).unwrap().unwrap();
+        assert_eq!((o.status, o.error_code.as_deref()), (OpStatus::Failed, Some("card_declined")));
+    }
+
+    #[test]
+    fn a_system_failure_of_an_authorization_is_failure() {
+        for code in SYSTEM_FAILURES {
+            let (store, id) = authorizing(CaptureMethod::Manual);
+            store.apply(&id, &failed(code)).unwrap();
+            let p = store.payment("m", "p").unwrap();
+            assert_eq!(p.status, AttemptStatus::Failure, "{code}");
+            assert_eq!(p.error_code.as_deref(), Some(code));
+        }
+    }
+
+    #[test]
+    fn an_unknown_authorization_is_pending_and_stays_open() {
+        for resolution in [unknown(), Resolution::Processing] {
+            let (store, id) = authorizing(CaptureMethod::Manual);
+            // Not final: applying it changes the operation, and it may be applied again.
+            assert_eq!(store.apply(&id, &resolution).unwrap(), Applied::Changed);
+            assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Pending, 0, 0));
+            assert_eq!(op_status(&store, &id), OpStatus::Unknown);
+            assert_eq!(store.apply(&id, &resolution).unwrap(), Applied::Changed);
+            assert_eq!(store.payment("m", "p").unwrap().status, AttemptStatus::Pending);
+            let open: Vec<_> = store.unresolved_operations(now_ms() + 1).unwrap().into_iter().map(|o| o.message_id).collect();
+            assert_eq!(open, [id.as_str()]);
+            assert_eq!(store.transitional_payments().unwrap().len(), 1);
+            // A definite answer later settles it and closes it.
+            assert_eq!(store.apply(&id, &failed("card_declined")).unwrap(), Applied::Changed);
+            assert_eq!(store.payment("m", "p").unwrap().status, AttemptStatus::AuthorizationFailed);
+            assert!(store.unresolved_operations(now_ms() + 1).unwrap().is_empty());
+            assert!(store.transitional_payments().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn an_authorization_needing_the_customer_then_completed_is_authorized() {
+        let (store, id) = authorizing(CaptureMethod::Manual);
+        assert_eq!(store.apply(&id, &Resolution::RequiresCustomerAction).unwrap(), Applied::Changed);
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::AuthenticationPending, 0, 0));
+        // The authorization's part is done: it is final, not open for recovery.
+        assert_eq!(op_status(&store, &id), OpStatus::Succeeded);
+        assert!(store.unresolved_operations(now_ms() + 1).unwrap().is_empty());
+        assert!(store.transitional_payments().unwrap().is_empty());
+        let complete = op("p:complete", "p", "payments.complete_authorize", "p_1", None);
+        assert_eq!(store.begin_operation(&complete).unwrap().status, AttemptStatus::AuthenticationPending);
+        assert_eq!(store.apply("p:complete", &succeeded("txn_3ds")).unwrap(), Applied::Changed);
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Authorized, 1000, 0));
+        // Only from authentication_pending.
+        let again = op("p:complete2", "p", "payments.complete_authorize", "p_1", None);
+        assert!(matches!(store.begin_operation(&again), Err(StoreError::State { .. })));
+    }
+
+    #[test]
+    fn a_refused_completion_is_authorization_failed() {
+        let (store, id) = authorizing(CaptureMethod::Manual);
+        store.apply(&id, &Resolution::RequiresCustomerAction).unwrap();
+        store.begin_operation(&op("p:complete", "p", "payments.complete_authorize", "p_1", None)).unwrap();
+        store.apply("p:complete", &failed("authentication_failed")).unwrap();
+        let p = store.payment("m", "p").unwrap();
+        assert_eq!(amounts(&p), (AttemptStatus::AuthorizationFailed, 0, 0));
+        assert_eq!(p.error_code.as_deref(), Some("authentication_failed"));
+    }
+
+    #[test]
+    fn a_late_reply_never_overwrites_a_final_state() {
+        // The recovery job failed the authorization; the worker's success arrives afterwards.
+        let (store, id) = authorizing(CaptureMethod::Automatic);
+        store.apply(&id, &failed("CONNECTOR_TIMEOUT")).unwrap();
+        let before = store.payment("m", "p").unwrap();
+        assert_eq!(before.status, AttemptStatus::Failure);
+        let late = Resolution::Succeeded { transaction_id: Some("late".into()), captured: Some(1000) };
+        assert_eq!(store.apply(&id, &late).unwrap(), Applied::AlreadyFinal);
+        assert_eq!(store.payment("m", "p").unwrap(), before);
+        let o = store.operation(&id).unwrap().unwrap();
+        assert_eq!((o.status, o.transaction_id), (OpStatus::Failed, None));
+        // Nor does a late failure overwrite a success.
+        let store = Store::in_memory().unwrap();
+        charged(&store, "q");
+        let before = store.payment("m", "q").unwrap();
+        assert_eq!(store.apply("q:cap1", &failed("card_declined")).unwrap(), Applied::AlreadyFinal);
+        assert_eq!(store.apply("q:auth", &unknown()).unwrap(), Applied::AlreadyFinal);
+        assert_eq!(store.payment("m", "q").unwrap(), before);
+        assert_eq!(op_status(&store, "q:cap1"), OpStatus::Succeeded);
+    }
+
+    #[test]
+    fn applying_to_an_unknown_operation_is_not_found() {
+        let store = Store::in_memory().unwrap();
+        assert!(matches!(store.apply("nope", &succeeded("t")), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn captures_add_up_to_charged() {
+        let store = Store::in_memory().unwrap();
+        authorized(&store, "p");
+        capture(&store, "p", 1, 600);
+        let p = store.payment("m", "p").unwrap();
+        assert_eq!(amounts(&p), (AttemptStatus::PartialCharged, 1000, 600));
+        // The capture's reference does not replace the authorization's.
+        assert_eq!(p.connector_transaction_id.as_deref(), Some("txn_auth"));
+        capture(&store, "p", 2, 400);
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Charged, 1000, 1000));
+        assert_eq!(store.count_operations("m", "p", "payments.capture").unwrap(), 2);
+    }
+
+    #[test]
+    fn a_capture_reply_applied_twice_captures_once() {
+        let store = Store::in_memory().unwrap();
+        authorized(&store, "p");
+        capture(&store, "p", 1, 300);
+        assert_eq!(store.apply("p:cap1", &succeeded("txn_cap")).unwrap(), Applied::AlreadyFinal);
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::PartialCharged, 1000, 300));
+    }
+
+    #[test]
+    fn a_capture_must_fit_the_capturable_amount() {
+        let store = Store::in_memory().unwrap();
+        authorized(&store, "p");
+        for amount in [Some(0), Some(-5), None, Some(1001)] {
+            let cap = op("p:bad", "p", "payments.capture", "p_bad", amount);
+            assert!(matches!(store.begin_operation(&cap), Err(StoreError::Amount(_))), "{amount:?}");
+        }
+        capture(&store, "p", 1, 600);
+        let cap = op("p:bad", "p", "payments.capture", "p_bad", Some(401));
+        assert!(matches!(store.begin_operation(&cap), Err(StoreError::Amount(_))));
+        // Refused starts leave nothing behind.
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::PartialCharged, 1000, 600));
+        assert_eq!(store.count_operations("m", "p", "payments.capture").unwrap(), 1);
+        // Not from a payment that is not authorized.
+        let (store, _) = authorizing(CaptureMethod::Manual);
+        let cap = op("p:cap", "p", "payments.capture", "p_cap", Some(10));
+        assert!(matches!(store.begin_operation(&cap), Err(StoreError::State { .. })));
+    }
+
+    #[test]
+    fn a_failed_capture_returns_to_where_it_started() {
+        let store = Store::in_memory().unwrap();
+        authorized(&store, "p");
+        store.begin_operation(&op("p:cap1", "p", "payments.capture", "p_cap1", Some(500))).unwrap();
+        store.apply("p:cap1", &failed("capture_refused")).unwrap();
+        let p = store.payment("m", "p").unwrap();
+        assert_eq!(amounts(&p), (AttemptStatus::Authorized, 1000, 0));
+        assert_eq!(p.error_code.as_deref(), Some("capture_refused"));
+        capture(&store, "p", 2, 500);
+        store.begin_operation(&op("p:cap3", "p", "payments.capture", "p_cap3", Some(500))).unwrap();
+        store.apply("p:cap3", &failed("capture_refused")).unwrap();
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::PartialCharged, 1000, 500));
+    }
+
+    #[test]
+    fn an_unknown_capture_stays_capture_initiated_until_settled() {
+        let store = Store::in_memory().unwrap();
+        authorized(&store, "p");
+        store.begin_operation(&op("p:cap1", "p", "payments.capture", "p_cap1", Some(1000))).unwrap();
+        assert_eq!(store.apply("p:cap1", &unknown()).unwrap(), Applied::Changed);
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::CaptureInitiated, 1000, 0));
+        assert_eq!(op_status(&store, "p:cap1"), OpStatus::Unknown);
+        assert_eq!(store.transitional_payments().unwrap().len(), 1);
+        // A second capture cannot start meanwhile.
+        let other = op("p:cap2", "p", "payments.capture", "p_cap2", Some(10));
+        assert!(matches!(store.begin_operation(&other), Err(StoreError::State { .. })));
+        assert_eq!(store.apply("p:cap1", &succeeded("txn_cap")).unwrap(), Applied::Changed);
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Charged, 1000, 1000));
+        assert!(store.transitional_payments().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_void_cancels_an_authorized_payment_only() {
+        let store = Store::in_memory().unwrap();
+        authorized(&store, "p");
+        let void = op("p:void", "p", "payments.void", "p_void", None);
+        assert_eq!(store.begin_operation(&void).unwrap().status, AttemptStatus::VoidInitiated);
+        assert_eq!(store.apply("p:void", &unknown()).unwrap(), Applied::Changed);
+        assert_eq!(store.payment("m", "p").unwrap().status, AttemptStatus::VoidInitiated);
+        assert_eq!(store.apply("p:void", &succeeded("txn_void")).unwrap(), Applied::Changed);
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Voided, 1000, 0));
+        assert_eq!(store.apply("p:void", &failed("late")).unwrap(), Applied::AlreadyFinal);
+        assert_eq!(store.payment("m", "p").unwrap().status, AttemptStatus::Voided);
+        // Nothing after a void: no capture, no second void.
+        assert!(matches!(store.begin_operation(&op("p:cap", "p", "payments.capture", "c", Some(1))), Err(StoreError::State { .. })));
+        assert!(matches!(store.begin_operation(&op("p:void2", "p", "payments.void", "v", None)), Err(StoreError::State { .. })));
+        // A refused void leaves the payment authorized.
+        authorized(&store, "q");
+        store.begin_operation(&op("q:void", "q", "payments.void", "q_void", None)).unwrap();
+        store.apply("q:void", &failed("void_refused")).unwrap();
+        assert_eq!(amounts(&store.payment("m", "q").unwrap()), (AttemptStatus::Authorized, 1000, 0));
+        // A partly captured payment cannot be voided.
+        capture(&store, "q", 1, 100);
+        assert!(matches!(store.begin_operation(&op("q:void2", "q", "payments.void", "v", None)), Err(StoreError::State { .. })));
+    }
+
+    #[test]
+    fn an_incremental_authorization_raises_the_authorized_amount_once() {
+        let store = Store::in_memory().unwrap();
+        authorized(&store, "p");
+        for amount in [Some(0), None] {
+            let inc = op("p:inc0", "p", "payments.incremental_auth", "p_inc0", amount);
+            assert!(matches!(store.begin_operation(&inc), Err(StoreError::Amount(_))));
+        }
+        let inc = op("p:inc1", "p", "payments.incremental_auth", "p_inc1", Some(500));
+        // No transitional state of its own.
+        assert_eq!(store.begin_operation(&inc).unwrap().status, AttemptStatus::Authorized);
+        assert_eq!(store.apply("p:inc1", &succeeded("txn_inc")).unwrap(), Applied::Changed);
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Authorized, 1500, 0));
+        assert_eq!(store.apply("p:inc1", &succeeded("txn_inc")).unwrap(), Applied::AlreadyFinal);
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Authorized, 1500, 0));
+        // A refused increment changes no amount.
+        store.begin_operation(&op("p:inc2", "p", "payments.incremental_auth", "p_inc2", Some(100))).unwrap();
+        store.apply("p:inc2", &failed("refused")).unwrap();
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Authorized, 1500, 0));
+        // The increment is capturable.
+        capture(&store, "p", 1, 1500);
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Charged, 1500, 1500));
+    }
+
+    #[test]
+    fn a_refund_holds_its_amount_until_it_succeeds() {
+        let store = Store::in_memory().unwrap();
+        charged(&store, "p");
+        let id = begin_refund(&store, "r1", "p", 300).unwrap();
+        assert_eq!(refunds_of(&store, "p"), (AttemptStatus::Charged, 0, 300));
+        let r = store.refund("m", "r1").unwrap();
+        assert_eq!((r.status, r.amount, r.currency.as_str()), (RefundStatus::Pending, 300, "USD"));
+        assert_eq!(op_status(&store, &id), OpStatus::InFlight);
+        assert_eq!(store.apply(&id, &succeeded("rfnd_1")).unwrap(), Applied::Changed);
+        assert_eq!(refunds_of(&store, "p"), (AttemptStatus::Charged, 300, 0));
+        let r = store.refund("m", "r1").unwrap();
+        assert_eq!((r.status, r.connector_refund_id.as_deref()), (RefundStatus::Success, Some("rfnd_1")));
+        // A duplicate reply refunds nothing more.
+        assert_eq!(store.apply(&id, &succeeded("rfnd_1")).unwrap(), Applied::AlreadyFinal);
+        assert_eq!(refunds_of(&store, "p"), (AttemptStatus::Charged, 300, 0));
+        assert_eq!(store.apply(&id, &failed("late")).unwrap(), Applied::AlreadyFinal);
+        assert_eq!(store.refund("m", "r1").unwrap().status, RefundStatus::Success);
+    }
+
+    #[test]
+    fn a_failed_refund_releases_its_hold() {
+        let store = Store::in_memory().unwrap();
+        charged(&store, "p");
+        let id = begin_refund(&store, "r1", "p", 1000).unwrap();
+        assert_eq!(store.apply(&id, &failed("refund_refused")).unwrap(), Applied::Changed);
+        assert_eq!(refunds_of(&store, "p"), (AttemptStatus::Charged, 0, 0));
+        let r = store.refund("m", "r1").unwrap();
+        assert_eq!((r.status, r.error_code.as_deref()), (RefundStatus::Failure, Some("refund_refused")));
+        // The whole amount is refundable again.
+        begin_refund(&store, "r2", "p", 1000).unwrap();
+        assert_eq!(refunds_of(&store, "p"), (AttemptStatus::Charged, 0, 1000));
+    }
+
+    #[test]
+    fn an_unknown_refund_keeps_its_hold_and_stays_open() {
+        let store = Store::in_memory().unwrap();
+        charged(&store, "p");
+        let id = begin_refund(&store, "r1", "p", 400).unwrap();
+        assert_eq!(store.apply(&id, &unknown()).unwrap(), Applied::Changed);
+        assert_eq!(refunds_of(&store, "p"), (AttemptStatus::Charged, 0, 400));
+        assert_eq!(store.refund("m", "r1").unwrap().status, RefundStatus::Pending);
+        assert_eq!(op_status(&store, &id), OpStatus::Unknown);
+        let open: Vec<_> = store.unresolved_operations(now_ms() + 1).unwrap().into_iter().map(|o| o.message_id).collect();
+        assert_eq!(open, [id.as_str()]);
+        store.apply(&id, &succeeded("rfnd")).unwrap();
+        assert_eq!(refunds_of(&store, "p"), (AttemptStatus::Charged, 400, 0));
+        assert!(store.unresolved_operations(now_ms() + 1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn refunds_never_exceed_what_was_captured() {
+        let store = Store::in_memory().unwrap();
+        authorized(&store, "p");
+        // Nothing captured yet: nothing to refund.
+        assert!(matches!(begin_refund(&store, "r0", "p", 1), Err(StoreError::State { .. })));
+        capture(&store, "p", 1, 600);
+        assert!(matches!(begin_refund(&store, "r1", "p", 601), Err(StoreError::Amount(_))));
+        assert!(matches!(begin_refund(&store, "r1", "p", 0), Err(StoreError::Amount(_))));
+        let held = begin_refund(&store, "r1", "p", 400).unwrap();
+        // Pending refunds count against what is left.
+        assert!(matches!(begin_refund(&store, "r2", "p", 201), Err(StoreError::Amount(_))));
+        store.apply(&held, &succeeded("rf1")).unwrap();
+        assert!(matches!(begin_refund(&store, "r2", "p", 201), Err(StoreError::Amount(_))));
+        begin_refund(&store, "r2", "p", 200).unwrap();
+        assert!(matches!(begin_refund(&store, "r3", "p", 1), Err(StoreError::Amount(_))));
+        let p = store.payment("m", "p").unwrap();
+        assert_eq!((p.amount_captured, p.amount_refunded, p.amount_refund_pending), (600, 400, 200));
+        // Refused refunds were not recorded, nor their operations.
+        assert_eq!(store.all_refunds().unwrap().len(), 2);
+        assert_eq!(store.count_operations("m", "p", "refunds.execute").unwrap(), 2);
+        // A refund id is used once.
+        capture(&store, "p", 2, 400);
+        assert!(matches!(begin_refund(&store, "r1", "p", 10), Err(StoreError::Exists(_))));
+        assert_eq!(store.refund("m", "r1").unwrap().amount, 400);
+    }
+
+    #[test]
+    fn a_recorded_operation_moves_no_payment_state() {
+        let store = Store::in_memory().unwrap();
+        authorized(&store, "p");
+        let before = store.payment("m", "p").unwrap();
+        let mandate = op("p:mandate", "p", "mandates.setup", "mdt_1", Some(1000));
+        store.record_operation(&mandate).unwrap();
+        // Recording it again keeps the first.
+        store.record_operation(&OperationRecord { object_id: "other".into(), ..mandate.clone() }).unwrap();
+        assert_eq!(store.count_operations("m", "p", "mandates.setup").unwrap(), 1);
+        let o = store.operation("p:mandate").unwrap().unwrap();
+        assert_eq!((o.status, o.object_id.as_str()), (OpStatus::InFlight, "mdt_1"));
+        assert_eq!(store.apply("p:mandate", &failed("refused")).unwrap(), Applied::Changed);
+        assert_eq!(op_status(&store, "p:mandate"), OpStatus::Failed);
+        assert_eq!(store.payment("m", "p").unwrap(), before);
+        assert_eq!(store.apply("p:mandate", &succeeded("late")).unwrap(), Applied::AlreadyFinal);
+        assert_eq!(op_status(&store, "p:mandate"), OpStatus::Failed);
+    }
+
+    #[test]
+    fn unresolved_operations_are_exactly_the_open_ones() {
+        let store = Store::in_memory().unwrap();
+        for id in ["a", "b", "c", "d"] {
+            store.insert_payment(&payment(id)).unwrap();
+            store.begin_operation(&op(&format!("{id}:auth"), id, "payments.authorize", &format!("{id}_1"), Some(100))).unwrap();
+        }
+        store.record_operation(&op("e:token", "e", "tokens.create", "tok", None)).unwrap();
+        store.apply("b:auth", &unknown()).unwrap();
+        store.apply("c:auth", &succeeded("t")).unwrap();
+        store.apply("d:auth", &failed("card_declined")).unwrap();
+        let mut open: Vec<_> = store.unresolved_operations(now_ms() + 1).unwrap().into_iter().map(|o| o.message_id).collect();
+        open.sort();
+        assert_eq!(open, ["a:auth", "b:auth", "e:token"]);
+        assert!(store.unresolved_operations(0).unwrap().is_empty(), "nothing open before the epoch");
+        // Only those whose last change is older than the bound.
+        let b = store.operation("b:auth").unwrap().unwrap();
+        for o in store.unresolved_operations(b.updated_ms).unwrap() {
+            assert!(o.updated_ms < b.updated_ms);
+            assert_ne!(o.message_id, "b:auth");
+        }
+        // Oldest change first.
+        let listed = store.unresolved_operations(now_ms() + 1).unwrap();
+        assert!(listed.windows(2).all(|w| w[0].updated_ms <= w[1].updated_ms));
+    }
+
+    #[test]
+    fn transitional_payments_are_exactly_the_waiting_ones() {
+        let store = Store::in_memory().unwrap();
+        store.insert_payment(&payment("started")).unwrap();
+        store.insert_payment_and_begin(&payment("authorizing"), &op("1", "authorizing", "payments.authorize", "x", Some(100))).unwrap();
+        store.insert_payment_and_begin(&payment("pending"), &op("2", "pending", "payments.authorize", "x", Some(100))).unwrap();
+        store.apply("2", &unknown()).unwrap();
+        store.insert_payment_and_begin(&payment("3ds"), &op("3", "3ds", "payments.authorize", "x", Some(100))).unwrap();
+        store.apply("3", &Resolution::RequiresCustomerAction).unwrap();
+        authorized(&store, "authorized");
+        authorized(&store, "capturing");
+        store.begin_operation(&op("4", "capturing", "payments.capture", "x", Some(10))).unwrap();
+        authorized(&store, "voiding");
+        store.begin_operation(&op("5", "voiding", "payments.void", "x", None)).unwrap();
+        charged(&store, "charged");
+        let all = store.all_payments().unwrap();
+        assert_eq!(all.len(), 8);
+        let mut listed: Vec<_> = store.transitional_payments().unwrap().into_iter().map(|p| p.payment_id).collect();
+        listed.sort();
+        assert_eq!(listed, ["authorizing", "capturing", "pending", "voiding"]);
+        // The store's list and the model's definition agree.
+        let mut expected: Vec<_> = all.into_iter().filter(|p| p.status.is_transitional()).map(|p| p.payment_id).collect();
+        expected.sort();
+        assert_eq!(listed, expected);
+    }
+
+    #[test]
+    fn operations_of_and_count_operations_see_one_payment() {
+        let store = Store::in_memory().unwrap();
+        authorized(&store, "p");
+        authorized(&store, "q");
+        capture(&store, "p", 1, 100);
+        capture(&store, "p", 2, 100);
+        capture(&store, "q", 1, 100);
+        let ops: Vec<_> = store.operations_of("m", "p").unwrap().into_iter().map(|o| (o.message_id, o.operation)).collect();
+        assert_eq!(
+            ops,
+            [
+                ("p:auth".to_string(), "payments.authorize".to_string()),
+                ("p:cap1".to_string(), "payments.capture".to_string()),
+                ("p:cap2".to_string(), "payments.capture".to_string()),
+            ]
+        );
+        assert_eq!(store.count_operations("m", "p", "payments.capture").unwrap(), 2);
+        assert_eq!(store.count_operations("m", "q", "payments.capture").unwrap(), 1);
+        assert_eq!(store.count_operations("m", "p", "payments.void").unwrap(), 0);
+        // Per merchant.
+        assert!(store.operations_of("other", "p").unwrap().is_empty());
+        assert_eq!(store.count_operations("other", "p", "payments.capture").unwrap(), 0);
+        assert!(store.operations_of("m", "nope").unwrap().is_empty());
+    }
+
+    // --- API idempotency keys. ---
+
+    #[test]
+    fn an_idempotency_key_replays_its_answer_to_the_same_request_only() {
+        let store = Store::in_memory().unwrap();
+        assert_eq!(store.claim_key("m", "k", "fp1").unwrap(), KeyState::New);
+        assert_eq!(store.claim_key("m", "k", "fp1").unwrap(), KeyState::InProgress);
+        assert_eq!(store.claim_key("m", "k", "fp2").unwrap(), KeyState::Mismatch);
+        store.finish_key("m", "k", 201, r#"{"ok":true}"#).unwrap();
+        let done = KeyState::Done { status: 201, body: r#"{"ok":true}"#.into() };
+        assert_eq!(store.claim_key("m", "k", "fp1").unwrap(), done);
+        assert_eq!(store.claim_key("m", "k", "fp1").unwrap(), done);
+        assert_eq!(store.claim_key("m", "k", "fp2").unwrap(), KeyState::Mismatch);
+        // A finished key is not released.
+        store.release_key("m", "k").unwrap();
+        assert_eq!(store.claim_key("m", "k", "fp1").unwrap(), done);
+        // Keys are per merchant.
+        assert_eq!(store.claim_key("other", "k", "fp2").unwrap(), KeyState::New);
+    }
+
+    #[test]
+    fn a_released_idempotency_key_is_new_again() {
+        let store = Store::in_memory().unwrap();
+        assert_eq!(store.claim_key("m", "k", "fp1").unwrap(), KeyState::New);
+        store.release_key("m", "k").unwrap();
+        // Free for any request now, even a different one.
+        assert_eq!(store.claim_key("m", "k", "fp2").unwrap(), KeyState::New);
+        assert_eq!(store.claim_key("m", "k", "fp1").unwrap(), KeyState::Mismatch);
+        // Releasing a key nobody holds is harmless.
+        store.release_key("m", "none").unwrap();
+        assert_eq!(store.claim_key("m", "none", "fp").unwrap(), KeyState::New);
+    }
+
+    // --- Durability. ---
+
+    #[test]
+    fn a_reopened_store_has_everything_written_before() {
+        let dir = fresh_dir("reopen");
+        let path = dir.join("gateway.db");
+        let store = Store::open(&path).unwrap();
+        authorized(&store, "p");
+        capture(&store, "p", 1, 600);
+        let held = begin_refund(&store, "r1", "p", 100).unwrap();
+        store.apply(&held, &unknown()).unwrap();
+        assert_eq!(store.claim_key("m", "k", "fp").unwrap(), KeyState::New);
+        store.finish_key("m", "k", 200, "{}").unwrap();
+        let (payments, operations, refunds) =
+            (store.all_payments().unwrap(), store.all_operations().unwrap(), store.all_refunds().unwrap());
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.all_payments().unwrap(), payments);
+        assert_eq!(store.all_operations().unwrap(), operations);
+        assert_eq!(store.all_refunds().unwrap(), refunds);
+        let p = store.payment("m", "p").unwrap();
+        assert_eq!(
+            (p.status, p.amount_authorized, p.amount_captured, p.amount_refund_pending),
+            (AttemptStatus::PartialCharged, 1000, 600, 100)
+        );
+        assert_eq!(store.claim_key("m", "k", "fp").unwrap(), KeyState::Done { status: 200, body: "{}".into() });
+        // The open refund is still open, and settles after the restart.
+        assert_eq!(store.unresolved_operations(now_ms() + 1).unwrap().len(), 1);
+        store.apply(&held, &succeeded("rf")).unwrap();
+        assert_eq!(refunds_of(&store, "p"), (AttemptStatus::PartialCharged, 100, 0));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_key_left_in_progress_by_another_instance_is_taken_over() {
+        let dir = fresh_dir("takeover");
+        let path = dir.join("gateway.db");
+        let first = Store::open(&path).unwrap();
+        assert_eq!(first.claim_key("m", "k", "fp").unwrap(), KeyState::New);
+        drop(first);
+        // A restarted gateway is a new instance: the dead one's key is run again.
+        let second = Store::open(&path).unwrap();
+        assert_eq!(second.claim_key("m", "k", "fp").unwrap(), KeyState::New);
+        assert_eq!(second.claim_key("m", "k", "fp").unwrap(), KeyState::InProgress);
+        assert_eq!(second.claim_key("m", "k", "other").unwrap(), KeyState::Mismatch);
+        drop(second);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
