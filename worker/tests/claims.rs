@@ -1,0 +1,335 @@
+//! The claim logic of [`Handler`] against a real NATS server (JetStream key-value result
+//! store) and an in-process mock processor on a loopback port.
+//!
+//! Most tests turn the processor's own idempotency off, so that only the worker's claim on the
+//! idempotency key can keep an operation from being performed twice: the processor ledger then
+//! counts every call the worker made.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use mock_processor::{Processor, ProcessorClient, ProcessorConfig};
+use mock_worker::handler::{effect_request, Handled, Handler, Lookup};
+use mock_worker::store::{fingerprint, now_ms, Record, ResultStore};
+use mock_worker::{Faults, Profile};
+use nats_protocol::{catalogue::ops, OperationRequest, RequestEnvelope, ResponseEnvelope, ResponseStatus};
+use nats_testkit::{EnvConfig, NatsEnv};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+/// NATS, the processor and a result store bucket.
+struct Env {
+    /// Kept alive for the test's duration.
+    _nats: NatsEnv,
+    /// The processor, in this process: its ledger is read directly.
+    processor: Processor,
+    /// Where the processor listens.
+    processor_url: String,
+    /// Stops the processor's server when dropped.
+    _stop: oneshot::Sender<()>,
+    /// The bucket every handler of the test shares.
+    store: ResultStore,
+}
+
+/// Starts a single NATS node and a processor with `config`, and opens the result bucket.
+async fn start(config: ProcessorConfig) -> Env {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    let nats = NatsEnv::start(EnvConfig::single()).await.expect("start nats");
+    let processor = Processor::new(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind processor");
+    let processor_url = format!("http://{}", listener.local_addr().expect("processor address"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(mock_processor::serve(listener, processor.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let js = jetstream::new(nats.connect().await.expect("connect"));
+    let store = ResultStore::open(&js, "claims_test_results", nats.replicas()).await.expect("open result store");
+    Env { _nats: nats, processor, processor_url, _stop: stop, store }
+}
+
+/// The processor with its idempotency off: every call is a new effect.
+fn forgetful_processor() -> ProcessorConfig {
+    ProcessorConfig { idempotency: false, ..ProcessorConfig::default() }
+}
+
+impl Env {
+    fn client(&self) -> ProcessorClient {
+        ProcessorClient::new(&self.processor_url).expect("processor client")
+    }
+
+    /// A handler (one worker) over the shared store, with no latency, declines or errors.
+    fn handler(&self, name: &str) -> Handler {
+        self.handler_with(name, Arc::new(Faults::default()))
+    }
+
+    fn handler_with(&self, name: &str, faults: Arc<Faults>) -> Handler {
+        Handler::new(self.client(), self.store.clone(), Profile::default(), faults, name.to_string())
+    }
+
+    /// Effects the processor recorded under `key`.
+    fn effects(&self, key: &str) -> usize {
+        self.processor.effects_by_key(key).len()
+    }
+}
+
+/// An authorization of `amount` USD for `payment` (attempt `<payment>_1`).
+fn authorize(payment: &str, amount: i64) -> RequestEnvelope {
+    OperationRequest::new(ops::authorize(), "m1", payment, format!("{payment}_1"))
+        .router_data(json!({ "amount": amount, "currency": "USD" }))
+        .envelope()
+        .clone()
+}
+
+/// The same request again, as a retry would send it: a fresh correlation id and timestamp.
+fn resent(env: &RequestEnvelope) -> RequestEnvelope {
+    let mut again = authorize(&env.payment_id, env.router_data["amount"].as_i64().expect("amount"));
+    again.idempotency_key = env.idempotency_key.clone();
+    assert_ne!(again.correlation_id, env.correlation_id);
+    assert_eq!(fingerprint(&again), fingerprint(env), "a retry is the same request");
+    again
+}
+
+fn reply(handled: Result<Handled, mock_worker::handler::Transient>) -> ResponseEnvelope {
+    match handled.expect("durable") {
+        Handled::Reply(r) => r,
+        Handled::Stalled => panic!("unexpected stall"),
+    }
+}
+
+fn hit(lookup: Lookup) -> ResponseEnvelope {
+    match lookup {
+        Lookup::Hit(r) => r,
+        other => panic!("expected a hit, got {other:?}"),
+    }
+}
+
+/// Polls `lookup` until `want` says yes, or panics after `timeout`.
+async fn lookup_until(handler: &Handler, env: &RequestEnvelope, what: &str, timeout: Duration, want: impl Fn(&Lookup) -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = handler.lookup(env).await;
+        if want(&found) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for lookup to answer {what}; last: {found:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The same envelope handled twice (and once more by another worker, and once as a retry with
+/// a new correlation id) gives the same reply and one processor effect.
+#[tokio::test]
+async fn a_durable_operation_runs_once_per_idempotency_key() {
+    let env = start(forgetful_processor()).await;
+    let (w1, w2) = (env.handler("w1"), env.handler("w2"));
+    let op = ops::authorize();
+    let request = authorize("pay_once", 1500);
+    let key = request.idempotency_key.clone();
+
+    let first = reply(w1.durable(op, &request).await);
+    assert_eq!(first.status, ResponseStatus::Success, "{first:?}");
+    let effect_id = first.transaction_id.clone().expect("transaction id");
+    assert_eq!(first.correlation_id, request.correlation_id);
+
+    let second = reply(w1.durable(op, &request).await);
+    assert_eq!(second, first, "the redelivery gets the stored reply");
+    let other_worker = reply(w2.durable(op, &request).await);
+    assert_eq!(other_worker, first, "another worker gets the stored reply");
+    let retry = resent(&request);
+    let retried = reply(w2.durable(op, &retry).await);
+    assert_eq!(retried.correlation_id, retry.correlation_id, "the stored reply answers the retry's correlation id");
+    assert_eq!(retried.transaction_id.as_deref(), Some(effect_id.as_str()));
+
+    let effects = env.processor.effects_by_key(&key);
+    assert_eq!(effects.len(), 1, "one processor effect: {effects:?}");
+    assert_eq!(effects[0].effect_id, effect_id);
+    assert_eq!(env.processor.ledger().len(), 1);
+}
+
+/// While one delivery holds the claim (its processor call is slow), `lookup` answers pending
+/// and a second delivery of the same key, on another worker, waits instead of calling the
+/// processor; it then answers with the first delivery's result.
+#[tokio::test]
+async fn a_live_claim_answers_pending_and_keeps_a_second_delivery_off_the_processor() {
+    let env = start(ProcessorConfig { delay_before_effect_ms: 1500, ..forgetful_processor() }).await;
+    let (w1, w2) = (Arc::new(env.handler("w1")), Arc::new(env.handler("w2")));
+    let op = ops::authorize();
+    let request = authorize("pay_pending", 2500);
+    let key = request.idempotency_key.clone();
+    assert!(matches!(w2.lookup(&request).await, Lookup::Miss), "nothing claimed yet");
+
+    let first = tokio::spawn({
+        let (w1, request) = (w1.clone(), request.clone());
+        async move { reply(w1.durable(op, &request).await) }
+    });
+    lookup_until(&w2, &request, "pending", Duration::from_secs(5), |l| matches!(l, Lookup::Pending)).await;
+    let retry = resent(&request);
+    let second = tokio::spawn({
+        let (w2, retry) = (w2.clone(), retry.clone());
+        async move { reply(w2.durable(op, &retry).await) }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!first.is_finished(), "the first delivery is still at the (slow) processor");
+    assert!(!second.is_finished(), "the second delivery waits for the claim");
+    assert!(matches!(w2.lookup(&request).await, Lookup::Pending));
+
+    let first = first.await.expect("first delivery");
+    let second = tokio::time::timeout(Duration::from_secs(10), second).await.expect("second delivery finishes").expect("join");
+    assert_eq!(first.status, ResponseStatus::Success, "{first:?}");
+    assert_eq!(second.transaction_id, first.transaction_id, "the second delivery answers with the first one's result");
+    assert_eq!(second.correlation_id, retry.correlation_id);
+    assert_eq!(env.effects(&key), 1, "the processor was called once");
+    assert_eq!(hit(w2.lookup(&request).await).transaction_id, first.transaction_id);
+}
+
+/// A live claim written by hand (as another worker would hold it): `lookup` answers pending,
+/// `durable` waits without calling the processor and answers with what the holder stores.
+#[tokio::test]
+async fn a_live_claim_by_another_worker_is_waited_out_not_raced() {
+    let env = start(forgetful_processor()).await;
+    let worker = Arc::new(env.handler("w1"));
+    let op = ops::authorize();
+    let request = authorize("pay_held", 900);
+    let key = request.idempotency_key.clone();
+    let fp = fingerprint(&request);
+    let claim = Record::Started { fingerprint: fp.clone(), owner: "elsewhere:1:0".into(), lease_until_ms: now_ms() + 60_000 };
+    assert!(env.store.create(&key, &claim).await.expect("create claim").is_some());
+    assert!(matches!(worker.lookup(&request).await, Lookup::Pending));
+
+    let delivery = tokio::spawn({
+        let (worker, request) = (worker.clone(), request.clone());
+        async move { reply(worker.durable(op, &request).await) }
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!delivery.is_finished(), "a live claim is waited out");
+    assert_eq!(env.effects(&key), 0, "the processor was not called under another's claim");
+
+    // The holder finishes.
+    let mut stored = ResponseEnvelope::reply_to(&request, ResponseStatus::Success);
+    stored.transaction_id = Some("eff_of_the_holder".into());
+    stored.correlation_id = "holder-correlation".into();
+    env.store.put(&key, &Record::Done { fingerprint: fp, response: stored }).await.expect("store result");
+
+    let answered = tokio::time::timeout(Duration::from_secs(5), delivery).await.expect("delivery finishes").expect("join");
+    assert_eq!(answered.transaction_id.as_deref(), Some("eff_of_the_holder"));
+    assert_eq!(answered.correlation_id, request.correlation_id, "the stored reply answers this request");
+    assert_eq!(env.effects(&key), 0);
+    assert!(env.processor.ledger().is_empty());
+}
+
+/// After the operation, `lookup` answers hit with the stored reply; a different request under
+/// the same idempotency key is refused and changes nothing.
+#[tokio::test]
+async fn after_the_operation_lookup_hits_and_a_different_request_is_refused() {
+    let env = start(ProcessorConfig::default()).await;
+    let worker = env.handler("w1");
+    let op = ops::authorize();
+    let request = authorize("pay_hit", 1200);
+    let key = request.idempotency_key.clone();
+
+    let done = reply(worker.durable(op, &request).await);
+    assert_eq!(done.status, ResponseStatus::Success);
+    assert_eq!(hit(worker.lookup(&request).await), done);
+    let retry = resent(&request);
+    let looked = hit(worker.lookup(&retry).await);
+    assert_eq!(looked.correlation_id, retry.correlation_id);
+    assert_eq!(looked.transaction_id, done.transaction_id);
+
+    let mut other = authorize("pay_hit", 9900);
+    other.idempotency_key = key.clone();
+    assert_ne!(fingerprint(&other), fingerprint(&request));
+    let refused = reply(worker.durable(op, &other).await);
+    assert_eq!(refused.status, ResponseStatus::Failure, "{refused:?}");
+    assert_eq!(refused.error.as_ref().map(|e| e.code.as_str()), Some("IDEMPOTENCY_KEY_REUSED"), "{refused:?}");
+    assert_eq!(refused.correlation_id, other.correlation_id);
+    assert!(refused.transaction_id.is_none());
+    assert!(!matches!(worker.lookup(&other).await, Lookup::Hit(_)), "the other request has no result");
+
+    assert_eq!(env.effects(&key), 1, "the refused request did not reach the processor");
+    assert_eq!(hit(worker.lookup(&request).await), done, "the stored result is unchanged");
+    assert_eq!(reply(worker.durable(op, &request).await), done);
+}
+
+/// An expired claim whose holder died after the processor call is taken over, and the processor
+/// is asked first: its effect is reused, not repeated (the processor's idempotency is off, so
+/// only the claim logic prevents a second effect).
+#[tokio::test]
+async fn an_expired_claim_is_taken_over_and_the_processor_asked_first() {
+    let env = start(forgetful_processor()).await;
+    let worker = env.handler("w2");
+    let op = ops::authorize();
+    let request = authorize("pay_takeover", 3100);
+    let key = request.idempotency_key.clone();
+
+    // The dead delivery: claimed, reached the processor, then stopped.
+    let dead = Record::Started { fingerprint: fingerprint(&request), owner: "w1:1:0".into(), lease_until_ms: now_ms() - 1_000 };
+    assert!(env.store.create(&key, &dead).await.expect("create claim").is_some());
+    let effect = env.client().create_effect(&effect_request(op, &request), Some(&key)).await.expect("effect");
+    assert!(matches!(worker.lookup(&request).await, Lookup::Miss), "an expired claim is not pending");
+
+    let taken = reply(worker.durable(op, &request).await);
+    assert_eq!(taken.status, ResponseStatus::Success, "{taken:?}");
+    assert_eq!(taken.transaction_id.as_deref(), Some(effect.effect_id.as_str()), "the earlier effect is the result");
+    assert_eq!(env.effects(&key), 1, "no second effect");
+    assert_eq!(env.processor.ledger().len(), 1);
+    match env.store.get(&key).await.expect("read record") {
+        Some(Record::Done { response, .. }) => assert_eq!(response.transaction_id, taken.transaction_id),
+        other => panic!("expected a done record, got {other:?}"),
+    }
+    assert_eq!(hit(worker.lookup(&request).await).transaction_id, taken.transaction_id);
+}
+
+/// An expired claim whose holder never reached the processor is taken over and processed once.
+#[tokio::test]
+async fn an_expired_claim_without_an_effect_is_taken_over_and_processed_once() {
+    let env = start(forgetful_processor()).await;
+    let worker = env.handler("w2");
+    let op = ops::authorize();
+    let request = authorize("pay_takeover_fresh", 4200);
+    let key = request.idempotency_key.clone();
+    let dead = Record::Started { fingerprint: fingerprint(&request), owner: "w1:1:0".into(), lease_until_ms: now_ms() - 1_000 };
+    assert!(env.store.create(&key, &dead).await.expect("create claim").is_some());
+
+    let taken = reply(worker.durable(op, &request).await);
+    assert_eq!(taken.status, ResponseStatus::Success, "{taken:?}");
+    let effects = env.processor.effects_by_key(&key);
+    assert_eq!(effects.len(), 1, "{effects:?}");
+    assert_eq!(taken.transaction_id.as_deref(), Some(effects[0].effect_id.as_str()));
+    assert_eq!(reply(worker.durable(op, &request).await), taken);
+    assert_eq!(env.effects(&key), 1);
+}
+
+/// A delivery stalls right after the processor call (nothing stored) under a short lease: the
+/// claim answers pending until it expires, then the next delivery takes it over and reuses the
+/// effect instead of charging again.
+#[tokio::test]
+async fn a_stalled_delivery_s_lease_expires_and_the_next_delivery_reuses_its_effect() {
+    let env = start(forgetful_processor()).await;
+    let faults = Arc::new(Faults::default());
+    faults.stall_after_processor.store(1, Ordering::SeqCst);
+    let worker = env.handler_with("w1", faults.clone()).with_lease(1_500);
+    let op = ops::authorize();
+    let request = authorize("pay_stall", 5300);
+    let key = request.idempotency_key.clone();
+
+    let started = Instant::now();
+    assert!(matches!(worker.durable(op, &request).await.expect("durable"), Handled::Stalled));
+    assert_eq!(faults.stall_after_processor.load(Ordering::SeqCst), 0);
+    let effects = env.processor.effects_by_key(&key);
+    assert_eq!(effects.len(), 1, "the stalled delivery reached the processor");
+    if started.elapsed() < Duration::from_millis(1_000) {
+        assert!(matches!(worker.lookup(&request).await, Lookup::Pending), "the dead delivery's lease still holds");
+    }
+    lookup_until(&worker, &request, "miss", Duration::from_secs(10), |l| matches!(l, Lookup::Miss)).await;
+
+    let taken = reply(worker.durable(op, &request).await);
+    assert_eq!(taken.status, ResponseStatus::Success, "{taken:?}");
+    assert_eq!(taken.transaction_id.as_deref(), Some(effects[0].effect_id.as_str()));
+    assert_eq!(env.effects(&key), 1, "no second effect after the takeover");
+    assert_eq!(hit(worker.lookup(&request).await).transaction_id, taken.transaction_id);
+}
