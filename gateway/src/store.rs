@@ -1890,4 +1890,90 @@ mod tests {
         drop(second);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    // --- Refused starts leave nothing half done. ---
+
+    #[test]
+    fn a_start_refused_by_a_taken_message_id_changes_no_state() {
+        let store = Store::in_memory().unwrap();
+        authorized(&store, "p");
+        // The capture would move the payment to capture_initiated; the insert of its operation fails.
+        let cap = op("p:auth", "p", "payments.capture", "p_cap", Some(100));
+        assert!(matches!(store.begin_operation(&cap), Err(StoreError::Exists(_))));
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Authorized, 1000, 0));
+        assert_eq!(store.operation("p:auth").unwrap().unwrap().operation, "payments.authorize");
+        assert!(store.transitional_payments().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_refund_refused_by_a_taken_message_id_holds_nothing() {
+        let store = Store::in_memory().unwrap();
+        charged(&store, "p");
+        let o = op("p:cap1", "p", "refunds.execute", "r1", Some(10));
+        assert!(store.begin_refund(&refund("r1", "p", 10), &o).is_err());
+        assert_eq!(refunds_of(&store, "p"), (AttemptStatus::Charged, 0, 0));
+        assert!(matches!(store.refund("m", "r1"), Err(StoreError::NotFound(_))));
+        assert_eq!(store.operation("p:cap1").unwrap().unwrap().operation, "payments.capture");
+    }
+
+    #[test]
+    fn a_new_payment_whose_first_start_is_refused_is_not_kept() {
+        let store = Store::in_memory().unwrap();
+        // A capture cannot start a payment that was never authorized.
+        let err = store.insert_payment_and_begin(&payment("z"), &op("z:cap", "z", "payments.capture", "z_cap", Some(1)));
+        assert!(matches!(err, Err(StoreError::State { .. })), "{err:?}");
+        assert!(matches!(store.payment("m", "z"), Err(StoreError::NotFound(_))));
+        assert!(store.operation("z:cap").unwrap().is_none());
+    }
+
+    #[test]
+    fn payments_are_per_merchant() {
+        let store = Store::in_memory().unwrap();
+        authorized(&store, "p");
+        let mut other = payment("p");
+        other.merchant_id = "n".into();
+        store.insert_payment(&other).unwrap();
+        assert_eq!(store.payment("n", "p").unwrap().status, AttemptStatus::Started);
+        assert!(matches!(store.insert_payment(&other), Err(StoreError::Exists(_))));
+        // Capturing merchant m's payment leaves merchant n's alone.
+        capture(&store, "p", 1, 1000);
+        assert_eq!(store.payment("m", "p").unwrap().status, AttemptStatus::Charged);
+        let n = store.payment("n", "p").unwrap();
+        assert_eq!((n.status, n.amount_authorized, n.amount_captured), (AttemptStatus::Started, 0, 0));
+        assert!(store.operations_of("n", "p").unwrap().is_empty());
+        assert!(matches!(store.payment("n", "q"), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_recovered_timeout_settles_each_open_operation() {
+        // What the recovery job does when nobody has the operation: `CONNECTOR_TIMEOUT`.
+        let timeout = failed("CONNECTOR_TIMEOUT");
+        let store = Store::in_memory().unwrap();
+        authorized(&store, "cap");
+        store.begin_operation(&op("cap:c", "cap", "payments.capture", "c", Some(1000))).unwrap();
+        store.apply("cap:c", &unknown()).unwrap();
+        authorized(&store, "void");
+        store.begin_operation(&op("void:v", "void", "payments.void", "v", None)).unwrap();
+        charged(&store, "ref");
+        let refund_op = begin_refund(&store, "r", "ref", 500).unwrap();
+        store.insert_payment_and_begin(&payment("auth"), &op("auth:a", "auth", "payments.authorize", "a", Some(100))).unwrap();
+        store.apply("auth:a", &unknown()).unwrap();
+        let open = store.unresolved_operations(now_ms() + 1).unwrap();
+        assert_eq!(open.len(), 4);
+        for o in &open {
+            assert_eq!(store.apply(&o.message_id, &timeout).unwrap(), Applied::Changed);
+        }
+        assert_eq!(amounts(&store.payment("m", "cap").unwrap()), (AttemptStatus::Authorized, 1000, 0));
+        assert_eq!(store.payment("m", "void").unwrap().status, AttemptStatus::Authorized);
+        assert_eq!(refunds_of(&store, "ref"), (AttemptStatus::Charged, 0, 0));
+        assert_eq!(store.refund("m", "r").unwrap().status, RefundStatus::Failure);
+        assert_eq!(op_status(&store, &refund_op), OpStatus::Failed);
+        assert_eq!(store.payment("m", "auth").unwrap().status, AttemptStatus::Failure);
+        assert!(store.unresolved_operations(now_ms() + 1).unwrap().is_empty());
+        assert!(store.transitional_payments().unwrap().is_empty());
+        // And a second pass of the job finds nothing to change.
+        for o in &open {
+            assert_eq!(store.apply(&o.message_id, &timeout).unwrap(), Applied::AlreadyFinal);
+        }
+    }
 }
