@@ -13,7 +13,7 @@ use async_nats::jetstream;
 use mock_processor::{Processor, ProcessorClient, ProcessorConfig};
 use mock_worker::handler::{effect_request, Handled, Handler, Lookup};
 use mock_worker::store::{fingerprint, now_ms, Record, ResultStore};
-use mock_worker::{Faults, Profile};
+use mock_worker::{Faults, Latency, Profile};
 use nats_protocol::{catalogue::ops, OperationRequest, RequestEnvelope, ResponseEnvelope, ResponseStatus};
 use nats_testkit::{EnvConfig, NatsEnv};
 use serde_json::json;
@@ -332,4 +332,128 @@ async fn a_stalled_delivery_s_lease_expires_and_the_next_delivery_reuses_its_eff
     assert_eq!(taken.transaction_id.as_deref(), Some(effects[0].effect_id.as_str()));
     assert_eq!(env.effects(&key), 1, "no second effect after the takeover");
     assert_eq!(hit(worker.lookup(&request).await).transaction_id, taken.transaction_id);
+}
+
+/// Deliveries of one key racing on several workers at once: one claim wins, one effect, every
+/// delivery answers with the same result.
+#[tokio::test]
+async fn concurrent_deliveries_of_one_key_make_one_effect() {
+    let env = start(forgetful_processor()).await;
+    let op = ops::authorize();
+    let request = authorize("pay_race", 6400);
+    let key = request.idempotency_key.clone();
+    let deliveries: Vec<_> = (0..6)
+        .map(|i| {
+            let worker = env.handler(&format!("w{i}"));
+            let request = resent(&request);
+            tokio::spawn(async move { reply(worker.durable(op, &request).await) })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for delivery in deliveries {
+        let answered = tokio::time::timeout(Duration::from_secs(20), delivery).await.expect("delivery finishes").expect("join");
+        assert_eq!(answered.status, ResponseStatus::Success, "{answered:?}");
+        ids.push(answered.transaction_id.expect("transaction id"));
+    }
+    let effects = env.processor.effects_by_key(&key);
+    assert_eq!(effects.len(), 1, "{effects:?}");
+    assert!(ids.iter().all(|id| *id == effects[0].effect_id), "{ids:?} vs {}", effects[0].effect_id);
+}
+
+/// A delivery whose claim is taken over while it works (here: overwritten by compare-and-set,
+/// as a takeover would) notices at its next renewal and does not call the processor; giving up,
+/// it does not clobber the new holder's claim.
+#[tokio::test]
+async fn a_delivery_that_lost_its_claim_does_not_call_the_processor() {
+    let env = start(forgetful_processor()).await;
+    let faults = Arc::new(Faults::default());
+    *faults.latency.lock().unwrap() = Some(Latency::Fixed { ms: 1_500 });
+    let worker = Arc::new(env.handler_with("w1", faults).with_lease(600));
+    let op = ops::authorize();
+    let request = authorize("pay_lost", 7500);
+    let key = request.idempotency_key.clone();
+
+    let delivery = tokio::spawn({
+        let (worker, request) = (worker.clone(), request.clone());
+        async move { worker.durable(op, &request).await }
+    });
+    lookup_until(&worker, &request, "pending", Duration::from_secs(5), |l| matches!(l, Lookup::Pending)).await;
+    let taker = Record::Started { fingerprint: fingerprint(&request), owner: "w2:1:0".into(), lease_until_ms: now_ms() + 60_000 };
+    let mut taken = false;
+    for _ in 0..20 {
+        let (_, revision) = env.store.entry(&key).await.expect("entry").expect("claimed");
+        if env.store.update(&key, &taker, revision).await.expect("update").is_some() {
+            taken = true;
+            break;
+        }
+    }
+    assert!(taken, "could not take the claim over");
+
+    let outcome = tokio::time::timeout(Duration::from_secs(10), delivery).await.expect("delivery finishes").expect("join");
+    let err = outcome.expect_err("a delivery that lost its claim gives the message back");
+    assert!(err.0.contains("lost"), "{err}");
+    assert_eq!(env.effects(&key), 0, "the processor was not called");
+    assert_eq!(env.store.get(&key).await.expect("read"), Some(taker), "the new holder's claim is intact");
+}
+
+/// A delivery that fails transiently after claiming releases its claim: `lookup` no longer
+/// answers pending, and the redelivery goes ahead at once instead of waiting out the lease.
+#[tokio::test]
+async fn a_failed_delivery_releases_its_claim_for_the_redelivery() {
+    let env = start(forgetful_processor()).await;
+    let faults = Arc::new(Faults::default());
+    faults.processor_unavailable.store(true, Ordering::SeqCst);
+    let worker = env.handler_with("w1", faults.clone());
+    let op = ops::authorize();
+    let request = authorize("pay_release", 8600);
+    let key = request.idempotency_key.clone();
+
+    worker.durable(op, &request).await.expect_err("processor unavailable (fault)");
+    assert_eq!(env.effects(&key), 0);
+    match env.store.get(&key).await.expect("read") {
+        Some(Record::Started { lease_until_ms, .. }) => assert!(lease_until_ms <= now_ms(), "released claim still live"),
+        other => panic!("expected a released claim, got {other:?}"),
+    }
+    assert!(matches!(worker.lookup(&request).await, Lookup::Miss));
+
+    faults.processor_unavailable.store(false, Ordering::SeqCst);
+    let started = Instant::now();
+    let answered = reply(worker.durable(op, &request).await);
+    assert!(started.elapsed() < Duration::from_secs(5), "the redelivery waited {:?}", started.elapsed());
+    assert_eq!(answered.status, ResponseStatus::Success, "{answered:?}");
+    assert_eq!(env.effects(&key), 1);
+}
+
+/// A request older than `max_request_age_ms` is refused before the processor, and the refusal
+/// is the stored result of its key.
+#[tokio::test]
+async fn an_expired_request_is_refused_and_the_refusal_stored() {
+    let env = start(forgetful_processor()).await;
+    let worker = env.handler("w1").with_max_request_age(1_000);
+    let op = ops::authorize();
+    let mut request = authorize("pay_old", 9700);
+    request.timestamp = now_ms() - 60_000;
+    let key = request.idempotency_key.clone();
+
+    let refused = reply(worker.durable(op, &request).await);
+    assert_eq!(refused.error.as_ref().map(|e| e.code.as_str()), Some("REQUEST_EXPIRED"), "{refused:?}");
+    assert_eq!(env.effects(&key), 0);
+    assert_eq!(hit(worker.lookup(&request).await).error, refused.error);
+    // Even a fresh retry of the same request gets the stored refusal, not a processor call.
+    let retry = resent(&request);
+    let again = reply(worker.durable(op, &retry).await);
+    assert_eq!(again.error, refused.error);
+    assert_eq!(env.effects(&key), 0);
+}
+
+/// The `lookup-ignores-claims` defect knob: a live claim answers miss.
+#[tokio::test]
+async fn the_lookup_defect_knob_hides_live_claims() {
+    let env = start(forgetful_processor()).await;
+    let (honest, defective) = (env.handler("w1"), env.handler("w2").with_lookup_ignoring_claims(true));
+    let request = authorize("pay_knob", 1100);
+    let claim = Record::Started { fingerprint: fingerprint(&request), owner: "w3:1:0".into(), lease_until_ms: now_ms() + 60_000 };
+    assert!(env.store.create(&request.idempotency_key, &claim).await.expect("create claim").is_some());
+    assert!(matches!(honest.lookup(&request).await, Lookup::Pending));
+    assert!(matches!(defective.lookup(&request).await, Lookup::Miss));
 }
