@@ -9,9 +9,8 @@ mod minimal_worker;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use common::{GatewayHandle, TestEnv};
 use gateway::config::GatewayConfig;
-use harness::env::GatewayHandle;
-use harness::Environment;
 use serde_json::{json, Value};
 
 fn config(dir: &tempdir::Dir) -> GatewayConfig {
@@ -56,7 +55,7 @@ impl Client {
     }
 }
 
-async fn setup(workers: usize) -> (Environment, GatewayHandle, Client, tempdir::Dir) {
+async fn setup(workers: usize) -> (TestEnv, GatewayHandle, Client, tempdir::Dir) {
     let env = common::single(workers).await;
     let dir = tempdir::Dir::new("gw");
     let g = env.start_gateway(config(&dir)).await.unwrap();
@@ -280,7 +279,7 @@ async fn idempotency_keys_sequential_and_concurrent() {
 async fn recovery_fails_an_operation_the_processor_never_saw() {
     // Workers that answer queries but never take authorizations: the attempt stays unknown.
     let worker = mock_worker::WorkerConfig { operations: vec!["payments.sync".into()], ..Default::default() };
-    let env = common::start(harness::nats::EnvConfig::single(), 1, worker).await;
+    let env = common::start(1, worker).await;
     let dir = tempdir::Dir::new("gw-rec");
     let mut cfg = config(&dir);
     cfg.recovery.interval_ms = 3_600_000;
@@ -318,7 +317,7 @@ async fn recovery_fails_an_operation_the_processor_never_saw() {
     assert!(env.processor().ledger().is_empty());
 }
 
-fn short_authorize(env: &Environment) -> nats_bridge::BridgeConfig {
+fn short_authorize(env: &TestEnv) -> nats_bridge::BridgeConfig {
     let mut b = env.bridge_config().clone();
     b.operations.insert(
         "payments.authorize".into(),
@@ -361,7 +360,7 @@ async fn a_killed_gateway_restarted_loses_nothing() {
         profile: mock_worker::Profile { latency: mock_worker::Latency::Fixed { ms: 300 }, ..Default::default() },
         ..Default::default()
     };
-    let env = common::start(harness::nats::EnvConfig::single(), 2, worker).await;
+    let env = common::start(2, worker).await;
     let dir = tempdir::Dir::new("gw-kill");
     let first = env.start_gateway(config(&dir)).await.unwrap();
     let c = Client::new(&first);

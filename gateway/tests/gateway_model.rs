@@ -22,9 +22,8 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::{GatewayHandle, TestEnv};
 use gateway::config::GatewayConfig;
-use harness::env::GatewayHandle;
-use harness::Environment;
 use proptest::prelude::*;
 use proptest::strategy::Union;
 use proptest::test_runner::{contextualize_config, Config, TestError, TestRunner};
@@ -708,7 +707,7 @@ impl Client {
 struct Shared {
     /// Dropped before the environment.
     _gateway: GatewayHandle,
-    env: Environment,
+    env: TestEnv,
     client: Client,
     runtime: tokio::runtime::Handle,
     /// Distinguishes this run's ids.
