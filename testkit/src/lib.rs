@@ -71,6 +71,7 @@ mod ready;
 pub mod reaper;
 pub mod security;
 mod server_config;
+pub mod support;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -3,14 +3,16 @@
 //! Everything stops on drop.
 #![allow(dead_code)]
 
-use std::time::Duration;
-
 use gateway::config::GatewayConfig;
 use mock_processor::{Processor, ProcessorConfig};
 use mock_worker::{WorkerConfig, WorkerHandle};
 use nats_bridge::{Bridge, BridgeConfig};
 use nats_testkit::{EnvConfig, NatsEnv};
 use tokio::sync::oneshot;
+
+// Not every test binary uses both.
+#[allow(unused_imports)]
+pub use nats_testkit::support::{eventually, TempDir};
 
 /// Logs to the test's captured output.
 pub fn init_tracing() {
@@ -151,44 +153,5 @@ impl TestEnv {
             let _ = stopped.await;
         }));
         Ok(GatewayHandle { url, running, stop: Some(stop), task })
-    }
-}
-
-/// A directory removed on drop.
-pub struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    /// A new, empty, uniquely named directory.
-    pub fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("hs-{name}-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Polls `check` until it returns `Some` or the deadline passes.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

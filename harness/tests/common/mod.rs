@@ -1,13 +1,16 @@
 //! Shared helpers of the harness's integration tests.
 #![allow(dead_code)]
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use harness::nats::EnvConfig;
 use harness::{Environment, EnvironmentConfig};
 use mock_worker::WorkerConfig;
 use serde_json::{json, Value};
+
+// Not every test binary uses both.
+#[allow(unused_imports)]
+pub use nats_testkit::support::{eventually, TempDir};
 
 /// Logs to the test's captured output.
 pub fn init_tracing() {
@@ -46,43 +49,4 @@ pub fn money(amount: i64) -> Value {
         "capture_method": "manual",
         "payment_method": { "card": { "number": "4242424242424242", "cvc": "123", "expiry": "12/30" } }
     })
-}
-
-/// Polls `check` until it returns `Some` or the deadline passes.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A directory removed on drop.
-pub struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    /// A new, empty, uniquely named directory.
-    pub fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("hs-{name}-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

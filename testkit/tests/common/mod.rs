@@ -1,10 +1,13 @@
 //! Shared helpers of the kit's integration tests.
 #![allow(dead_code)]
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nats_testkit::{EnvConfig, NatsEnv};
+
+// Not every test binary uses both.
+#[allow(unused_imports)]
+pub use nats_testkit::support::{eventually, TempDir};
 
 /// Logs to the test's captured output.
 pub fn init_tracing() {
@@ -22,20 +25,4 @@ pub async fn start_nats(config: EnvConfig) -> NatsEnv {
     let env = NatsEnv::start(config).await.unwrap_or_else(|e| panic!("starting {nodes} nats node(s) failed: {e}"));
     eprintln!("{} backend: {} node(s) ready in {:.2?}", env.backend(), env.node_count(), started.elapsed());
     env
-}
-
-/// Polls `check` until it returns `Some` or the deadline passes.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
