@@ -194,7 +194,7 @@ async fn duplicate_publish_returns_the_original_result_promptly() {
     let first = env.bridge().call(&original).await.unwrap();
     assert_eq!(first.status, ResponseStatus::Success);
     // Another gateway instance (own inbox) retries: the original's reply went elsewhere.
-    let other = env.new_bridge().await.unwrap();
+    let other = env.bridge_with(env.bridge_config().clone()).await;
     let started = Instant::now();
     let second = other.call(&original).await.expect("resolves instead of hanging");
     let took = started.elapsed();
@@ -209,7 +209,7 @@ async fn duplicate_publish_returns_the_original_result_promptly() {
 #[tokio::test]
 async fn worker_dying_after_the_processor_call_does_not_charge_twice() {
     let worker = WorkerConfig { ack_wait_ms: 1000, ..Default::default() };
-    let env = common::start(harness::nats::EnvConfig::single(), 1, worker).await;
+    let env = common::start(1, worker).await;
     // A processor that ignores idempotency keys: only the worker's own care protects us.
     env.processor().set_config(ProcessorConfig { idempotency: false, ..Default::default() });
     env.workers()[0].faults().stall_after_processor.store(1, Ordering::SeqCst);
@@ -226,7 +226,7 @@ async fn worker_dying_after_the_processor_call_does_not_charge_twice() {
 #[tokio::test]
 async fn late_ack_redelivery_resends_the_stored_result() {
     let worker = WorkerConfig { ack_wait_ms: 1000, ..Default::default() };
-    let env = common::start(harness::nats::EnvConfig::single(), 1, worker).await;
+    let env = common::start(1, worker).await;
     env.processor().set_config(ProcessorConfig { idempotency: false, ..Default::default() });
     let faults = env.workers()[0].faults().clone();
     faults.ack_delay_ms.store(1500, Ordering::SeqCst);

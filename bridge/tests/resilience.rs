@@ -18,8 +18,8 @@ fn req(op: &str, payment: &str, attempt: &str, router_data: serde_json::Value) -
     OperationRequest::new(catalogue::find(op).expect(op), M, payment, attempt).router_data(router_data)
 }
 
-async fn bridge_with(env: &harness::Environment, config: BridgeConfig) -> Bridge {
-    Bridge::with_client(env.nats().connect().await.unwrap(), config).await.unwrap()
+async fn bridge_with(env: &common::TestEnv, config: BridgeConfig) -> Bridge {
+    env.bridge_with(config).await
 }
 
 /// The value of one sample of the rendered metrics, by name and exact label set.
