@@ -309,6 +309,14 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    #[test]
+    fn states_have_their_documented_names_and_gauge_values() {
+        let states = [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen];
+        let names: Vec<String> = states.iter().map(|s| s.to_string()).collect();
+        assert_eq!(names, ["closed", "open", "half_open"]);
+        assert_eq!(states.map(BreakerState::gauge_value), [0.0, 1.0, 2.0]);
+    }
+
     /// Runs one call to completion at `now`; `None` if refused.
     fn call(b: &mut CircuitBreaker, now: Instant, verdict: CallVerdict) -> Option<()> {
         let t = b.try_acquire(now)?;

@@ -92,7 +92,7 @@ impl Bridge {
         // certificate or password is an error at start, not a reconnect loop. The outer timeout
         // bounds DNS and every server of the list together.
         let urls = config.server_urls();
-        let bound = timeout * urls.len().max(1) as u32 + Duration::from_secs(1);
+        let bound = connect_bound(timeout, urls.len());
         let attempt = options.connect(urls);
         let client = match tokio::time::timeout(bound, attempt).await {
             Ok(Ok(client)) => client,
@@ -350,9 +350,7 @@ impl Bridge {
         for attempt in 0..attempts {
             if attempt > 0 {
                 self.inner.stats.publish_retries.fetch_add(1, Ordering::Relaxed);
-                // 250 ms, 500 ms, 1 s...: long enough to ride out a JetStream restart or a
-                // stream leader election, which answer "no stream" meanwhile.
-                tokio::time::sleep(Duration::from_millis(250 << (attempt - 1).min(4))).await;
+                tokio::time::sleep(publish_backoff(attempt)).await;
             }
             let sent = self.inner.js.publish_with_headers(subject.to_string(), headers.clone(), payload.clone()).await;
             let ack_future = match sent {
@@ -452,5 +450,37 @@ impl Bridge {
                 RequestErrorKind::Other => CallError::Transport(e.to_string()),
             }),
         }
+    }
+}
+
+/// The pause before publish attempt `attempt` (1 for the first retry): 250 ms, 500 ms, 1 s, 2 s,
+/// then 4 s each; long enough to ride out a JetStream restart or a stream leader election, which
+/// answer "no stream" meanwhile.
+fn publish_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(250 << attempt.saturating_sub(1).min(4))
+}
+
+/// How long the first connection may take in all: one connection timeout per server of the
+/// list (each is tried once), and a second for DNS.
+fn connect_bound(timeout: Duration, servers: usize) -> Duration {
+    timeout * servers.max(1) as u32 + Duration::from_secs(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_retries_back_off_from_250_ms_to_4_s() {
+        let pauses: Vec<u64> = (1..=7).map(|a| publish_backoff(a).as_millis() as u64).collect();
+        assert_eq!(pauses, [250, 500, 1000, 2000, 4000, 4000, 4000]);
+    }
+
+    #[test]
+    fn the_first_connection_is_bounded_by_one_timeout_per_server_and_a_second() {
+        let t = Duration::from_secs(5);
+        assert_eq!(connect_bound(t, 3), Duration::from_secs(16));
+        assert_eq!(connect_bound(t, 1), Duration::from_secs(6));
+        assert_eq!(connect_bound(t, 0), Duration::from_secs(6), "an empty list still gets one timeout");
     }
 }

@@ -8,10 +8,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use common::{eventually, money, single};
+use common::{eventually, money, sample, single};
 use mock_processor::ProcessorConfig;
 use mock_worker::WorkerConfig;
 use nats_bridge::catalogue::{self, ops, Pattern};
+use nats_bridge::metrics::names;
 use nats_bridge::{headers, streams, BridgeConfig, CallError, OperationRequest, Outcome, ResponseStatus};
 use serde_json::json;
 
@@ -25,6 +26,7 @@ fn req(op: &str, payment: &str, attempt: &str, router_data: serde_json::Value) -
 async fn every_catalogue_operation_end_to_end() {
     let env = single(1).await;
     let bridge = env.bridge();
+    assert_eq!(bridge.config().base_url, env.nats().client_url(), "the bridge keeps the settings it started with");
     let usd = |amount: i64| json!({ "amount": amount, "currency": "USD" });
     let plan = vec![
         req("payments.authorize", "pay_1", "pay_1_1", money(1000)),
@@ -215,8 +217,20 @@ async fn worker_dying_after_the_processor_call_does_not_charge_twice() {
     env.workers()[0].faults().stall_after_processor.store(1, Ordering::SeqCst);
     let r = req("payments.authorize", "pay_crash", "pay_crash_1", money(800));
     let started = Instant::now();
-    let reply = env.bridge().call(&r).await.expect("answered after redelivery");
+    let call = tokio::spawn({
+        let (bridge, r) = (env.bridge().clone(), r.clone());
+        async move { bridge.call(&r).await }
+    });
+    // The call waits on the inbox while the stalled worker's message waits for redelivery.
+    let bridge = env.bridge().clone();
+    eventually("one call in flight", Duration::from_secs(5), || {
+        let bridge = bridge.clone();
+        async move { (bridge.in_flight() == 1).then_some(()) }
+    })
+    .await;
+    let reply = call.await.unwrap().expect("answered after redelivery");
     assert!(started.elapsed() >= Duration::from_millis(900), "answered by the redelivery");
+    assert_eq!(env.bridge().in_flight(), 0, "the answered call no longer waits");
     assert_eq!(reply.status, ResponseStatus::Success);
     let effects = env.processor().effects_by_key(&r.envelope().idempotency_key);
     assert_eq!(effects.len(), 1, "one charge: {effects:?}");
@@ -277,6 +291,10 @@ async fn without_workers_a_query_fails_at_once_and_a_durable_call_is_unknown() {
     assert!(matches!(err, CallError::ReplyTimeout { .. }), "{err}");
     assert_eq!(err.outcome(), Outcome::Unknown, "stored in the stream: it may still happen");
     assert_eq!(err.mapping().http_status, 504);
+    // Only the timeout counts as one: no responders is a definite answer.
+    let timeouts = |bridge: &nats_bridge::Bridge, op: &str| sample(&bridge.metrics().render(), names::TIMEOUTS, &[("operation", op)]);
+    assert_eq!(timeouts(&short, "payments.authorize"), Some(1.0));
+    assert_eq!(timeouts(env.bridge(), "payments.sync").unwrap_or(0.0), 0.0);
     // And it does happen once a worker comes: the late reply finds nobody waiting.
     env.start_worker().await.unwrap();
     let key = r.envelope().idempotency_key.clone();
@@ -300,4 +318,18 @@ async fn an_expired_request_never_reaches_the_processor() {
     assert_eq!(reply.status, ResponseStatus::Failure);
     assert_eq!(reply.error.unwrap().code, "REQUEST_EXPIRED");
     assert!(env.processor().ledger().is_empty());
+}
+
+#[tokio::test]
+async fn a_publish_nobody_stores_is_retried_with_backoff_then_not_applied() {
+    let env = single(0).await;
+    env.bridge().jetstream().delete_stream("HYPERSWITCH_PAYMENTS").await.expect("stream deleted");
+    let bridge = env.bridge_with(BridgeConfig { max_retries: 2, ..env.bridge_config().clone() }).await;
+    let started = Instant::now();
+    let err = bridge.call(&req("payments.authorize", "pay_ns", "pay_ns_1", money(100))).await.unwrap_err();
+    assert!(matches!(err, CallError::NoStream { .. }), "{err}");
+    assert_eq!(err.outcome(), Outcome::NotApplied, "every attempt was answered: nothing stored");
+    assert_eq!(bridge.stats().publish_retries, 2, "max_retries retries after the first attempt");
+    assert!(started.elapsed() >= Duration::from_millis(750), "250 ms then 500 ms between attempts: {:?}", started.elapsed());
+    assert_eq!(bridge.stats().published, 0);
 }

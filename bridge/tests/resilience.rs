@@ -2,10 +2,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{money, single};
+use common::{money, sample, single};
 use nats_bridge::catalogue::{self, ops};
 use nats_bridge::config::OperationOverride;
 use nats_bridge::metrics::names;
@@ -20,29 +19,6 @@ fn req(op: &str, payment: &str, attempt: &str, router_data: serde_json::Value) -
 
 async fn bridge_with(env: &common::TestEnv, config: BridgeConfig) -> Bridge {
     env.bridge_with(config).await
-}
-
-/// The value of one sample of the rendered metrics, by name and exact label set.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let want: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (n, got) = match series.split_once('{') {
-            None => (series, BTreeMap::new()),
-            Some((n, rest)) => {
-                let got = rest
-                    .strip_suffix('}')?
-                    .split(',')
-                    .map(|kv| {
-                        let (k, v) = kv.split_once('=').expect("label");
-                        (k, v.trim_matches('"'))
-                    })
-                    .collect();
-                (n, got)
-            }
-        };
-        (n == name && got == want).then(|| value.parse().expect("sample value"))
-    })
 }
 
 #[tokio::test]

@@ -124,3 +124,26 @@ pub fn money(amount: i64) -> Value {
         "payment_method": { "card": { "number": "4242424242424242", "cvc": "123", "expiry": "12/30" } }
     })
 }
+
+/// The value of one sample of the rendered metrics, by name and exact label set.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: std::collections::BTreeMap<&str, &str> = labels.iter().copied().collect();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, got) = match series.split_once('{') {
+            None => (series, std::collections::BTreeMap::new()),
+            Some((n, rest)) => {
+                let got = rest
+                    .strip_suffix('}')?
+                    .split(',')
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=').expect("label");
+                        (k, v.trim_matches('"'))
+                    })
+                    .collect();
+                (n, got)
+            }
+        };
+        (n == name && got == want).then(|| value.parse().expect("sample value"))
+    })
+}
