@@ -175,3 +175,43 @@ mod decoding {
         }
     }
 }
+
+/// `good` with a `connector_response` padding it to exactly `len` bytes of JSON.
+fn padded(good: &ResponseEnvelope, len: usize) -> Vec<u8> {
+    let mut value = serde_json::to_value(good).unwrap();
+    value["connector_response"] = serde_json::json!({ "blob": "" });
+    let bare = serde_json::to_vec(&value).unwrap().len();
+    value["connector_response"] = serde_json::json!({ "blob": "x".repeat(len - bare) });
+    let body = serde_json::to_vec(&value).unwrap();
+    assert_eq!(body.len(), len);
+    body
+}
+
+#[tokio::test]
+async fn a_reply_of_exactly_max_reply_bytes_is_accepted_one_byte_more_is_not() {
+    let env = common::start(0, WorkerConfig::default()).await;
+    let bridge = env.bridge_with(nats_bridge::BridgeConfig { max_reply_bytes: 4096, ..env.bridge_config().clone() }).await;
+    let client = env.nats().connect().await.unwrap();
+    let op = catalogue::ops::authorize();
+    let request = OperationRequest::new(op, "merchant_a", "pay_size_1", "att_1").router_data(common::money(1000));
+    let call = {
+        let (bridge, request) = (bridge.clone(), request.clone());
+        tokio::spawn(async move { bridge.call(&request).await })
+    };
+    let config = env.bridge_config();
+    let (msg, reply_to, request_env) = take_request(bridge.jetstream(), &config.stream_name(op.family), &config.subject_template(op)).await;
+    let good = ResponseEnvelope::reply_to(&request_env, ResponseStatus::Success);
+    client.publish_with_headers(reply_to.clone(), reply_headers(request.message_id()), padded(&good, 4097).into()).await.unwrap();
+    client.flush().await.unwrap();
+    common::eventually("the reply one byte too big is refused", Duration::from_secs(10), || {
+        let n = bridge.stats().rejected_replies;
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    assert!(!call.is_finished(), "a refused reply must not end the call");
+    client.publish_with_headers(reply_to, reply_headers(request.message_id()), padded(&good, 4096).into()).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), call).await.expect("the call completes").unwrap().expect("accepted");
+    assert_eq!(reply.status, ResponseStatus::Success);
+    assert_eq!(bridge.stats().rejected_replies, 1);
+    msg.ack().await.unwrap();
+}

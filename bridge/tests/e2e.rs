@@ -333,3 +333,13 @@ async fn a_publish_nobody_stores_is_retried_with_backoff_then_not_applied() {
     assert!(started.elapsed() >= Duration::from_millis(750), "250 ms then 500 ms between attempts: {:?}", started.elapsed());
     assert_eq!(bridge.stats().published, 0);
 }
+
+#[tokio::test]
+async fn a_request_larger_than_the_server_takes_is_refused_at_once_and_not_retried() {
+    let env = single(0).await;
+    let big = json!({ "amount": 100, "currency": "USD", "metadata": { "blob": "x".repeat(2 * 1024 * 1024) } });
+    let err = env.bridge().call(&req("payments.authorize", "pay_big", "pay_big_1", big)).await.unwrap_err();
+    assert!(matches!(err, CallError::InvalidRequest(_)), "{err}");
+    assert_eq!(err.outcome(), Outcome::NotApplied);
+    assert_eq!(env.bridge().stats().publish_retries, 0, "a request too large for the server is not retried");
+}
