@@ -343,3 +343,22 @@ async fn a_request_larger_than_the_server_takes_is_refused_at_once_and_not_retri
     assert_eq!(err.outcome(), Outcome::NotApplied);
     assert_eq!(env.bridge().stats().publish_retries, 0, "a request too large for the server is not retried");
 }
+
+#[tokio::test]
+async fn a_retry_while_a_worker_holds_the_operation_times_out_in_progress() {
+    let env = single(1).await;
+    *env.workers()[0].faults().latency.lock().unwrap() = Some(mock_worker::profile::Latency::Fixed { ms: 6000 });
+    let mut config = env.bridge_config().clone();
+    config.operations.insert(
+        "payments.authorize".into(),
+        nats_bridge::config::OperationOverride { timeout_ms: Some(1500), ack_timeout_ms: Some(500), ..Default::default() },
+    );
+    let bridge = env.bridge_with(config).await;
+    let r = req("payments.authorize", "pay_ip", "pay_ip_1", money(100));
+    let first = bridge.call(&r).await.unwrap_err();
+    assert!(matches!(first, CallError::ReplyTimeout { in_progress: false, .. }), "no lookup on a first send: {first}");
+    // The retry is a duplicate: the lookup finds the worker's live claim.
+    let again = bridge.call(&r).await.unwrap_err();
+    assert!(again.in_progress(), "the lookup answered pending: {again}");
+    assert_eq!(again.outcome(), Outcome::Unknown);
+}
