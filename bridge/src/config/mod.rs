@@ -227,4 +227,12 @@ mod tests {
         assert_eq!(c.stream_name(Family::Payments), "HYPERSWITCH_PAYMENTS");
         assert_eq!(c.jetstream.duplicate_window_ms, 300_000);
     }
+
+    #[test]
+    fn base_url_lists_servers_separated_by_commas() {
+        let c = BridgeConfig { base_url: "nats://a:4222, nats://b:4222 ,nats://c:4222".into(), ..Default::default() };
+        assert_eq!(c.server_urls(), ["nats://a:4222", "nats://b:4222", "nats://c:4222"]);
+        assert_eq!(BridgeConfig::default().server_urls(), ["nats://127.0.0.1:4222"]);
+        assert_eq!(MAX_REPLY_BYTES, 67_108_864, "NATS's largest payload, 64 MiB");
+    }
 }

@@ -81,7 +81,28 @@ mod tests {
     #[test]
     fn bad_breaker_and_buffer_values_are_refused_with_the_key_named() {
         type Mutation = fn(&mut BridgeConfig);
-        let cases: [(Mutation, &str); 6] = [
+        let cases: [(Mutation, &str); 15] = [
+            (|c| c.base_url = " ".into(), "base_url is empty"),
+            (|c| c.connection_timeout_ms = 0, "connection_timeout_ms must be positive"),
+            (|c| c.ack_timeout_ms = 0, "timeouts must be positive"),
+            (|c| c.query_timeout_ms = 0, "timeouts must be positive"),
+            (|c| c.request_timeout_ms = c.ack_timeout_ms, "request_timeout_ms (2000) must exceed ack_timeout_ms (2000)"),
+            (|c| c.max_reply_bytes = 1023, "max_reply_bytes must be 1024..=67108864, got 1023"),
+            (|c| c.max_reply_bytes = MAX_REPLY_BYTES + 1, "max_reply_bytes must be"),
+            (
+                |c| {
+                    let o = super::super::OperationOverride { ack_timeout_ms: Some(100), ..Default::default() };
+                    c.operations.insert("payments.sync".into(), o);
+                },
+                "operations.payments.sync.ack_timeout_ms: payments.sync is a query",
+            ),
+            (
+                |c| {
+                    let o = super::super::OperationOverride { timeout_ms: Some(500), ack_timeout_ms: Some(500), ..Default::default() };
+                    c.operations.insert("payments.capture".into(), o);
+                },
+                "operations.payments.capture: timeout_ms must exceed ack_timeout_ms",
+            ),
             (|c| c.circuit_breaker.failure_threshold = 0, "circuit_breaker.failure_threshold must be at least 1"),
             (|c| c.circuit_breaker.open_ms = 0, "circuit_breaker.open_ms must be"),
             (|c| c.circuit_breaker.open_ms = MAX_OPEN_MS + 1, "circuit_breaker.open_ms must be"),
@@ -96,6 +117,11 @@ mod tests {
             assert!(matches!(err, ConfigError::Invalid(_)), "{err}");
             assert!(err.to_string().contains(expected), "{err} does not say {expected:?}");
         }
+        // The bounds themselves are accepted.
+        for bytes in [1024, MAX_REPLY_BYTES] {
+            BridgeConfig { max_reply_bytes: bytes, ..Default::default() }.validate().unwrap();
+        }
+        BridgeConfig { late_reply_buffer: MAX_LATE_REPLY_BUFFER, ..Default::default() }.validate().unwrap();
         // A disabled breaker is still validated: its values must make sense when re-enabled.
         let mut c = BridgeConfig::default();
         c.circuit_breaker.enabled = false;
