@@ -201,4 +201,62 @@ mod tests {
         let err = c.apply_env(env(&[("NATS_BRIDGE_TLS_CAFILE", "x")])).unwrap_err().to_string();
         assert!(err.contains("unknown NATS_BRIDGE_ variable"), "{err}");
     }
+
+    #[test]
+    fn every_plain_env_variable_sets_its_key() {
+        let mut c = BridgeConfig::default();
+        c.apply_env(
+            [
+                ("NATS_BRIDGE_BASE_URL", "nats://x:1,nats://y:2"),
+                ("NATS_BRIDGE_CONNECTION_NAME", "bridge-7"),
+                ("NATS_BRIDGE_REQUEST_TIMEOUT_MS", "9000"),
+                ("NATS_BRIDGE_ACK_TIMEOUT_MS", "900"),
+                ("NATS_BRIDGE_QUERY_TIMEOUT_MS", "800"),
+                ("NATS_BRIDGE_MAX_RETRIES", "5"),
+                ("NATS_BRIDGE_MAX_REPLY_BYTES", "4096"),
+                ("NATS_BRIDGE_CIRCUIT_BREAKER_ENABLED", "0"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        assert_eq!(c.server_urls(), ["nats://x:1", "nats://y:2"]);
+        assert_eq!(c.connection_name, "bridge-7");
+        assert_eq!((c.request_timeout_ms, c.ack_timeout_ms, c.query_timeout_ms), (9000, 900, 800));
+        assert_eq!((c.max_retries, c.max_reply_bytes), (5, 4096));
+        assert!(!c.circuit_breaker.enabled);
+        c.apply_env([("NATS_BRIDGE_CIRCUIT_BREAKER_ENABLED".to_string(), "1".to_string())]).unwrap();
+        assert!(c.circuit_breaker.enabled);
+        let err = c.apply_env([("NATS_BRIDGE_MAX_RETRIES".to_string(), "-1".to_string())]).unwrap_err();
+        assert!(err.to_string().contains("expected a non-negative integer"), "{err}");
+    }
+
+    #[test]
+    fn a_table_of_a_larger_file_is_read_and_validated() {
+        let absent = BridgeConfig::from_table(None).unwrap();
+        assert_eq!((absent.base_url, absent.max_retries), (BridgeConfig::default().base_url, BridgeConfig::default().max_retries));
+        let table: toml::Value = toml::from_str("base_url = \"nats://t:9\"\nmax_retries = 1\n").unwrap();
+        let c = BridgeConfig::from_table(Some(table)).unwrap();
+        assert_eq!((c.base_url.as_str(), c.max_retries), ("nats://t:9", 1));
+        let table: toml::Value = toml::from_str("max_reply_bytes = 1\n").unwrap();
+        let err = BridgeConfig::from_table(Some(table)).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid(_)), "validated: {err}");
+        let table: toml::Value = toml::from_str("base_ulr = \"x\"\n").unwrap();
+        let err = BridgeConfig::from_table(Some(table)).unwrap_err();
+        assert!(err.to_string().contains("[nats_bridge]: unknown field `base_ulr`"), "{err}");
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_a_missing_one() {
+        let dir = std::env::temp_dir().join(format!("bridge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bridge.toml");
+        std::fs::write(&path, "[nats_bridge]\nmax_retries = 4\n").unwrap();
+        assert_eq!(BridgeConfig::load(Some(&path)).unwrap().max_retries, 4);
+        std::fs::write(&path, "[nats_bridge]\nmax_reply_bytes = 1\n").unwrap();
+        assert!(matches!(BridgeConfig::load(Some(&path)), Err(ConfigError::Invalid(_))));
+        let missing = dir.join("missing.toml");
+        let err = BridgeConfig::load(Some(&missing)).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }) && err.to_string().contains("missing.toml"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
