@@ -201,4 +201,50 @@ mod tests {
         assert_eq!(open.outcome(), Outcome::NotApplied);
         assert_eq!(open.to_string(), "circuit breaker open for payments.sync");
     }
+
+    #[test]
+    fn every_error_is_classified() {
+        let s = || "s".to_string();
+        let d = Duration::from_secs(1);
+        use AttemptStatusHint::{Failure, Pending};
+        // error, outcome, code, HTTP status, attempt hint, timeout, trips the breaker
+        let table = [
+            (CallError::InvalidRequest(s()), Outcome::NotApplied, "INVALID_REQUEST", 400, Failure, false, false),
+            (CallError::NoResponders { subject: s() }, Outcome::NotApplied, "NO_WORKERS_AVAILABLE", 503, Failure, false, true),
+            (CallError::NoStream { subject: s() }, Outcome::NotApplied, "NO_WORKERS_AVAILABLE", 503, Failure, false, true),
+            (CallError::CircuitOpen { operation: s() }, Outcome::NotApplied, "CIRCUIT_OPEN", 503, Failure, false, false),
+            (
+                CallError::PublishUnacknowledged { message_id: s(), attempts: 3, reason: s() },
+                Outcome::Unknown,
+                "NATS_TIMEOUT",
+                504,
+                Pending,
+                true,
+                true,
+            ),
+            (
+                CallError::ReplyTimeout { message_id: s(), timeout: d, in_progress: true },
+                Outcome::Unknown,
+                "NATS_TIMEOUT",
+                504,
+                Pending,
+                true,
+                true,
+            ),
+            (CallError::QueryTimeout { subject: s(), timeout: d }, Outcome::Unknown, "NATS_TIMEOUT", 504, Pending, true, true),
+            (CallError::InvalidReply(s()), Outcome::Unknown, "INVALID_WORKER_REPLY", 502, Pending, false, false),
+            (CallError::Transport(s()), Outcome::Unknown, "NATS_TRANSPORT", 502, Pending, false, true),
+        ];
+        for (e, outcome, code, status, hint, timeout, trips) in table {
+            let m = e.mapping();
+            assert_eq!((e.outcome(), m.code.as_str(), m.http_status, m.attempt_status), (outcome, code, status, hint), "{e:?}");
+            assert_eq!(m.message, e.to_string());
+            assert_eq!((e.is_timeout(), e.trips_breaker()), (timeout, trips), "{e:?}");
+            let held = matches!(e, CallError::ReplyTimeout { .. });
+            assert_eq!(e.in_progress(), held, "only a reply timeout with a pending lookup is in progress: {e:?}");
+        }
+        let not_held = CallError::ReplyTimeout { message_id: s(), timeout: d, in_progress: false };
+        assert!(!not_held.in_progress());
+        assert!(!not_held.to_string().contains("a worker holds it"));
+    }
 }

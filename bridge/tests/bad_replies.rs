@@ -215,3 +215,33 @@ async fn a_reply_of_exactly_max_reply_bytes_is_accepted_one_byte_more_is_not() {
     assert_eq!(bridge.stats().rejected_replies, 1);
     msg.ack().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_dropped_bridge_leaves_no_inbox_subscription_behind() {
+    let env = common::start(0, WorkerConfig::default()).await;
+    // The bridge's own connection, kept open after the bridge is dropped.
+    let connection = env.nats().connect().await.unwrap();
+    let bridge = nats_bridge::Bridge::with_client(connection.clone(), env.bridge_config().clone()).await.unwrap();
+    let op = catalogue::ops::authorize();
+    let request = OperationRequest::new(op, "merchant_a", "pay_drop_1", "att_1").router_data(common::money(1000));
+    let call = {
+        let (bridge, request) = (bridge.clone(), request.clone());
+        tokio::spawn(async move { bridge.call(&request).await })
+    };
+    let config = env.bridge_config();
+    let (_msg, reply_to, _) = take_request(bridge.jetstream(), &config.stream_name(op.family), &config.subject_template(op)).await;
+    call.abort();
+    let _ = call.await;
+    drop(bridge);
+    // Nobody subscribes to the inbox any more: a request to it has no responders.
+    let client = env.nats().connect().await.unwrap();
+    common::eventually("the inbox unsubscribed", Duration::from_secs(5), || {
+        let (client, reply_to) = (client.clone(), reply_to.clone());
+        async move {
+            let asked = client.send_request(reply_to, async_nats::Request::new().timeout(Some(Duration::from_millis(200)))).await;
+            matches!(asked, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders).then_some(())
+        }
+    })
+    .await;
+    drop(connection);
+}
