@@ -209,11 +209,20 @@ async fn a_reply_of_exactly_max_reply_bytes_is_accepted_one_byte_more_is_not() {
     })
     .await;
     assert!(!call.is_finished(), "a refused reply must not end the call");
-    client.publish_with_headers(reply_to, reply_headers(request.message_id()), padded(&good, 4096).into()).await.unwrap();
+    client.publish_with_headers(reply_to.clone(), reply_headers(request.message_id()), padded(&good, 4096).into()).await.unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(10), call).await.expect("the call completes").unwrap().expect("accepted");
     assert_eq!(reply.status, ResponseStatus::Success);
     assert_eq!(bridge.stats().rejected_replies, 1);
     msg.ack().await.unwrap();
+    // The same bound for a late reply (nobody waits any more): handed over at the limit only.
+    let mut late = bridge.late_replies().expect("late replies not taken yet");
+    client.publish_with_headers(reply_to.clone(), reply_headers(request.message_id()), padded(&good, 4097).into()).await.unwrap();
+    client.publish_with_headers(reply_to, reply_headers(request.message_id()), padded(&good, 4096).into()).await.unwrap();
+    let handed = tokio::time::timeout(Duration::from_secs(10), late.recv()).await.expect("the late reply at the limit arrives").unwrap();
+    assert_eq!(handed.message_id.as_deref(), Some(request.message_id()));
+    let text = bridge.metrics().render();
+    assert_eq!(metric(&text, "nats_late_replies_rejected{reason=\"oversized\"}"), 1.0, "{text}");
+    assert!(late.try_recv().is_err(), "the oversized one is not handed over");
 }
 
 #[tokio::test]
