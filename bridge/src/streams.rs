@@ -83,13 +83,23 @@ fn transient(error: &jetstream::context::CreateStreamError) -> bool {
 /// started or just-healed cluster refuses replicated streams with "no suitable peers for
 /// placement" for a moment); a refusal of the configuration fails at once.
 async fn create_or_update(js: &jetstream::Context, p: &StreamPlan) -> Result<stream::Info, jetstream::context::CreateStreamError> {
-    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    settle(SETTLE_TIMEOUT, &p.name, || js.create_or_update_stream(p.to_config())).await
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or the next try would start after
+/// `timeout`: a [`transient`] error is retried after 100 ms, 200 ms, 400 ms... at most 2 s.
+async fn settle<T, F, Fut>(timeout: Duration, name: &str, mut attempt: F) -> Result<T, jetstream::context::CreateStreamError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, jetstream::context::CreateStreamError>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut pause = Duration::from_millis(100);
     loop {
-        match js.create_or_update_stream(p.to_config()).await {
-            Ok(info) => return Ok(info),
+        match attempt().await {
+            Ok(done) => return Ok(done),
             Err(e) if transient(&e) && tokio::time::Instant::now() + pause < deadline => {
-                tracing::debug!(stream = %p.name, error = %e, "stream not placed yet, retrying in {pause:?}");
+                tracing::debug!(stream = %name, error = %e, "stream not placed yet, retrying in {pause:?}");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
@@ -164,5 +174,69 @@ mod tests {
         assert_eq!(widened[0].subjects, vec!["hyperswitch.payments.>".to_string()]);
         assert_eq!(widened.last(), plans.last(), "the dead-letter stream is unchanged");
         assert!(widened.iter().zip(&plans).all(|(w, p)| w.name == p.name && w.max_age == p.max_age));
+    }
+
+    use jetstream::context::{CreateStreamError, CreateStreamErrorKind as Kind};
+    use jetstream::ErrorCode;
+
+    /// A JetStream API error with the given code, as the server sends it.
+    fn api(code: ErrorCode) -> CreateStreamError {
+        let body = serde_json::json!({ "code": 503, "err_code": code.0, "description": "test" });
+        Kind::JetStream(serde_json::from_value(body).unwrap()).into()
+    }
+
+    #[test]
+    fn only_a_settling_cluster_is_transient() {
+        for e in [Kind::TimedOut.into(), Kind::JetStreamUnavailable.into()] {
+            assert!(transient(&e), "{e}");
+        }
+        for code in [ErrorCode::CLUSTER_NO_PEERS, ErrorCode::CLUSTER_NOT_AVAILABLE, ErrorCode::INSUFFICIENT_RESOURCES] {
+            assert!(transient(&api(code)), "{code:?}");
+        }
+        for e in [api(ErrorCode::STREAM_NAME_EXIST), api(ErrorCode::STREAM_SUBJECT_OVERLAP), Kind::InvalidStreamName.into()] {
+            assert!(!transient(&e), "a refusal of the configuration: {e}");
+        }
+    }
+
+    /// Runs `settle` over answers that fail transiently `failures` times, then succeed.
+    async fn settle_after(failures: usize, timeout: Duration) -> (Result<(), CreateStreamError>, usize, Duration) {
+        let started = tokio::time::Instant::now();
+        let mut tries = 0;
+        let result = settle(timeout, "S", || {
+            tries += 1;
+            let answer = if tries > failures { Ok(()) } else { Err(Kind::TimedOut.into()) };
+            std::future::ready(answer)
+        })
+        .await;
+        (result, tries, started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settling_cluster_is_retried_with_doubling_pauses() {
+        let (result, tries, took) = settle_after(3, SETTLE_TIMEOUT).await;
+        assert!(result.is_ok());
+        assert_eq!((tries, took), (4, Duration::from_millis(100 + 200 + 400)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_before_the_timeout_with_pauses_capped_at_2_s() {
+        // Pauses 0.1, 0.2, 0.4, 0.8, 1.6, then 2 s each: the 13th retry starts at 19.1 s and
+        // the next would start after 20 s.
+        let (result, tries, took) = settle_after(usize::MAX, SETTLE_TIMEOUT).await;
+        assert!(matches!(result.unwrap_err().kind(), Kind::TimedOut));
+        assert_eq!((tries, took), (14, Duration::from_millis(19_100)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_not_retried() {
+        let started = tokio::time::Instant::now();
+        let mut tries = 0;
+        let result: Result<(), _> = settle(SETTLE_TIMEOUT, "S", || {
+            tries += 1;
+            std::future::ready(Err(api(ErrorCode::STREAM_SUBJECT_OVERLAP)))
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!((tries, started.elapsed()), (1, Duration::ZERO));
     }
 }
