@@ -114,24 +114,34 @@ pub async fn ensure(js: &jetstream::Context, config: &BridgeConfig) -> Result<Ve
     let plans = plan(config);
     for p in &plans {
         let provision = |reason: String| StreamError::Provision { name: p.name.clone(), reason };
-        let mut info = create_or_update(js, p).await.map_err(|e| provision(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + LEADER_TIMEOUT;
-        while p.replicas > 1 && info.cluster.as_ref().and_then(|c| c.leader.as_ref()).is_none() {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(provision(format!("no leader elected within {LEADER_TIMEOUT:?}")));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            info = js
-                .get_stream(&p.name)
-                .await
-                .map_err(|e| provision(e.to_string()))?
-                .info()
-                .await
-                .map_err(|e| provision(e.to_string()))?
-                .clone();
-        }
+        let info = create_or_update(js, p).await.map_err(|e| provision(e.to_string()))?;
+        let leader = |info: &stream::Info| info.cluster.as_ref().and_then(|c| c.leader.clone());
+        let refresh = || async {
+            let mut stream = js.get_stream(&p.name).await.map_err(|e| e.to_string())?;
+            Ok(leader(stream.info().await.map_err(|e| e.to_string())?))
+        };
+        await_leader(p.replicas, leader(&info), LEADER_TIMEOUT, refresh).await.map_err(provision)?;
     }
     Ok(plans)
+}
+
+/// Returns once a stream of `replicas` has a leader: `first` as created, then what `refresh`
+/// reads every 50 ms; an error after `timeout`. A single replica needs no election.
+async fn await_leader<F, Fut>(replicas: usize, first: Option<String>, timeout: Duration, mut refresh: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut leader = first;
+    while replicas > 1 && leader.is_none() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("no leader elected within {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        leader = refresh().await?;
+    }
+    Ok(())
 }
 
 /// Asks the server (not the config) whether any stream captures a query subject or the
@@ -238,5 +248,34 @@ mod tests {
         .await;
         assert!(result.is_err());
         assert_eq!((tries, started.elapsed()), (1, Duration::ZERO));
+    }
+
+    /// Runs `await_leader` over refreshes that find no leader `misses` times, then one.
+    async fn leader_after(replicas: usize, misses: usize) -> (Result<(), String>, usize, Duration) {
+        let started = tokio::time::Instant::now();
+        let mut reads = 0;
+        let result = await_leader(replicas, None, LEADER_TIMEOUT, || {
+            reads += 1;
+            std::future::ready(Ok((reads > misses).then(|| "n2".to_string())))
+        })
+        .await;
+        (result, reads, started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replicated_stream_is_waited_on_until_it_has_a_leader() {
+        assert_eq!(leader_after(3, 2).await, (Ok(()), 3, Duration::from_millis(150)));
+        let known = await_leader(3, Some("n1".into()), LEADER_TIMEOUT, || std::future::ready(Ok(None))).await;
+        assert_eq!(known, Ok(()), "a leader reported at creation ends the wait at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_single_replica_needs_no_election_and_a_missing_leader_times_out() {
+        assert_eq!(leader_after(1, usize::MAX).await, (Ok(()), 0, Duration::ZERO));
+        let (result, reads, took) = leader_after(3, usize::MAX).await;
+        assert_eq!(result, Err("no leader elected within 10s".to_string()));
+        assert_eq!((reads, took), (200, LEADER_TIMEOUT));
+        let failed = await_leader(3, None, LEADER_TIMEOUT, || std::future::ready(Err("gone".to_string()))).await;
+        assert_eq!(failed, Err("gone".to_string()));
     }
 }

@@ -55,8 +55,13 @@ pub async fn single(workers: usize) -> TestEnv {
 
 /// Like [`single`] with custom worker settings (the URLs are filled in).
 pub async fn start(workers: usize, worker: WorkerConfig) -> TestEnv {
+    start_on(EnvConfig::single(), workers, worker).await
+}
+
+/// Like [`start`] on the given NATS (a single node or a cluster; streams get its replica count).
+pub async fn start_on(nats: EnvConfig, workers: usize, worker: WorkerConfig) -> TestEnv {
     init_tracing();
-    let nats = NatsEnv::start(EnvConfig::single()).await.expect("nats starts");
+    let nats = NatsEnv::start(nats).await.expect("nats starts");
     let processor = Processor::new(ProcessorConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("processor port");
     let processor_url = format!("http://{}", listener.local_addr().expect("processor address"));

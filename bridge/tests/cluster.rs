@@ -1,16 +1,17 @@
-//! Authorize, capture and refund on a 3-node JetStream cluster with R3 streams.
+//! Authorize, capture and refund on a 3-node JetStream cluster with R3 streams: provisioning
+//! returns only once every replicated stream has a leader, so the first publish lands.
 
 mod common;
 
 use common::money;
-use harness::nats::EnvConfig;
 use mock_worker::WorkerConfig;
 use nats_bridge::{catalogue::ops, OperationRequest, ResponseStatus};
+use nats_testkit::EnvConfig;
 use serde_json::json;
 
 #[tokio::test]
 async fn authorize_capture_refund_on_a_three_node_cluster() {
-    let env = common::start(EnvConfig::cluster(), 2, WorkerConfig::default()).await;
+    let env = common::start_on(EnvConfig::cluster(), 2, WorkerConfig::default()).await;
     assert_eq!(env.nats().node_count(), 3);
     let js = env.bridge().jetstream();
     for name in ["HYPERSWITCH_PAYMENTS", "HYPERSWITCH_REFUNDS", "HYPERSWITCH_DLQ"] {
