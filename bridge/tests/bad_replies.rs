@@ -12,11 +12,6 @@ use futures::StreamExt;
 use mock_worker::WorkerConfig;
 use nats_bridge::{catalogue, headers, OperationRequest, RequestEnvelope, ResponseEnvelope, ResponseStatus};
 
-/// The value of a metric series in Prometheus text, 0 when absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
-}
-
 /// A hand-driven worker: the next authorize message, its reply address and envelope.
 async fn take_request(js: &jetstream::Context, stream: &str, subject: &str) -> (jetstream::Message, String, RequestEnvelope) {
     let consumer: pull::Stream = js
@@ -36,6 +31,33 @@ async fn take_request(js: &jetstream::Context, stream: &str, subject: &str) -> (
     (msg, reply_to, env)
 }
 
+/// An authorize call for `payment_id` through `bridge`, in flight, and the message a
+/// hand-driven worker took for it (its reply address and envelope): the test answers it.
+struct HeldCall {
+    /// The call, waiting for its reply.
+    call: tokio::task::JoinHandle<Result<ResponseEnvelope, nats_bridge::CallError>>,
+    /// What was sent.
+    request: OperationRequest,
+    /// The stored message, acked by the test once it has replied.
+    msg: jetstream::Message,
+    /// Where replies go (the bridge's inbox).
+    reply_to: String,
+    /// The envelope as the worker decoded it.
+    envelope: RequestEnvelope,
+}
+
+async fn held_authorize(env: &common::TestEnv, bridge: &nats_bridge::Bridge, payment_id: &str) -> HeldCall {
+    let op = catalogue::ops::authorize();
+    let request = OperationRequest::new(op, "merchant_a", payment_id, "att_1").router_data(common::money(1000));
+    let call = {
+        let (bridge, request) = (bridge.clone(), request.clone());
+        tokio::spawn(async move { bridge.call(&request).await })
+    };
+    let config = env.bridge_config();
+    let (msg, reply_to, envelope) = take_request(bridge.jetstream(), &config.stream_name(op.family), &config.subject_template(op)).await;
+    HeldCall { call, request, msg, reply_to, envelope }
+}
+
 fn reply_headers(message_id: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(headers::MESSAGE_ID, message_id);
@@ -48,14 +70,7 @@ async fn bad_replies_are_refused_counted_and_never_applied() {
     let bridge = env.bridge().clone();
     let mut late = bridge.late_replies().expect("late replies not taken yet");
     let client = env.nats().connect().await.unwrap();
-    let op = catalogue::ops::authorize();
-    let request = OperationRequest::new(op, "merchant_a", "pay_bad_1", "att_1").router_data(common::money(1000));
-    let call = {
-        let (bridge, request) = (bridge.clone(), request.clone());
-        tokio::spawn(async move { bridge.call(&request).await })
-    };
-    let config = env.bridge_config();
-    let (msg, reply_to, request_env) = take_request(bridge.jetstream(), &config.stream_name(op.family), &config.subject_template(op)).await;
+    let HeldCall { call, request, msg, reply_to, envelope: request_env } = held_authorize(&env, &bridge, "pay_bad_1").await;
     let good = ResponseEnvelope::reply_to(&request_env, ResponseStatus::Success);
     let good_json = serde_json::to_vec(&good).unwrap();
     let mut wrong_correlation = good.clone();
@@ -93,10 +108,10 @@ async fn bad_replies_are_refused_counted_and_never_applied() {
     assert_eq!(reply.status, ResponseStatus::Success);
     msg.ack().await.unwrap();
     let text = bridge.metrics().render();
-    assert_eq!(metric(&text, "nats_rejected_replies{operation=\"payments.authorize\"}"), bad.len() as f64, "{text}");
+    assert_eq!(common::sample(&text, "nats_rejected_replies", &[("operation", "payments.authorize")]), Some(bad.len() as f64), "{text}");
 
     // Replies to an inbox nobody waits on any more.
-    let other_id = nats_bridge::request::message_id("merchant_a", "pay_bad_2", op, "att_1");
+    let other_id = nats_bridge::request::message_id("merchant_a", "pay_bad_2", catalogue::ops::authorize(), "att_1");
     let late_bad: Vec<(&str, Option<HeaderMap>, Vec<u8>)> = vec![
         ("undecodable", Some(reply_headers(request.message_id())), b"{\"status\":".to_vec()),
         ("no_message_id", None, good_json.clone()),
@@ -116,7 +131,7 @@ async fn bad_replies_are_refused_counted_and_never_applied() {
     assert_eq!(handed.message_id.as_deref(), Some(request.message_id()));
     let text = bridge.metrics().render();
     for (reason, _, _) in &late_bad {
-        assert_eq!(metric(&text, &format!("nats_late_replies_rejected{{reason=\"{reason}\"}}")), 1.0, "{reason}:\n{text}");
+        assert_eq!(common::sample(&text, "nats_late_replies_rejected", &[("reason", reason)]), Some(1.0), "{reason}:\n{text}");
     }
     assert!(late.try_recv().is_err(), "nothing refused reaches the application");
 }
@@ -192,14 +207,7 @@ async fn a_reply_of_exactly_max_reply_bytes_is_accepted_one_byte_more_is_not() {
     let env = common::start(0, WorkerConfig::default()).await;
     let bridge = env.bridge_with(nats_bridge::BridgeConfig { max_reply_bytes: 4096, ..env.bridge_config().clone() }).await;
     let client = env.nats().connect().await.unwrap();
-    let op = catalogue::ops::authorize();
-    let request = OperationRequest::new(op, "merchant_a", "pay_size_1", "att_1").router_data(common::money(1000));
-    let call = {
-        let (bridge, request) = (bridge.clone(), request.clone());
-        tokio::spawn(async move { bridge.call(&request).await })
-    };
-    let config = env.bridge_config();
-    let (msg, reply_to, request_env) = take_request(bridge.jetstream(), &config.stream_name(op.family), &config.subject_template(op)).await;
+    let HeldCall { call, request, msg, reply_to, envelope: request_env } = held_authorize(&env, &bridge, "pay_size_1").await;
     let good = ResponseEnvelope::reply_to(&request_env, ResponseStatus::Success);
     client.publish_with_headers(reply_to.clone(), reply_headers(request.message_id()), padded(&good, 4097).into()).await.unwrap();
     client.flush().await.unwrap();
@@ -221,7 +229,7 @@ async fn a_reply_of_exactly_max_reply_bytes_is_accepted_one_byte_more_is_not() {
     let handed = tokio::time::timeout(Duration::from_secs(10), late.recv()).await.expect("the late reply at the limit arrives").unwrap();
     assert_eq!(handed.message_id.as_deref(), Some(request.message_id()));
     let text = bridge.metrics().render();
-    assert_eq!(metric(&text, "nats_late_replies_rejected{reason=\"oversized\"}"), 1.0, "{text}");
+    assert_eq!(common::sample(&text, "nats_late_replies_rejected", &[("reason", "oversized")]), Some(1.0), "{text}");
     assert!(late.try_recv().is_err(), "the oversized one is not handed over");
 }
 
@@ -231,14 +239,7 @@ async fn a_dropped_bridge_leaves_no_inbox_subscription_behind() {
     // The bridge's own connection, kept open after the bridge is dropped.
     let connection = env.nats().connect().await.unwrap();
     let bridge = nats_bridge::Bridge::with_client(connection.clone(), env.bridge_config().clone()).await.unwrap();
-    let op = catalogue::ops::authorize();
-    let request = OperationRequest::new(op, "merchant_a", "pay_drop_1", "att_1").router_data(common::money(1000));
-    let call = {
-        let (bridge, request) = (bridge.clone(), request.clone());
-        tokio::spawn(async move { bridge.call(&request).await })
-    };
-    let config = env.bridge_config();
-    let (_msg, reply_to, _) = take_request(bridge.jetstream(), &config.stream_name(op.family), &config.subject_template(op)).await;
+    let HeldCall { call, reply_to, .. } = held_authorize(&env, &bridge, "pay_drop_1").await;
     call.abort();
     let _ = call.await;
     drop(bridge);

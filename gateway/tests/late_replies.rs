@@ -5,11 +5,6 @@ mod common;
 
 use nats_bridge::{RequestEnvelope, ResponseEnvelope, ResponseStatus};
 
-/// The value of a metric series in Prometheus text, 0 when absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn the_gateway_applies_no_late_reply_that_does_not_match_its_request() {
     let env = common::single(1).await;
@@ -60,7 +55,7 @@ async fn the_gateway_applies_no_late_reply_that_does_not_match_its_request() {
     drop(tx);
     applier.await.unwrap();
     let text = gateway.running.state.gateway.bridge.metrics().render();
-    assert_eq!(metric(&text, "gateway_late_replies_refused"), 3.0, "{text}");
+    assert_eq!(common::sample(&text, "gateway_late_replies_refused", &[]), Some(3.0), "{text}");
     let payment: serde_json::Value =
         http.get(format!("{}/payments/pay_late_1", gateway.url)).header("api-key", "key_a").send().await.unwrap().json().await.unwrap();
     assert_eq!(payment["status"], "requires_capture", "forged replies changed nothing: {payment}");

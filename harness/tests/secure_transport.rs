@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use harness::client_security::ClientSecurity;
 use harness::nats::{EnvConfig, NatsEnv, NatsUser, ServerTls};
-use mock_processor::{Processor, ProcessorConfig};
+use mock_processor::ProcessorConfig;
 use mock_worker::WorkerConfig;
 use nats_bridge::catalogue::ops;
 use nats_bridge::config::{AuthConfig, TlsConfig};
@@ -49,10 +49,7 @@ async fn bridge_and_worker_authorize_over_mutual_tls_with_users() {
     let nats = secure_nats().await;
     let sec = nats.security().expect("security files");
 
-    let processor = Processor::new(ProcessorConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let processor_addr = listener.local_addr().unwrap();
-    tokio::spawn(mock_processor::serve(listener, processor.clone(), std::future::pending::<()>()));
+    let processor = mock_processor::spawn(ProcessorConfig::default()).await.unwrap();
 
     let mut config = bridge_config(&nats, sec.client_tls(), sec.client_auth("bridge").unwrap());
     config.jetstream.replicas = nats.replicas();
@@ -61,7 +58,7 @@ async fn bridge_and_worker_authorize_over_mutual_tls_with_users() {
 
     let worker = WorkerConfig {
         nats_url: nats.client_url(),
-        processor_url: format!("http://{processor_addr}"),
+        processor_url: processor.url.clone(),
         connection_timeout_ms: 2_000,
         tls: sec.client_tls(),
         auth: sec.client_auth("worker").unwrap(),

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use clap::Parser;
+use nats_testkit::support::init_tracing;
 use serde_json::Value;
 
 fn options(args: &[&str]) -> loadtest::Options {
@@ -20,14 +21,6 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("loadtest-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-/// Logs (goose's and the clients' included) to the test's captured output.
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,5 @@
-//! HTTP API: [`router`] maps the routes onto a [`Processor`], [`serve`] runs it.
+//! HTTP API: [`router`] maps the routes onto a [`Processor`], [`serve`] runs it, [`spawn`] runs
+//! it on a free port of 127.0.0.1 in the background (for tests and embedding).
 //!
 //! | route | answer |
 //! |---|---|
@@ -71,6 +72,39 @@ pub async fn serve(
         }
     });
     axum::serve(listener, router(processor)).with_graceful_shutdown(shutdown).await
+}
+
+/// A processor served by [`spawn`]: its handle, its URL, and the signal that stops the server
+/// when this is dropped.
+pub struct Served {
+    /// The processor, shared with the server: its ledger can be read directly.
+    pub processor: Processor,
+    /// `http://127.0.0.1:<port>`, for clients.
+    pub url: String,
+    /// Dropping it ends [`serve`]'s shutdown future.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl std::ops::Deref for Served {
+    type Target = Processor;
+
+    /// The processor itself (its ledger, accounts and settings).
+    fn deref(&self) -> &Processor {
+        &self.processor
+    }
+}
+
+/// Binds a free port of 127.0.0.1 and serves a new processor with `config` there in a task of
+/// the current runtime until the returned [`Served`] is dropped.
+pub async fn spawn(config: ProcessorConfig) -> std::io::Result<Served> {
+    let processor = Processor::new(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, processor.clone(), async move {
+        let _ = stopped.await;
+    }));
+    Ok(Served { processor, url, _stop: stop })
 }
 
 /// An error answer: status plus [`ApiError`] body.

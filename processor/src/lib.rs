@@ -14,7 +14,7 @@
 //!   account, payout states, idempotent replay;
 //! - [`processor`] — [`Processor`], the shared handle on one ledger and its
 //!   settings;
-//! - [`api`] — the axum routes ([`router`]) and [`serve`];
+//! - [`api`] — the axum routes ([`router`]), [`serve`] and [`spawn`] (on a free port);
 //! - [`client`] — [`ProcessorClient`], the reqwest client workers use.
 
 #![warn(missing_docs)]
@@ -25,7 +25,7 @@ pub mod ledger;
 pub mod processor;
 pub mod types;
 
-pub use api::{router, serve};
+pub use api::{router, serve, spawn, Served};
 pub use client::{ClientError, Created, ProcessorClient};
 pub use ledger::{Ledger, RuleViolation, Submission};
 pub use processor::Processor;

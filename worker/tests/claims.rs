@@ -10,46 +10,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use mock_processor::{Processor, ProcessorClient, ProcessorConfig};
+use mock_processor::{ProcessorClient, ProcessorConfig, Served};
 use mock_worker::handler::{effect_request, Handled, Handler, Lookup};
 use mock_worker::store::{fingerprint, now_ms, Record, ResultStore};
 use mock_worker::{Faults, Latency, Profile};
 use nats_protocol::{catalogue::ops, OperationRequest, RequestEnvelope, ResponseEnvelope, ResponseStatus};
 use nats_testkit::{EnvConfig, NatsEnv};
 use serde_json::json;
-use tokio::sync::oneshot;
 
 /// NATS, the processor and a result store bucket.
 struct Env {
     /// Kept alive for the test's duration.
     _nats: NatsEnv,
-    /// The processor, in this process: its ledger is read directly.
-    processor: Processor,
-    /// Where the processor listens.
-    processor_url: String,
-    /// Stops the processor's server when dropped.
-    _stop: oneshot::Sender<()>,
+    /// The processor, in this process: its ledger is read directly. Stops on drop.
+    processor: Served,
     /// The bucket every handler of the test shares.
     store: ResultStore,
 }
 
 /// Starts a single NATS node and a processor with `config`, and opens the result bucket.
 async fn start(config: ProcessorConfig) -> Env {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
+    nats_testkit::support::init_tracing();
     let nats = NatsEnv::start(EnvConfig::single()).await.expect("start nats");
-    let processor = Processor::new(config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind processor");
-    let processor_url = format!("http://{}", listener.local_addr().expect("processor address"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(mock_processor::serve(listener, processor.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let processor = mock_processor::spawn(config).await.expect("processor starts");
     let js = jetstream::new(nats.connect().await.expect("connect"));
     let store = ResultStore::open(&js, "claims_test_results", nats.replicas()).await.expect("open result store");
-    Env { _nats: nats, processor, processor_url, _stop: stop, store }
+    Env { _nats: nats, processor, store }
 }
 
 /// The processor with its idempotency off: every call is a new effect.
@@ -59,7 +45,7 @@ fn forgetful_processor() -> ProcessorConfig {
 
 impl Env {
     fn client(&self) -> ProcessorClient {
-        ProcessorClient::new(&self.processor_url).expect("processor client")
+        ProcessorClient::new(&self.processor.url).expect("processor client")
     }
 
     /// A handler (one worker) over the shared store, with no latency, declines or errors.

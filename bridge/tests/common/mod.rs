@@ -3,24 +3,15 @@
 //! Everything stops on drop.
 #![allow(dead_code)]
 
-use mock_processor::{Processor, ProcessorConfig};
+use mock_processor::{Processor, ProcessorConfig, Served};
 use mock_worker::{WorkerConfig, WorkerHandle};
 use nats_bridge::{Bridge, BridgeConfig};
 use nats_testkit::{EnvConfig, NatsEnv};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 // Not every test binary uses both.
 #[allow(unused_imports)]
-pub use nats_testkit::support::{eventually, TempDir};
-
-/// Logs to the test's captured output.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
-}
+pub use nats_testkit::support::{eventually, init_tracing, sample, TempDir};
 
 /// NATS, the processor, the workers and a bridge. Fields drop in order: workers first.
 pub struct TestEnv {
@@ -28,24 +19,14 @@ pub struct TestEnv {
     workers: Vec<WorkerHandle>,
     /// The bridge under test, connected to `nats`.
     bridge: Bridge,
-    /// The processor, in this process so its ledger can be read directly.
-    processor: Processor,
-    /// Stops the processor's server.
-    processor_stop: Option<oneshot::Sender<()>>,
+    /// The processor, in this process so its ledger can be read directly; stops on drop.
+    processor: Served,
     /// The settings of `bridge` (URL and replicas of these servers), for more bridges.
     bridge_config: BridgeConfig,
     /// The settings more workers start with.
     worker: WorkerConfig,
     /// NATS, dropped last.
     nats: NatsEnv,
-}
-
-impl Drop for TestEnv {
-    fn drop(&mut self) {
-        if let Some(stop) = self.processor_stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 /// One NATS node, the processor, the streams and `workers` in-process workers.
@@ -62,19 +43,13 @@ pub async fn start(workers: usize, worker: WorkerConfig) -> TestEnv {
 pub async fn start_on(nats: EnvConfig, workers: usize, worker: WorkerConfig) -> TestEnv {
     init_tracing();
     let nats = NatsEnv::start(nats).await.expect("nats starts");
-    let processor = Processor::new(ProcessorConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("processor port");
-    let processor_url = format!("http://{}", listener.local_addr().expect("processor address"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(mock_processor::serve(listener, processor.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let processor = mock_processor::spawn(ProcessorConfig::default()).await.expect("processor starts");
     let mut bridge_config = BridgeConfig { base_url: nats.client_url(), ..Default::default() };
     bridge_config.jetstream.replicas = nats.replicas();
     let bridge = Bridge::with_client(nats.connect().await.expect("connect"), bridge_config.clone()).await.expect("bridge");
     bridge.ensure_streams().await.expect("streams");
-    let worker = WorkerConfig { nats_url: nats.client_url(), processor_url, ..worker };
-    let mut env = TestEnv { workers: Vec::new(), bridge, processor, processor_stop: Some(stop), bridge_config, worker, nats };
+    let worker = WorkerConfig { nats_url: nats.client_url(), processor_url: processor.url.clone(), ..worker };
+    let mut env = TestEnv { workers: Vec::new(), bridge, processor, bridge_config, worker, nats };
     for _ in 0..workers {
         env.start_worker().await.expect("worker starts");
     }
@@ -94,7 +69,7 @@ impl TestEnv {
 
     /// The processor (its ledger and accounts).
     pub fn processor(&self) -> &Processor {
-        &self.processor
+        &self.processor.processor
     }
 
     /// NATS.
@@ -127,28 +102,5 @@ pub fn money(amount: i64) -> Value {
         "currency": "USD",
         "capture_method": "manual",
         "payment_method": { "card": { "number": "4242424242424242", "cvc": "123", "expiry": "12/30" } }
-    })
-}
-
-/// The value of one sample of the rendered metrics, by name and exact label set.
-pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let want: std::collections::BTreeMap<&str, &str> = labels.iter().copied().collect();
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (n, got) = match series.split_once('{') {
-            None => (series, std::collections::BTreeMap::new()),
-            Some((n, rest)) => {
-                let got = rest
-                    .strip_suffix('}')?
-                    .split(',')
-                    .map(|kv| {
-                        let (k, v) = kv.split_once('=').expect("label");
-                        (k, v.trim_matches('"'))
-                    })
-                    .collect();
-                (n, got)
-            }
-        };
-        (n == name && got == want).then(|| value.parse().expect("sample value"))
     })
 }

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use gateway::config::GatewayConfig;
-use mock_processor::{Processor, ProcessorConfig};
+use mock_processor::{Processor, ProcessorConfig, Served};
 use mock_worker::{WorkerConfig, WorkerHandle};
 use nats_bridge::{Bridge, BridgeConfig};
 use nats_testkit::{EnvConfig, NatsEnv};
@@ -12,24 +12,14 @@ use tokio::sync::oneshot;
 
 // Not every test binary uses both.
 #[allow(unused_imports)]
-pub use nats_testkit::support::{eventually, TempDir};
-
-/// Logs to the test's captured output.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
-}
+pub use nats_testkit::support::{eventually, init_tracing, sample, TempDir};
 
 /// NATS, the processor and the workers a gateway needs. Fields drop in order: workers first.
 pub struct TestEnv {
     /// The workers serving every operation.
     workers: Vec<WorkerHandle>,
-    /// The processor, in this process so its ledger can be read directly.
-    processor: Processor,
-    /// Stops the processor's server.
-    processor_stop: Option<oneshot::Sender<()>>,
+    /// The processor, in this process so its ledger can be read directly; stops on drop.
+    processor: Served,
     /// The bridge settings gateways get (URL and replicas of these servers).
     bridge_config: BridgeConfig,
     /// The settings more workers start with.
@@ -67,14 +57,6 @@ impl Drop for GatewayHandle {
     }
 }
 
-impl Drop for TestEnv {
-    fn drop(&mut self) {
-        if let Some(stop) = self.processor_stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
 /// One NATS node, the processor, the streams and `workers` in-process workers.
 pub async fn single(workers: usize) -> TestEnv {
     start(workers, WorkerConfig::default()).await
@@ -84,19 +66,13 @@ pub async fn single(workers: usize) -> TestEnv {
 pub async fn start(workers: usize, worker: WorkerConfig) -> TestEnv {
     init_tracing();
     let nats = NatsEnv::start(EnvConfig::single()).await.expect("nats starts");
-    let processor = Processor::new(ProcessorConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("processor port");
-    let processor_url = format!("http://{}", listener.local_addr().expect("processor address"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(mock_processor::serve(listener, processor.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let processor = mock_processor::spawn(ProcessorConfig::default()).await.expect("processor starts");
     let mut bridge_config = BridgeConfig { base_url: nats.client_url(), ..Default::default() };
     bridge_config.jetstream.replicas = nats.replicas();
     let bridge = Bridge::with_client(nats.connect().await.expect("connect"), bridge_config.clone()).await.expect("bridge");
     bridge.ensure_streams().await.expect("streams");
-    let worker = WorkerConfig { nats_url: nats.client_url(), processor_url, ..worker };
-    let mut env = TestEnv { workers: Vec::new(), processor, processor_stop: Some(stop), bridge_config, worker, nats };
+    let worker = WorkerConfig { nats_url: nats.client_url(), processor_url: processor.url.clone(), ..worker };
+    let mut env = TestEnv { workers: Vec::new(), processor, bridge_config, worker, nats };
     for _ in 0..workers {
         env.start_worker().await.expect("worker starts");
     }
@@ -106,7 +82,7 @@ pub async fn start(workers: usize, worker: WorkerConfig) -> TestEnv {
 impl TestEnv {
     /// The processor (its ledger and accounts).
     pub fn processor(&self) -> &Processor {
-        &self.processor
+        &self.processor.processor
     }
 
     /// NATS.

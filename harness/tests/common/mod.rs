@@ -10,15 +10,7 @@ use serde_json::{json, Value};
 
 // Not every test binary uses both.
 #[allow(unused_imports)]
-pub use nats_testkit::support::{eventually, TempDir};
-
-/// Logs to the test's captured output.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
-}
+pub use nats_testkit::support::{eventually, init_tracing, TempDir};
 
 /// One NATS node, the processor, streams and `workers` in-process workers.
 pub async fn single(workers: usize) -> Environment {

@@ -7,15 +7,7 @@ use nats_testkit::{EnvConfig, NatsEnv};
 
 // Not every test binary uses both.
 #[allow(unused_imports)]
-pub use nats_testkit::support::{eventually, TempDir};
-
-/// Logs to the test's captured output.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
-}
+pub use nats_testkit::support::{eventually, init_tracing, TempDir};
 
 /// Starts NATS, logging how long it took.
 pub async fn start_nats(config: EnvConfig) -> NatsEnv {
