@@ -170,6 +170,13 @@ pub fn effect_request(op: Operation, env: &RequestEnvelope) -> EffectRequest {
     }
 }
 
+/// Whether a request sent at `sent_ms` is older than `max_age_ms` at `now_ms` (0: no limit). A
+/// request exactly `max_age_ms` old is still served; one from the future (a sender's clock
+/// ahead) is not expired.
+fn request_expired(max_age_ms: u64, sent_ms: u64, now_ms: u64) -> bool {
+    max_age_ms > 0 && now_ms.saturating_sub(sent_ms) > max_age_ms
+}
+
 /// Operations that move money, subject to declines.
 fn moves_money(op: Operation) -> bool {
     matches!(
@@ -354,8 +361,7 @@ impl Handler {
     }
 
     fn expired(&self, env: &RequestEnvelope) -> bool {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        self.max_request_age_ms > 0 && now.saturating_sub(env.timestamp) > self.max_request_age_ms
+        request_expired(self.max_request_age_ms, env.timestamp, crate::store::now_ms())
     }
 
     /// The result store.
@@ -576,6 +582,14 @@ mod tests {
         }
         let env = envelope(op, json!({ "amount": 700, "currency": "EUR" }));
         assert_eq!(effect_request(op, &env).capture_method, None);
+    }
+
+    #[test]
+    fn a_request_expires_one_millisecond_past_its_max_age() {
+        assert!(!request_expired(1_000, 5_000, 6_000), "exactly the max age");
+        assert!(request_expired(1_000, 5_000, 6_001));
+        assert!(!request_expired(0, 0, u64::MAX), "0 is no limit");
+        assert!(!request_expired(1_000, 9_000, 6_000), "sent in the future");
     }
 
     #[test]

@@ -443,3 +443,90 @@ async fn the_lookup_defect_knob_hides_live_claims() {
     assert!(matches!(honest.lookup(&request).await, Lookup::Pending));
     assert!(matches!(defective.lookup(&request).await, Lookup::Miss));
 }
+
+/// An issuer that declines everything declines only what moves money: authorize and capture
+/// end `card_declined` without a processor call, a void still reaches the processor.
+#[tokio::test]
+async fn declines_fall_on_money_moving_operations_only() {
+    let env = start(ProcessorConfig::default()).await;
+    let declining = Handler::new(
+        env.client(),
+        env.store.clone(),
+        Profile { decline_rate: 1.0, ..Profile::default() },
+        Arc::new(Faults::default()),
+        "declining".to_string(),
+    );
+    let op_on = |op, attempt: &str| {
+        OperationRequest::new(op, "m1", "pay_declines", attempt)
+            .router_data(json!({ "amount": 700, "currency": "USD", "capture_method": "manual" }))
+            .envelope()
+            .clone()
+    };
+    let declined = reply(declining.durable(ops::authorize(), &op_on(ops::authorize(), "att_declined")).await);
+    assert_eq!(declined.status, ResponseStatus::Failure, "{declined:?}");
+    assert_eq!(declined.error.as_ref().map(|e| e.code.as_str()), Some("card_declined"));
+    assert!(env.processor.ledger().is_empty(), "a declined authorization never reaches the processor");
+
+    // Authorized by a worker that does not decline, then captured and voided by the one that does.
+    let authorized = reply(env.handler("plain").durable(ops::authorize(), &op_on(ops::authorize(), "att_ok")).await);
+    assert_eq!(authorized.status, ResponseStatus::Success, "{authorized:?}");
+    let capture = reply(declining.durable(ops::capture(), &op_on(ops::capture(), "cap_1")).await);
+    assert_eq!(capture.error.as_ref().map(|e| e.code.as_str()), Some("card_declined"), "{capture:?}");
+    let void = reply(declining.durable(ops::void(), &op_on(ops::void(), "void_1")).await);
+    assert_eq!(void.status, ResponseStatus::Success, "a void moves no money and is not declined: {void:?}");
+    assert_eq!(env.processor.ledger().len(), 2, "the authorization and the void: {:?}", env.processor.ledger());
+}
+
+/// Watches `key`'s claim until `delivery` ends: every read of a claim `holder` owns must show a lease
+/// that is live and at most one lease (plus a read's slack) ahead: neither already expired,
+/// which would let another delivery take over a working holder, nor stretched, which would
+/// keep a dead holder's key locked. Returns how many reads saw the claim.
+async fn watch_lease<T>(store: &ResultStore, key: &str, holder: &str, lease_ms: u64, delivery: &tokio::task::JoinHandle<T>) -> usize {
+    let mut seen = 0;
+    while !delivery.is_finished() {
+        let before = now_ms();
+        if let Some(Record::Started { lease_until_ms, owner, .. }) = store.get(key).await.expect("read claim") {
+            if !owner.starts_with(holder) {
+                // The dead holder's claim, not taken over yet.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            let after = now_ms();
+            assert!(lease_until_ms > before, "the claim of a working holder expired: {lease_until_ms} <= {before}");
+            assert!(lease_until_ms <= after + lease_ms, "the lease runs past one lease: {lease_until_ms} > {after} + {lease_ms}");
+            seen += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen
+}
+
+/// A holder working longer than its lease keeps the claim live by renewing it, whether it
+/// created the claim or took over an expired one, and each renewal reaches one lease ahead.
+#[tokio::test]
+async fn a_working_holder_s_lease_stays_live_and_one_lease_ahead() {
+    let env = start(forgetful_processor()).await;
+    let lease_ms = 600;
+    let faults = Arc::new(Faults::default());
+    *faults.latency.lock().unwrap() = Some(Latency::Fixed { ms: 1_500 });
+    let worker = Arc::new(env.handler_with("w1", faults).with_lease(lease_ms));
+    let op = ops::authorize();
+    for (payment, dead_claim) in [("pay_renewed", false), ("pay_taken_over", true)] {
+        let request = authorize(payment, 2600);
+        let key = request.idempotency_key.clone();
+        if dead_claim {
+            let dead = Record::Started { fingerprint: fingerprint(&request), owner: "w0:1:0".into(), lease_until_ms: now_ms() - 1_000 };
+            assert!(env.store.create(&key, &dead).await.expect("create claim").is_some());
+        }
+        let delivery = tokio::spawn({
+            let (worker, request) = (worker.clone(), request.clone());
+            async move { worker.durable(op, &request).await }
+        });
+        let seen = watch_lease(&env.store, &key, "w1:", lease_ms, &delivery).await;
+        // 1.5 s of work at one read per 50 ms or so, over two and more renewals.
+        assert!(seen >= 10, "{payment}: the claim was seen {seen} times");
+        let done = reply(delivery.await.expect("join"));
+        assert_eq!(done.status, ResponseStatus::Success, "{payment}: {done:?}");
+        assert_eq!(env.effects(&key), 1, "{payment}: one effect");
+    }
+}
