@@ -1,5 +1,5 @@
-//! The claim logic of [`Handler`] against a real NATS server (JetStream key-value result
-//! store) and an in-process mock processor on a loopback port.
+//! The claim logic and the queries of [`Handler`] against a real NATS server (JetStream
+//! key-value result store) and an in-process mock processor on a loopback port.
 //!
 //! Most tests turn the processor's own idempotency off, so that only the worker's claim on the
 //! idempotency key can keep an operation from being performed twice: the processor ledger then
@@ -529,4 +529,51 @@ async fn a_working_holder_s_lease_stays_live_and_one_lease_ahead() {
         assert_eq!(done.status, ResponseStatus::Success, "{payment}: {done:?}");
         assert_eq!(env.effects(&key), 1, "{payment}: one effect");
     }
+}
+
+/// Queries read the processor and never write: a sync of an unknown payment or refund is a
+/// not-found failure; once effects exist, the payment sync returns the account and its effects,
+/// a refund sync the last effect under its `refund_id`, a payout sync looks under `payout_id`;
+/// tax is computed from the request.
+#[tokio::test]
+async fn queries_answer_from_the_processor_and_tell_unknown_from_known() {
+    let env = start(ProcessorConfig::default()).await;
+    let worker = env.handler("w1");
+    let on = |name: &str, attempt: &str, router_data: serde_json::Value| {
+        let op = nats_protocol::catalogue::find(name).expect(name);
+        (op, OperationRequest::new(op, "m1", "pay_query", attempt).router_data(router_data).envelope().clone())
+    };
+    let code = |r: &ResponseEnvelope| r.error.as_ref().map(|e| e.code.clone());
+
+    let (op, sync) = on("payments.sync", "sync_1", json!({}));
+    assert_eq!(code(&worker.query(op, &sync).await).as_deref(), Some("payment_not_found"));
+    let (op, refund_sync) = on("refunds.sync", "rsync_1", json!({ "refund_id": "ref_1" }));
+    assert_eq!(code(&worker.query(op, &refund_sync).await).as_deref(), Some("not_found"));
+
+    let money = json!({ "amount": 900, "currency": "USD", "capture_method": "automatic" });
+    let (op, auth) = on("payments.authorize", "att_1", money.clone());
+    assert_eq!(reply(worker.durable(op, &auth).await).status, ResponseStatus::Success);
+    let (op, refund) = on("refunds.execute", "ref_1", json!({ "amount": 300, "currency": "USD" }));
+    let refunded = reply(worker.durable(op, &refund).await);
+    assert_eq!(refunded.status, ResponseStatus::Success, "{refunded:?}");
+    let effects = env.processor.ledger().len();
+
+    let (op, _) = on("payments.sync", "sync_1", json!({}));
+    let synced = worker.query(op, &sync).await;
+    assert_eq!(synced.status, ResponseStatus::Success, "{synced:?}");
+    assert_eq!(synced.connector_response["effects"].as_array().map(Vec::len), Some(2), "{synced:?}");
+    let (op, _) = on("refunds.sync", "rsync_1", json!({}));
+    let found = worker.query(op, &refund_sync).await;
+    assert_eq!(found.status, ResponseStatus::Success, "{found:?}");
+    assert_eq!(found.transaction_id, refunded.transaction_id);
+    // A payout sync reads `payout_id`, not `refund_id`: the same reference under the wrong
+    // field falls back to the attempt id and is not found.
+    let (op, payout_sync) = on("payouts.sync", "psync_1", json!({ "refund_id": "ref_1" }));
+    assert_eq!(code(&worker.query(op, &payout_sync).await).as_deref(), Some("not_found"));
+    let (op, payout_sync) = on("payouts.sync", "psync_1", json!({ "payout_id": "ref_1" }));
+    assert_eq!(worker.query(op, &payout_sync).await.transaction_id, refunded.transaction_id);
+
+    let (op, tax) = on("tax.calculate", "tax_1", json!({ "amount": 2_500, "currency": "USD" }));
+    assert_eq!(worker.query(op, &tax).await.connector_response["order_tax_amount"], 200);
+    assert_eq!(env.processor.ledger().len(), effects, "queries make no effect");
 }
