@@ -577,3 +577,18 @@ async fn queries_answer_from_the_processor_and_tell_unknown_from_known() {
     assert_eq!(worker.query(op, &tax).await.connector_response["order_tax_amount"], 200);
     assert_eq!(env.processor.ledger().len(), effects, "queries make no effect");
 }
+
+/// On a 3-node cluster the result bucket is file-backed, keeps one record per key and has a
+/// replica per node, like the streams: losing a node loses no claim and no stored result.
+#[tokio::test]
+async fn the_result_bucket_is_replicated_on_disk() {
+    nats_testkit::support::init_tracing();
+    let nats = NatsEnv::start(EnvConfig::cluster()).await.expect("start a cluster");
+    let js = jetstream::new(nats.connect().await.expect("connect"));
+    ResultStore::open(&js, "replicated_results", nats.replicas()).await.expect("open result store");
+    let stream = js.get_stream("KV_replicated_results").await.expect("the bucket's stream");
+    let config = &stream.cached_info().config;
+    assert_eq!(config.num_replicas, 3);
+    assert_eq!(config.storage, jetstream::stream::StorageType::File);
+    assert_eq!(config.max_messages_per_subject, 1, "one record per key");
+}
