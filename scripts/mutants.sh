@@ -19,14 +19,15 @@ export HARNESS_NATS_BACKEND=process
 
 case "$scope" in
   bridge)
-    # Metrics rendering and the AsyncAPI document are checked by snapshots and the contract
-    # test, which sit in other layers; their mutants say little about the bridge's behaviour.
+    # Metrics rendering and the AsyncAPI document are left out: their mutants are mostly text
+    # that tests/snapshots.rs and tests/contract.rs pin, and they would double the run.
     args=(-p nats-bridge -e bridge/src/metrics.rs -e bridge/src/asyncapi.rs) ;;
   worker)
     args=(-p mock-worker -f worker/src/store.rs -f worker/src/handler.rs) ;;
   gateway-store)
-    # The store's own unit tests and the model test drive every transition.
-    args=(-p gateway -f gateway/src/store.rs --cargo-test-arg=--lib --cargo-test-arg=--test=gateway_model) ;;
+    # The store's own unit tests and the model test drive every transition; only they are
+    # built per mutant (-C applies to the build as well as the test run).
+    args=(-p gateway -f gateway/src/store.rs -C --lib -C --test=gateway_model) ;;
   *)
     echo "unknown scope: $scope (bridge, worker or gateway-store)" >&2
     exit 2 ;;
@@ -42,5 +43,6 @@ missed=$(wc -l <"$dir/missed.txt")
 if (( caught + missed > 0 )); then
   echo "mutants $scope: $caught caught, $missed missed: $(( 100 * caught / (caught + missed) ))% caught (missed: $dir/missed.txt)"
 fi
-# cargo-mutants exits 2 when some mutants were missed: that is a measurement, not a failure.
-if (( status != 0 && status != 2 )); then exit "$status"; fi
+# cargo-mutants exits 2 when some mutants were missed and 3 when some timed out: those are
+# measurements, not failures (a timeout counts as caught above).
+if (( status != 0 && status != 2 && status != 3 )); then exit "$status"; fi
