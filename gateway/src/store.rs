@@ -1635,6 +1635,23 @@ mod tests {
     }
 
     #[test]
+    fn an_increment_that_succeeds_after_a_void_changes_nothing() {
+        // An increment has no state of its own, so a void can start while it is in flight; once
+        // the void has settled the payment, the increment's late success must not raise what
+        // is authorized on a voided payment.
+        let store = Store::in_memory().unwrap();
+        authorized(&store, "p");
+        store.begin_operation(&op("p:inc1", "p", "payments.incremental_auth", "p_inc1", Some(500))).unwrap();
+        assert_eq!(
+            store.begin_operation(&op("p:void", "p", "payments.void", "p_void", None)).unwrap().status,
+            AttemptStatus::VoidInitiated
+        );
+        assert_eq!(store.apply("p:void", &succeeded("txn_void")).unwrap(), Applied::Changed);
+        store.apply("p:inc1", &succeeded("txn_inc")).unwrap();
+        assert_eq!(amounts(&store.payment("m", "p").unwrap()), (AttemptStatus::Voided, 1000, 0));
+    }
+
+    #[test]
     fn a_refund_holds_its_amount_until_it_succeeds() {
         let store = Store::in_memory().unwrap();
         charged(&store, "p");
